@@ -1,0 +1,313 @@
+"""Nix's case hack: restore naming, dump un-hacking, fold models, and a filesystem probe.
+
+On a filesystem that folds case, two entries of one directory whose names differ only in case cannot
+both exist. Nix's answer (archive.cc, `CaseHackNames::diskName` and `unhackName`): on restore, the first
+spelling in NAR order keeps its name and every later spelling with the same fold key becomes
+`name~nix~case~hack~N`, N counting per key from 1; on dump, everything from the first suffix on is cut off
+and the entries are sorted again, so the archive comes back byte for byte.
+
+Nix folds like `strcasecmp` in the C locale: ASCII letters only (`Fold.ASCII`). macOS volumes (APFS,
+HFS+) also fold Unicode case and treat NFC and NFD spellings as one name; `Fold.APFS` models that, so
+names Nix cannot restore on a Mac at all (NixOS/nix#847, #2475) get the suffix too. A dump strips the
+suffix whatever fold produced it, so either tree dumps back to the original archive, with Nix as well.
+
+Whether to hack is decided by `probe()`, which asks the destination filesystem rather than assuming
+from the operating system (NixOS/nix#1446).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import errno
+import os
+import secrets
+import unicodedata
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Final
+
+from xstore.errors import CaseHackError, DumpError
+from xstore.nar.parser import CASE_HACK_SUFFIX, show
+
+__all__ = [
+    "CASE_HACK_SUFFIX",
+    "CaseHackMode",
+    "CaseHackNames",
+    "Fold",
+    "FsCaseBehaviour",
+    "NameScanner",
+    "fold_key",
+    "probe",
+    "unhack_entries",
+    "unhack_name",
+]
+
+
+class CaseHackMode(enum.Enum):
+    AUTO = "auto"
+    ON = "on"
+    OFF = "off"
+
+
+class Fold(enum.Enum):
+    """How a filesystem decides that two names are the same name."""
+
+    ASCII = "ascii"  # strcasecmp in the C locale: Nix's fold
+    APFS = "apfs"  # Unicode case folding and canonical normalisation, as APFS and HFS+ do
+
+
+def fold_key(name: bytes, fold: Fold) -> bytes:
+    """The key under which `fold` considers names equal.
+
+    For `APFS`, names that are not UTF-8 fall back to the ASCII fold (macOS cannot store them at all;
+    `NameScanner` reports them separately).
+    """
+    if fold is Fold.ASCII:
+        return name.lower()  # bytes.lower() touches ASCII letters only, like strcasecmp in "C"
+    if name.isascii():
+        return name.lower()
+    try:
+        text = name.decode("utf-8")
+    except UnicodeDecodeError:
+        return name.lower()
+    return unicodedata.normalize("NFD", unicodedata.normalize("NFD", text).casefold()).encode()
+
+
+class CaseHackNames:
+    """Names restored into one directory so far, and the name each later entry gets on disk.
+
+    Nix: archive.cc `CaseHackNames::diskName`. The first spelling of each key is remembered, since
+    Nix's collision message names it.
+    """
+
+    __slots__ = ("_fold", "_seen")
+
+    def __init__(self, fold: Fold = Fold.ASCII) -> None:
+        self._fold = fold
+        self._seen: dict[bytes, list[bytes | int]] = {}  # key -> [first spelling, count]
+
+    def disk_name(self, name: bytes) -> bytes:
+        """The name to create for NAR entry `name`. Raises `CaseHackError` when the hacked name would
+        land on an entry already there (possible when a NAR spells the suffix in another case)."""
+        fold = self._fold
+        key = fold_key(name, fold)
+        seen = self._seen.get(key)
+        if seen is None:
+            self._seen[key] = [name, 0]
+            return name
+        count = int(seen[1]) + 1
+        seen[1] = count
+        hacked = name + CASE_HACK_SUFFIX + str(count).encode()
+        clash = self._seen.get(fold_key(hacked, fold))
+        if clash is not None:
+            first = clash[0]
+            assert isinstance(first, bytes)
+            raise CaseHackError(
+                f"NAR contains file name '{show(name)}' that collides with case-hacked file name "
+                f"'{show(first)}'",
+                name=name,
+                existing=first,
+            )
+        return hacked
+
+
+def unhack_name(name: bytes) -> bytes:
+    """`name` with everything from the first case-hack suffix on removed (Nix: `unhackName`)."""
+    pos = name.find(CASE_HACK_SUFFIX)
+    return name if pos < 0 else name[:pos]
+
+
+def unhack_entries(names: Iterable[bytes], *, hack: bool, where: bytes = b"") -> list[tuple[bytes, bytes]]:
+    """Pair each on-disk name of a directory with its name in the archive, in archive order.
+
+    Returns `(archive_name, disk_name)` sorted by archive name. With `hack` off a name carrying the
+    suffix is refused (it would make an archive no parser accepts); with it on, two disk names that
+    un-hack to the same name are refused. Nix: archive.cc `unhackedEntries`.
+    """
+    if not hack:
+        pairs = []
+        for name in names:
+            if CASE_HACK_SUFFIX in name:
+                raise DumpError(
+                    f"cannot serialise '{_show_in(where, name)}': the name carries the case-hack suffix "
+                    f"'{CASE_HACK_SUFFIX.decode()}', which the NAR format reserves (use --case-hack on)",
+                    path=where + b"/" + name,
+                )
+            pairs.append((name, name))
+        pairs.sort()
+        return pairs
+    unhacked: dict[bytes, bytes] = {}
+    for name in names:
+        nar_name = unhack_name(name)
+        other = unhacked.setdefault(nar_name, name)
+        if other is not name:
+            first, second = sorted((other, name))
+            raise CaseHackError(
+                f"file name collision between '{_show_in(where, first)}' and '{_show_in(where, second)}'",
+                path=where,
+            )
+    return sorted(unhacked.items())
+
+
+def _show_in(where: bytes, name: bytes) -> str:
+    return show(where + b"/" + name if where else name, 4096)
+
+
+# -- the probe ----------------------------------------------------------------------------------------
+
+_UNICODE_UPPER: Final = "\u00c0".encode()  # LATIN CAPITAL LETTER A WITH GRAVE (NFC)
+_UNICODE_LOWER: Final = "\u00e0".encode()
+_NFC: Final = "\u00e9".encode()  # e with acute, composed
+_NFD: Final = "e\u0301".encode()  # the same, decomposed
+
+
+@dataclass(frozen=True, slots=True)
+class FsCaseBehaviour:
+    """What a directory's filesystem does with names that differ only in case or normalisation."""
+
+    case_insensitive: bool
+    unicode_case_insensitive: bool = False
+    normalization_insensitive: bool = False
+    method: str = field(default="write", compare=False)  # "write" or "read-only"
+
+    @property
+    def fold(self) -> Fold:
+        """The fold that predicts this filesystem: APFS-like if it folds beyond ASCII."""
+        if self.unicode_case_insensitive or self.normalization_insensitive:
+            return Fold.APFS
+        return Fold.ASCII
+
+
+def _exists(name: bytes, dir_fd: int) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    except OSError as e:
+        if e.errno in (errno.EILSEQ, errno.EINVAL, errno.ENAMETOOLONG):
+            return False
+        raise
+    return True
+
+
+def probe(directory: str | bytes | os.PathLike[str] | os.PathLike[bytes]) -> FsCaseBehaviour:
+    """How the filesystem holding `directory` treats case and normalisation.
+
+    Creates a uniquely named scratch directory inside `directory`, a few files in it, and removes it
+    all again, whatever happens. Where `directory` cannot be written (read-only filesystem, no
+    permission) it falls back to looking up case variants of the names already there, which detects
+    ASCII case folding when some name has a letter (and otherwise reports case-sensitive).
+    """
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        try:
+            return _probe_by_writing(dir_fd)
+        except OSError as e:
+            if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise
+        return _probe_read_only(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _probe_by_writing(dir_fd: int) -> FsCaseBehaviour:
+    scratch = b".xstore-probe-" + secrets.token_hex(8).encode()
+    os.mkdir(scratch, 0o700, dir_fd=dir_fd)
+    created: list[bytes] = []
+    try:
+        fd = os.open(scratch, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        try:
+
+            def touch(name: bytes) -> bool:
+                try:
+                    os.close(
+                        os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=fd)
+                    )
+                except OSError as e:
+                    if e.errno in (errno.EILSEQ, errno.EINVAL):
+                        return False  # the filesystem refuses this spelling: treat as no folding
+                    raise
+                created.append(name)
+                return True
+
+            case_insensitive = touch(b"A") and _exists(b"a", fd)
+            unicode = touch(_UNICODE_UPPER) and _exists(_UNICODE_LOWER, fd)
+            normalization = touch(_NFC) and _exists(_NFD, fd)
+        finally:
+            for name in created:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=fd)
+            os.close(fd)
+    finally:
+        os.rmdir(scratch, dir_fd=dir_fd)
+    return FsCaseBehaviour(case_insensitive, unicode, normalization, "write")
+
+
+def _probe_read_only(dir_fd: int) -> FsCaseBehaviour:
+    with os.scandir(dir_fd) as it:
+        names = [os.fsencode(entry.name) for entry in it]
+    for name in names:
+        swapped = name.swapcase()
+        if swapped == name or swapped in names:
+            continue
+        try:
+            st = os.stat(swapped, dir_fd=dir_fd, follow_symlinks=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return FsCaseBehaviour(False, method="read-only")
+        original = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        same = (st.st_dev, st.st_ino) == (original.st_dev, original.st_ino)
+        return FsCaseBehaviour(same, method="read-only")
+    return FsCaseBehaviour(False, method="read-only")
+
+
+def resolve_restore_mode(
+    mode: CaseHackMode, fold: Fold | None, behaviour: FsCaseBehaviour | None
+) -> tuple[bool, Fold]:
+    """Whether to hack and with which fold, from the user's choices and (for auto) a probe result."""
+    if mode is CaseHackMode.AUTO:
+        if behaviour is None:
+            raise ValueError("case-hack auto needs a probe result")
+        hack = behaviour.case_insensitive
+    else:
+        hack = mode is CaseHackMode.ON
+    if fold is None:
+        fold = behaviour.fold if behaviour is not None else Fold.ASCII
+    return hack, fold
+
+
+# -- the pre-flight scan --------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class NameScanner:
+    """Collects, directory by directory, the names that would collide under each fold, and the names
+    macOS cannot store at all (not UTF-8). Feed it with `add_directory`; read `findings()`."""
+
+    collisions: dict[Fold, list[tuple[tuple[bytes, ...], list[bytes]]]] = field(
+        default_factory=lambda: {Fold.ASCII: [], Fold.APFS: []}
+    )
+    not_utf8: list[tuple[bytes, ...]] = field(default_factory=list)
+    directories: int = 0
+    names: int = 0
+
+    def add_directory(self, path: tuple[bytes, ...], names: Iterable[bytes]) -> None:
+        groups: dict[Fold, dict[bytes, list[bytes]]] = {Fold.ASCII: {}, Fold.APFS: {}}
+        self.directories += 1
+        for name in names:
+            self.names += 1
+            if not name.isascii():
+                try:
+                    name.decode("utf-8")
+                except UnicodeDecodeError:
+                    self.not_utf8.append((*path, name))
+            for fold, by_key in groups.items():
+                by_key.setdefault(fold_key(name, fold), []).append(name)
+        for fold, by_key in groups.items():
+            for members in by_key.values():
+                if len(members) > 1:
+                    self.collisions[fold].append((path, sorted(members)))
+
+    @property
+    def clean(self) -> bool:
+        return not (self.collisions[Fold.ASCII] or self.collisions[Fold.APFS] or self.not_utf8)

@@ -1,0 +1,220 @@
+"""NAR listings and the random-access index.
+
+One streaming pass over an archive builds a `NarIndex`: the tree of its nodes with, for each regular
+file, the offset of its contents in the archive. Contents are skipped (by seeking, when the source can
+seek) but the archive is still validated in full, as Nix validates before listing. Memory is
+proportional to the number of entries, never to the archive's size. The index serves `nar ls` (text, and
+JSON identical to current Nix's `nix nar ls --json`), `nar cat`, and the FUSE view of a NAR.
+
+Nix: nar-accessor.cc (`NarAccessor`, `listNar`) and nix/ls.cc.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, Final
+
+from xstore.errors import PathNotFoundError, XstoreError
+from xstore.nar.events import NEED_DATA, ArchiveEnd, DirectoryEnd, DirectoryStart, RegularFile, Symlink
+from xstore.nar.parser import NarParser, show
+
+CHUNK: Final = 1 << 20
+
+
+@dataclass(slots=True)
+class RegularNode:
+    size: int
+    executable: bool
+    offset: int
+
+
+@dataclass(slots=True)
+class SymlinkNode:
+    target: bytes
+
+
+@dataclass(slots=True)
+class DirectoryNode:
+    entries: dict[bytes, Node] = field(default_factory=dict)  # in archive (byte) order
+
+
+Node = RegularNode | SymlinkNode | DirectoryNode
+
+
+@dataclass(slots=True)
+class NarIndex:
+    root: Node
+    nar_size: int
+
+    def lookup(self, path: str | bytes) -> Node:
+        """The node at `path` ("/", "", "/a/b" or "a/b"). Raises `PathNotFoundError`."""
+        node = self.root
+        for part in _split(path):
+            if not isinstance(node, DirectoryNode) or part not in node.entries:
+                raise PathNotFoundError(f"path '{_display(path)}' does not exist in the NAR")
+            node = node.entries[part]
+        return node
+
+
+def _split(path: str | bytes) -> list[bytes]:
+    raw = os.fsencode(path)
+    return [p for p in raw.split(b"/") if p and p != b"."]
+
+
+def _display(path: str | bytes) -> str:
+    return "/" + os.fsdecode(b"/".join(_split(path)))
+
+
+def build_index(read: Callable[[int], bytes], skip: Callable[[int], None] | None = None) -> NarIndex:
+    """Index the archive read from `read(n)`; validates all of it.
+
+    `skip(n)`, if given, advances the source by n bytes without reading them (a seek); contents are
+    then never read. Raises `NarError` for an invalid archive.
+    """
+    parser = NarParser()
+    stack: list[DirectoryNode] = []
+    root: Node | None = None
+    while True:
+        event = parser.next_event()
+        if event is NEED_DATA:
+            parser.receive_data(read(CHUNK))
+            continue
+        kind = type(event)
+        node: Node
+        if kind is RegularFile:
+            assert isinstance(event, RegularFile)
+            node = RegularNode(event.size, event.executable, event.contents_offset)
+            if skip is not None:
+                left = parser.skip_contents()
+                if left:
+                    skip(left)
+            else:
+                while parser.contents_remaining:
+                    if parser.next_event() is NEED_DATA:
+                        parser.receive_data(read(CHUNK))
+        elif kind is DirectoryStart:
+            node = DirectoryNode()
+        elif kind is Symlink:
+            assert isinstance(event, Symlink)
+            node = SymlinkNode(event.target)
+        elif kind is DirectoryEnd:
+            stack.pop()
+            continue
+        elif kind is ArchiveEnd:
+            assert root is not None
+            return NarIndex(root, parser.offset)
+        else:  # FileChunk, FileEnd
+            continue
+        assert isinstance(event, RegularFile | DirectoryStart | Symlink)
+        if stack:
+            stack[-1].entries[event.path[-1]] = node
+        else:
+            root = node
+        if isinstance(node, DirectoryNode):
+            stack.append(node)
+
+
+def index_file(f: BinaryIO) -> NarIndex:
+    """Index an archive file, seeking over contents when the file can seek."""
+    skip: Callable[[int], None] | None = None
+    if f.seekable():
+
+        def skip(n: int) -> None:
+            f.seek(n, os.SEEK_CUR)
+
+    index = build_index(f.read, skip)
+    if f.seekable() and f.tell() > f.seek(0, os.SEEK_END):
+        raise XstoreError("unexpected end of file: the archive is shorter than its contents claim")
+    return index
+
+
+# -- JSON, as `nix nar ls --json` ------------------------------------------------------------------------
+
+
+def _name_for_json(name: bytes) -> str:
+    try:
+        return name.decode("utf-8")
+    except UnicodeDecodeError:
+        raise XstoreError(
+            f"name '{show(name)}' is not valid UTF-8 and cannot be listed as JSON (use the text listing)"
+        ) from None
+
+
+def listing_json(node: Node, *, recursive: bool) -> Any:
+    """The JSON object `nix nar ls --json` gives for `node` (serialise with `dump_json`)."""
+    if isinstance(node, RegularNode):
+        obj: dict[str, Any] = {"type": "regular", "size": node.size}
+        if node.executable:
+            obj["executable"] = True
+        if node.offset:
+            obj["narOffset"] = node.offset
+        return obj
+    if isinstance(node, SymlinkNode):
+        return {"type": "symlink", "target": _name_for_json(node.target)}
+    return {
+        "type": "directory",
+        "entries": {
+            _name_for_json(name): listing_json(child, recursive=True) if recursive else {}
+            for name, child in node.entries.items()
+        },
+    }
+
+
+def dump_json(obj: Any) -> str:
+    """Serialise as current Nix does (nlohmann::json `dump()`): compact, keys sorted, UTF-8 unescaped."""
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+
+
+# -- text, as `nix nar ls [-l] [-R] [-d]` -----------------------------------------------------------------
+
+
+def listing_lines(
+    index: NarIndex, path: str | bytes, *, recursive: bool, long: bool, directory: bool
+) -> Iterator[bytes]:
+    """Lines (without newline) of `nix nar ls` for `path`: names relative to it, `./name` for the
+    contents of a directory; with `long`, a mode column and the size as Nix prints them."""
+    node = index.lookup(path)
+    parts = _split(path)
+    if isinstance(node, DirectoryNode) and not directory:
+        yield from _children(node, b".", recursive, long)
+    else:
+        yield from _show_node(node, parts[-1] if parts else b".", recursive, long)
+
+
+def _children(node: DirectoryNode, rel: bytes, recursive: bool, long: bool) -> Iterator[bytes]:
+    for name, child in node.entries.items():
+        yield from _show_node(child, rel + b"/" + name, recursive, long)
+
+
+def _show_node(node: Node, rel: bytes, recursive: bool, long: bool) -> Iterator[bytes]:
+    if long:
+        if isinstance(node, RegularNode):
+            mode, size = ("-r-xr-xr-x" if node.executable else "-r--r--r--"), node.size
+        elif isinstance(node, SymlinkNode):
+            mode, size = "lrwxrwxrwx", 0
+        else:
+            mode, size = "dr-xr-xr-x", 0
+        line = f"{mode} {size:20d} ".encode() + rel
+        if isinstance(node, SymlinkNode):
+            line += b" -> " + node.target
+        yield line
+    else:
+        yield rel
+    if recursive and isinstance(node, DirectoryNode):
+        yield from _children(node, rel, recursive, long)
+
+
+def iter_regular_contents(f: BinaryIO, node: RegularNode, chunk: int = CHUNK) -> Iterator[bytes]:
+    """The contents of a regular file inside an indexed archive file, read with pread."""
+    fd = f.fileno()
+    pos, left = node.offset, node.size
+    while left:
+        data = os.pread(fd, min(left, chunk), pos)
+        if not data:
+            raise XstoreError("unexpected end of file while reading contents from the archive")
+        pos += len(data)
+        left -= len(data)
+        yield data

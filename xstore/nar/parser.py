@@ -1,0 +1,525 @@
+"""The sans-IO NAR parser: bytes in, events out.
+
+Strategy (after h11): the caller feeds whatever bytes it has with `receive_data()` (`b""` meaning end of
+input) and pulls events with `next_event()`, which returns `NEED_DATA` when it cannot go on. Nothing here
+reads a file or a socket, so the blocking driver, the trio driver, the listing builder and the export
+stream reader all share this one state machine. Each state names what the archive must hold next; the
+transitions are the `_STEPS` table at the bottom.
+
+Tokens are read whole before they are looked at, and every token but file contents is bounded (tags 32
+bytes, names 255, symlink targets 4095), so the buffer never holds much more than one chunk. Contents
+pass through as `FileChunk`s: when a received chunk lies entirely inside a file's contents it is handed on
+without a copy.
+
+The rules are those of current Nix (archive.cc `parse`, >= 2.25 with the 2.35 limits), which is strict
+where Nix 2.8 was lenient: entries strictly increasing in byte order, fixed field order, zero padding,
+valid names and targets, bounded lengths, nesting depth below 64, and no name containing the case-hack
+suffix. The parser stops exactly at the end of the archive; bytes after it stay in `unused_data`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from typing import Final, NoReturn
+
+from xstore.errors import NarError, TruncatedError
+from xstore.nar.events import (
+    NEED_DATA,
+    ArchiveEnd,
+    DirectoryEnd,
+    DirectoryStart,
+    Event,
+    FileChunk,
+    FileEnd,
+    RegularFile,
+    Signal,
+    Symlink,
+)
+from xstore.wire import NAR_MAX_DEPTH, NAR_MAX_NAME, NAR_MAX_TAG, NAR_MAX_TARGET, U64, ZEROS
+
+NAR_MAGIC: Final = b"nix-archive-1"
+CASE_HACK_SUFFIX: Final = b"~nix~case~hack~"
+
+# Upper bound on one FileChunk's size when contents come out of the buffer (not when passed through).
+MAX_CHUNK: Final = 1 << 20
+
+
+class _State(enum.Enum):
+    MAGIC = enum.auto()
+    NODE_OPEN = enum.auto()  # "("
+    TYPE_TAG = enum.auto()  # "type"
+    TYPE = enum.auto()  # "regular" | "directory" | "symlink"
+    REGULAR_TAG = enum.auto()  # "executable" | "contents"
+    EXECUTABLE_VALUE = enum.auto()  # ""
+    CONTENTS_TAG = enum.auto()  # "contents"
+    SIZE = enum.auto()  # u64
+    CONTENTS = enum.auto()  # raw bytes
+    PADDING = enum.auto()  # zeros up to a multiple of 8
+    TARGET_TAG = enum.auto()  # "target"
+    TARGET = enum.auto()  # symlink target
+    NODE_CLOSE = enum.auto()  # ")" closing a regular file or symlink
+    DIRECTORY_TAG = enum.auto()  # "entry" | ")"
+    ENTRY_OPEN = enum.auto()  # "("
+    NAME_TAG = enum.auto()  # "name"
+    NAME = enum.auto()  # entry name
+    NODE_TAG = enum.auto()  # "node"
+    ENTRY_CLOSE = enum.auto()  # ")"
+    DONE = enum.auto()
+
+
+def _framed(s: bytes) -> bytes:
+    return U64.pack(len(s)) + s + ZEROS[: -len(s) & 7]
+
+
+# Tags pre-framed, so the common case is one comparison of raw bytes.
+_F_OPEN: Final = _framed(b"(")
+_F_CLOSE: Final = _framed(b")")
+_F_TYPE: Final = _framed(b"type")
+_F_CONTENTS: Final = _framed(b"contents")
+_F_TARGET: Final = _framed(b"target")
+_F_ENTRY: Final = _framed(b"entry")
+_F_NAME: Final = _framed(b"name")
+_F_NODE: Final = _framed(b"node")
+
+
+def show(data: bytes, limit: int = 64) -> str:
+    """Bytes from an archive as they appear in a message: decoded where possible, cut when long."""
+    text = data[:limit].decode("utf-8", "backslashreplace")
+    text = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+    return text + "..." if len(data) > limit else text
+
+
+def name_problem(name: bytes) -> str | None:
+    """Why `name` may not be a NAR entry name, or None if it may (the parser's and encoder's rule)."""
+    if not name or name in (b".", b"..") or b"/" in name or b"\0" in name:
+        return f"NAR contains invalid file name '{show(name)}'"
+    if len(name) > NAR_MAX_NAME:
+        return f"file name of {len(name)} bytes is too long (at most {NAR_MAX_NAME} allowed)"
+    if CASE_HACK_SUFFIX in name:
+        return (
+            f"NAR contains file name '{show(name)}' with the case-hack suffix '{CASE_HACK_SUFFIX.decode()}'"
+        )
+    return None
+
+
+def target_problem(target: bytes) -> str | None:
+    """Why `target` may not be a symlink target in a NAR, or None if it may."""
+    if not target or b"\0" in target:
+        return "NAR contains invalid symlink target"
+    if len(target) > NAR_MAX_TARGET:
+        return f"symlink target of {len(target)} bytes is too long (at most {NAR_MAX_TARGET} allowed)"
+    return None
+
+
+class _Frame:
+    """An open directory: its path and the last entry name seen (for the ordering check)."""
+
+    __slots__ = ("path", "prev_name")
+
+    def __init__(self, path: tuple[bytes, ...]) -> None:
+        self.path = path
+        self.prev_name: bytes | None = None
+
+
+class NarParser:
+    """Incremental NAR parser.
+
+    `receive_data(data)` appends input; `b""` marks its end. `next_event()` returns the next event,
+    `NEED_DATA` when more input is needed, or raises `NarError` (`TruncatedError` when the input ended
+    early). After `ArchiveEnd` it keeps returning `ArchiveEnd`; bytes that followed the archive are in
+    `unused_data`. The parser holds no resources, so abandoning it (on cancellation) needs no cleanup.
+    """
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._pos = 0
+        self._base = 0  # archive offset of self._buf[0]
+        self._eof = False
+        self._state = _State.MAGIC
+        self._stack: list[_Frame] = []
+        self._path: tuple[bytes, ...] = ()  # path of the node being read
+        self._executable = False
+        self._remaining = 0  # contents bytes still to come
+        self._size = 0  # size of the current file
+        self._token_offset = 0  # offset of the token being looked at, for messages
+        self._is_file = False  # the node being closed is a regular file (not a symlink)
+        self._end_offset = 0
+
+    # -- input -------------------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Append input. `b""` (or any empty buffer) means the input has ended."""
+        if not data:
+            self._eof = True
+            return
+        if self._eof:
+            raise RuntimeError("receive_data() after end of input")
+        if not isinstance(data, bytes):
+            data = bytes(data)
+        if self._pos >= len(self._buf):
+            self._base += len(self._buf)
+            self._buf = data
+        else:
+            self._base += self._pos
+            self._buf = self._buf[self._pos :] + data
+        self._pos = 0
+
+    @property
+    def offset(self) -> int:
+        """Archive offset of the next byte the parser will look at."""
+        return self._base + self._pos
+
+    @property
+    def done(self) -> bool:
+        return self._state is _State.DONE
+
+    @property
+    def unused_data(self) -> bytes:
+        """Bytes received beyond the end of the archive (empty before the end)."""
+        return self._buf[self._pos :] if self._state is _State.DONE else b""
+
+    @property
+    def contents_remaining(self) -> int:
+        """Bytes of the current file's contents not yet returned (0 outside contents)."""
+        return self._remaining if self._state is _State.CONTENTS else 0
+
+    def skip_contents(self) -> int:
+        """Drop the rest of the current file's contents instead of returning them as chunks.
+
+        Buffered contents are discarded; the result is how many further bytes the caller must skip in
+        its source (by seeking) before it feeds data again. Only valid right after `RegularFile` or a
+        `FileChunk`; returns 0 elsewhere.
+        """
+        if self._state is not _State.CONTENTS:
+            return 0
+        buffered = min(len(self._buf) - self._pos, self._remaining)
+        left = self._remaining - buffered
+        if left:
+            # The buffer is used up and `left` bytes the caller skips count as consumed.
+            self._base += len(self._buf) + left
+            self._buf = b""
+            self._pos = 0
+        else:
+            self._pos += buffered
+        self._remaining = 0
+        self._state = _State.PADDING
+        return left
+
+    # -- output ------------------------------------------------------------------------------------
+
+    def next_event(self) -> Event | Signal:
+        """Return the next event, or `NEED_DATA`. Raises `NarError` on invalid input."""
+        steps = _STEPS
+        while True:
+            result = steps[self._state](self)
+            if result is not None:
+                return result
+
+    # -- token readers: each returns None when the buffer does not yet hold the whole token --------
+
+    def _need(self) -> Signal:
+        if self._eof:
+            if self._state is _State.MAGIC and self._base + len(self._buf) == 0:
+                raise NarError("input doesn't look like a Nix archive (it is empty)", offset=0)
+            raise TruncatedError(
+                f"unexpected end of file while reading {_WHAT[self._state]}",
+                offset=self._base + len(self._buf),
+                path=self._path,
+            )
+        return NEED_DATA
+
+    def _string(self, max_len: int, what: str) -> bytes | None:
+        buf, pos = self._buf, self._pos
+        if len(buf) - pos < 8:
+            return None
+        (n,) = U64.unpack_from(buf, pos)
+        self._token_offset = self._base + pos
+        if n > max_len:
+            self._fail(f"{what} of {n} bytes is too long (at most {max_len} allowed)")
+        end = pos + 8 + n
+        padded = end + (-n & 7)
+        if len(buf) < padded:
+            return None
+        if buf[end:padded] != ZEROS[: padded - end]:
+            self._fail("non-zero padding")
+        self._pos = padded
+        return buf[pos + 8 : end]
+
+    def _expect(self, framed: bytes, tag: str) -> bool:
+        """Consume the tag `tag` (pre-framed as `framed`); False when more data is needed."""
+        buf, pos = self._buf, self._pos
+        if buf.startswith(framed, pos):
+            self._token_offset = self._base + pos
+            self._pos = pos + len(framed)
+            return True
+        got = self._string(NAR_MAX_TAG, "tag")
+        if got is None:
+            return False
+        self._fail(f"expected tag '{tag}', got '{show(got)}'")
+
+    def _fail(self, message: str) -> NoReturn:
+        raise NarError(message, offset=self._token_offset, path=self._path)
+
+    # -- states --------------------------------------------------------------------------------------
+
+    def _magic(self) -> Event | Signal | None:
+        buf, pos = self._buf, self._pos
+        if len(buf) - pos >= 8:
+            (n,) = U64.unpack_from(buf, pos)
+            if n != len(NAR_MAGIC):
+                self._token_offset = 0
+                self._fail("input doesn't look like a Nix archive")
+        magic = self._string(len(NAR_MAGIC), "magic")
+        if magic is None:
+            return self._need()
+        if magic != NAR_MAGIC:
+            self._fail("input doesn't look like a Nix archive")
+        self._state = _State.NODE_OPEN
+        return None
+
+    def _node_open(self) -> Event | Signal | None:
+        if not self._expect(_F_OPEN, "("):
+            return self._need()
+        self._state = _State.TYPE_TAG
+        return None
+
+    def _type_tag(self) -> Event | Signal | None:
+        if not self._expect(_F_TYPE, "type"):
+            return self._need()
+        self._state = _State.TYPE
+        return None
+
+    def _type(self) -> Event | Signal | None:
+        kind = self._string(NAR_MAX_TAG, "file type")
+        if kind is None:
+            return self._need()
+        if kind == b"regular":
+            self._executable = False
+            self._is_file = True
+            self._state = _State.REGULAR_TAG
+            return None
+        if kind == b"directory":
+            self._stack.append(_Frame(self._path))
+            self._state = _State.DIRECTORY_TAG
+            return DirectoryStart(self._path)
+        if kind == b"symlink":
+            self._is_file = False
+            self._state = _State.TARGET_TAG
+            return None
+        self._fail(f"unknown file type '{show(kind)}'")
+
+    def _regular_tag(self) -> Event | Signal | None:
+        if self._expect_quiet(_F_CONTENTS):
+            self._state = _State.SIZE
+            return None
+        tag = self._string(NAR_MAX_TAG, "tag")
+        if tag is None:
+            return self._need()
+        if tag == b"executable":
+            self._executable = True
+            self._state = _State.EXECUTABLE_VALUE
+            return None
+        self._fail(f"expected tag 'contents', got '{show(tag)}'")
+
+    def _expect_quiet(self, framed: bytes) -> bool:
+        if self._buf.startswith(framed, self._pos):
+            self._token_offset = self._base + self._pos
+            self._pos += len(framed)
+            return True
+        return False
+
+    def _executable_value(self) -> Event | Signal | None:
+        buf, pos = self._buf, self._pos
+        if len(buf) - pos >= 8 and U64.unpack_from(buf, pos)[0] != 0:
+            self._token_offset = self._base + pos
+            self._fail("executable marker has non-empty value")
+        if self._string(0, "executable marker") is None:
+            return self._need()
+        self._state = _State.CONTENTS_TAG
+        return None
+
+    def _contents_tag(self) -> Event | Signal | None:
+        if not self._expect(_F_CONTENTS, "contents"):
+            return self._need()
+        self._state = _State.SIZE
+        return None
+
+    def _file_size(self) -> Event | Signal | None:
+        buf, pos = self._buf, self._pos
+        if len(buf) - pos < 8:
+            return self._need()
+        (size,) = U64.unpack_from(buf, pos)
+        self._pos = pos + 8
+        self._size = self._remaining = size
+        self._state = _State.CONTENTS
+        return RegularFile(self._path, self._executable, size, self._base + pos + 8)
+
+    def _contents(self) -> Event | Signal | None:
+        remaining = self._remaining
+        if remaining == 0:
+            self._state = _State.PADDING
+            return None
+        buf, pos = self._buf, self._pos
+        avail = len(buf) - pos
+        if avail == 0:
+            return self._need()
+        if pos == 0 and avail <= remaining:
+            # The whole received chunk is contents: hand it on as it is.
+            self._pos = avail
+            self._remaining = remaining - avail
+            return FileChunk(buf)
+        n = min(avail, remaining, MAX_CHUNK)
+        self._pos = pos + n
+        self._remaining = remaining - n
+        return FileChunk(buf[pos : pos + n])
+
+    def _padding(self) -> Event | Signal | None:
+        pad = -self._size & 7
+        buf, pos = self._buf, self._pos
+        if len(buf) - pos < pad:
+            return self._need()
+        if buf[pos : pos + pad] != ZEROS[:pad]:
+            self._token_offset = self._base + pos
+            self._fail("non-zero padding")
+        self._pos = pos + pad
+        self._state = _State.NODE_CLOSE
+        return None
+
+    def _target_tag(self) -> Event | Signal | None:
+        if not self._expect(_F_TARGET, "target"):
+            return self._need()
+        self._state = _State.TARGET
+        return None
+
+    def _target(self) -> Event | Signal | None:
+        target = self._string(NAR_MAX_TARGET, "symlink target")
+        if target is None:
+            return self._need()
+        problem = target_problem(target)
+        if problem is not None:
+            self._fail(problem)
+        self._state = _State.NODE_CLOSE
+        return Symlink(self._path, target)
+
+    def _node_close(self) -> Event | Signal | None:
+        if not self._expect(_F_CLOSE, ")"):
+            return self._need()
+        # NODE_CLOSE closes a regular file or a symlink; only files get an end event.
+        path = self._path
+        self._end_node()
+        return FileEnd(path) if self._is_file else None
+
+    def _directory_tag(self) -> Event | Signal | None:
+        if self._expect_quiet(_F_ENTRY):
+            self._state = _State.ENTRY_OPEN
+            return None
+        tag = self._string(NAR_MAX_TAG, "tag")
+        if tag is None:
+            return self._need()
+        if tag != b")":
+            self._fail(f"expected tag 'entry' or ')', got '{show(tag)}'")
+        frame = self._stack.pop()
+        self._end_node()
+        return DirectoryEnd(frame.path)
+
+    def _entry_open(self) -> Event | Signal | None:
+        if not self._expect(_F_OPEN, "("):
+            return self._need()
+        self._state = _State.NAME_TAG
+        return None
+
+    def _name_tag(self) -> Event | Signal | None:
+        if not self._expect(_F_NAME, "name"):
+            return self._need()
+        self._state = _State.NAME
+        return None
+
+    def _name(self) -> Event | Signal | None:
+        name = self._string(NAR_MAX_NAME, "file name")
+        if name is None:
+            return self._need()
+        problem = name_problem(name)
+        if problem is not None:
+            self._fail(problem)
+        frame = self._stack[-1]
+        prev = frame.prev_name
+        if prev is not None and name <= prev:
+            self._fail(f"NAR directory is not sorted ('{show(name)}' after '{show(prev)}')")
+        frame.prev_name = name
+        self._path = (*frame.path, name)
+        self._state = _State.NODE_TAG
+        return None
+
+    def _node_tag(self) -> Event | Signal | None:
+        if not self._expect(_F_NODE, "node"):
+            return self._need()
+        if len(self._path) >= NAR_MAX_DEPTH:
+            self._fail(f"NAR directory nesting exceeds maximum depth of {NAR_MAX_DEPTH}")
+        self._state = _State.NODE_OPEN
+        return None
+
+    def _entry_close(self) -> Event | Signal | None:
+        if not self._expect(_F_CLOSE, ")"):
+            return self._need()
+        self._state = _State.DIRECTORY_TAG
+        self._path = self._stack[-1].path
+        return None
+
+    def _done(self) -> Event | Signal | None:
+        return ArchiveEnd(self._end_offset)
+
+    def _end_node(self) -> None:
+        """A node is complete: go back to its directory, or finish the archive."""
+        if self._stack:
+            self._state = _State.ENTRY_CLOSE
+        else:
+            self._state = _State.DONE
+            self._end_offset = self._base + self._pos
+
+
+_WHAT: Final[dict[_State, str]] = {
+    _State.MAGIC: "the archive header",
+    _State.NODE_OPEN: "a node",
+    _State.TYPE_TAG: "a node's type",
+    _State.TYPE: "a node's type",
+    _State.REGULAR_TAG: "a regular file",
+    _State.EXECUTABLE_VALUE: "a regular file",
+    _State.CONTENTS_TAG: "a regular file",
+    _State.SIZE: "a file's size",
+    _State.CONTENTS: "a file's contents",
+    _State.PADDING: "a file's padding",
+    _State.TARGET_TAG: "a symlink",
+    _State.TARGET: "a symlink's target",
+    _State.NODE_CLOSE: "the end of a node",
+    _State.DIRECTORY_TAG: "a directory",
+    _State.ENTRY_OPEN: "a directory entry",
+    _State.NAME_TAG: "a directory entry",
+    _State.NAME: "a file name",
+    _State.NODE_TAG: "a directory entry",
+    _State.ENTRY_CLOSE: "the end of a directory entry",
+    _State.DONE: "nothing",
+}
+
+_STEPS: Final[dict[_State, Callable[[NarParser], Event | Signal | None]]] = {
+    _State.MAGIC: NarParser._magic,
+    _State.NODE_OPEN: NarParser._node_open,
+    _State.TYPE_TAG: NarParser._type_tag,
+    _State.TYPE: NarParser._type,
+    _State.REGULAR_TAG: NarParser._regular_tag,
+    _State.EXECUTABLE_VALUE: NarParser._executable_value,
+    _State.CONTENTS_TAG: NarParser._contents_tag,
+    _State.SIZE: NarParser._file_size,
+    _State.CONTENTS: NarParser._contents,
+    _State.PADDING: NarParser._padding,
+    _State.TARGET_TAG: NarParser._target_tag,
+    _State.TARGET: NarParser._target,
+    _State.NODE_CLOSE: NarParser._node_close,
+    _State.DIRECTORY_TAG: NarParser._directory_tag,
+    _State.ENTRY_OPEN: NarParser._entry_open,
+    _State.NAME_TAG: NarParser._name_tag,
+    _State.NAME: NarParser._name,
+    _State.NODE_TAG: NarParser._node_tag,
+    _State.ENTRY_CLOSE: NarParser._entry_close,
+    _State.DONE: NarParser._done,
+}

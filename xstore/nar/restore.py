@@ -1,0 +1,338 @@
+"""NAR -> filesystem tree: the tree writer and the blocking restore driver.
+
+`TreeWriter` consumes parser events and creates the tree; it is shared by the blocking driver here, the
+trio driver and the store import. Its safety rules:
+
+- Everything is created relative to a directory file descriptor, by a single name component that the
+  parser has already checked, with `O_EXCL`/`O_NOFOLLOW`: nothing outside the destination is ever
+  created, followed or overwritten, and a symlink in the archive is created, never written through.
+- The tree is built inside a fresh private directory next to the destination (`.NAME.xstore-XXXX`) and
+  moved into place only when the archive was complete and valid. A refused or interrupted restore
+  removes that directory; the destination never exists half-written.
+- Modes are exactly 0644/0755 for files and 0755 for directories, whatever the umask.
+- A large file is preallocated in steps as its data arrives, never all at once from the size the
+  archive claims: a hostile archive declaring 2^64-1 bytes cannot fill the disk up front.
+
+Names go through the case hack (`casehack.CaseHackNames`) when it is on. Nix: archive.cc `RestoreSink`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+import shutil
+import stat
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Final
+
+from xstore.casehack import CaseHackMode, CaseHackNames, Fold, FsCaseBehaviour, probe, resolve_restore_mode
+from xstore.errors import (
+    CaseHackError,
+    DestinationExistsError,
+    RestoreError,
+    TrailingDataError,
+    XstoreError,
+)
+from xstore.nar.events import (
+    NEED_DATA,
+    ArchiveEnd,
+    DirectoryEnd,
+    DirectoryStart,
+    Event,
+    FileChunk,
+    FileEnd,
+    RegularFile,
+    Symlink,
+)
+from xstore.nar.parser import NarParser, show
+
+CHUNK: Final = 1 << 20
+PREALLOCATE_STEP: Final = 64 << 20  # reserve disk space this far ahead of the data written
+_DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_NEW_FILE_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_ROOT_NAME: Final = b"root"
+
+PathArg = str | bytes | os.PathLike[str] | os.PathLike[bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreResult:
+    """What a restore did: the archive's size, whether the case hack was applied and with which fold,
+    how many names it renamed, and the probe result when `auto` asked the filesystem."""
+
+    nar_size: int
+    case_hack: bool
+    fold: Fold
+    renamed: int
+    probed: FsCaseBehaviour | None
+
+
+class _Dir:
+    __slots__ = ("fd", "names", "shown")
+
+    def __init__(self, fd: int, names: CaseHackNames | None, shown: bytes) -> None:
+        self.fd = fd
+        self.names = names
+        self.shown = shown
+
+
+class TreeWriter:
+    """Creates the tree described by a stream of NAR events at `dest`, atomically.
+
+    Call `handle(event)` for each event in order, then `commit()` once the archive has ended, or
+    `abort()` on any failure (safe to call more than once, and after `commit`). Raises
+    `DestinationExistsError` at construction if `dest` exists, `RestoreError` for filesystem
+    failures, `CaseHackError` for names the case hack cannot separate.
+    """
+
+    def __init__(
+        self,
+        dest: PathArg,
+        *,
+        case_hack: CaseHackMode = CaseHackMode.AUTO,
+        fold: Fold | None = None,
+    ) -> None:
+        self.dest = os.path.abspath(os.fsencode(dest))
+        parent, self._name = os.path.split(self.dest)
+        if not self._name:
+            raise RestoreError(f"cannot restore to '{os.fsdecode(self.dest)}'")
+        if os.path.lexists(self.dest):
+            raise DestinationExistsError(
+                f"'{os.fsdecode(self.dest)}' already exists; xstore never overwrites"
+            )
+        try:
+            self._parent_fd = os.open(parent, _DIR_FLAGS & ~os.O_NOFOLLOW)
+        except OSError as e:
+            raise RestoreError(f"cannot open '{os.fsdecode(parent)}': {e.strerror}") from e
+        self._staging = b"." + self._name[:200] + b".xstore-" + secrets.token_hex(6).encode()
+        self._stack: list[_Dir] = []
+        self._file_fd = -1
+        self._committed = False
+        self._renamed = 0
+        self._preallocate = True
+        try:
+            os.mkdir(self._staging, 0o700, dir_fd=self._parent_fd)
+            self._staging_fd = os.open(self._staging, _DIR_FLAGS, dir_fd=self._parent_fd)
+        except OSError as e:
+            os.close(self._parent_fd)
+            raise RestoreError(
+                f"cannot create a staging directory in '{os.fsdecode(parent)}': {e.strerror}"
+            ) from e
+        try:
+            self.probed = probe(self._staging_path()) if case_hack is CaseHackMode.AUTO else None
+            if case_hack is CaseHackMode.AUTO and fold is None and self.probed is not None:
+                fold = self.probed.fold
+            self.case_hack, self.fold = resolve_restore_mode(case_hack, fold, self.probed)
+        except BaseException:
+            self.abort()
+            raise
+
+    def _staging_path(self) -> bytes:
+        return os.path.join(os.path.dirname(self.dest), self._staging)
+
+    # -- events ---------------------------------------------------------------------------------------
+
+    def handle(self, event: Event) -> None:
+        kind = type(event)
+        if kind is FileChunk:
+            assert isinstance(event, FileChunk)
+            self._write(event.data)
+        elif kind is RegularFile:
+            assert isinstance(event, RegularFile)
+            name, where = self._place(event.path)
+            mode = 0o755 if event.executable else 0o644
+            fd = self._create(lambda: os.open(name, _NEW_FILE_FLAGS, mode, dir_fd=where.fd), where, name)
+            self._file_fd = fd
+            os.fchmod(fd, mode)
+            self._file_size = event.size
+            self._written = 0
+            self._allocated = 0
+        elif kind is FileEnd:
+            fd, self._file_fd = self._file_fd, -1
+            os.close(fd)
+        elif kind is DirectoryStart:
+            assert isinstance(event, DirectoryStart)
+            name, where = self._place(event.path)
+            self._create(lambda: os.mkdir(name, 0o755, dir_fd=where.fd), where, name)
+            fd = os.open(name, _DIR_FLAGS, dir_fd=where.fd)
+            os.fchmod(fd, 0o755)
+            shown = where.shown + b"/" + name if self._stack else b""
+            self._stack.append(_Dir(fd, CaseHackNames(self.fold) if self.case_hack else None, shown))
+        elif kind is DirectoryEnd:
+            os.close(self._stack.pop().fd)
+        elif kind is Symlink:
+            assert isinstance(event, Symlink)
+            name, where = self._place(event.path)
+            target = event.target
+            self._create(lambda: os.symlink(target, name, dir_fd=where.fd), where, name)
+        elif kind is ArchiveEnd:
+            pass
+        else:
+            raise TypeError(f"not a NAR event: {event!r}")
+
+    def _place(self, path: tuple[bytes, ...]) -> tuple[bytes, _Dir]:
+        """The on-disk name for the node at `path` and the directory it goes in."""
+        if not path:
+            return _ROOT_NAME, _Dir(self._staging_fd, None, b"")
+        where = self._stack[-1]
+        name = path[-1]
+        if where.names is not None:
+            try:
+                disk = where.names.disk_name(name)
+            except CaseHackError as e:
+                raise CaseHackError(f"{e} (in /{show(b'/'.join(path[:-1]), 4096)})", **e.context) from None
+            if disk is not name:
+                self._renamed += 1
+            return disk, where
+        return name, where
+
+    def _create(self, make: Callable[[], int | None], where: _Dir, name: bytes) -> int:
+        try:
+            return make() or 0
+        except FileExistsError as e:
+            shown = os.fsdecode(where.shown + b"/" + name) if name != _ROOT_NAME or self._stack else "/"
+            hint = (
+                "the destination filesystem folds case or normalisation; use --case-hack on"
+                + (" --case-fold apfs" if self.case_hack else "")
+                if self.fold is Fold.ASCII or not self.case_hack
+                else "unexpected name collision"
+            )
+            raise RestoreError(f"cannot create '{shown}': it already exists ({hint})", errno=e.errno) from e
+        except OSError as e:
+            shown = os.fsdecode(where.shown + b"/" + name)
+            raise RestoreError(f"cannot create '{shown}': {e.strerror}", errno=e.errno) from e
+
+    def _write(self, data: bytes) -> None:
+        fd = self._file_fd
+        end = self._written + len(data)
+        if end > self._allocated and self._preallocate and self._file_size > CHUNK:
+            target = min(self._file_size, end + PREALLOCATE_STEP)
+            try:
+                os.posix_fallocate(fd, self._allocated, target - self._allocated)
+                self._allocated = target
+            except OSError as e:
+                if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                    raise RestoreError(
+                        f"cannot allocate space for a file: {e.strerror}", errno=e.errno
+                    ) from e
+                self._preallocate = False
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(fd, view) :]
+        except OSError as e:
+            raise RestoreError(f"cannot write a file: {e.strerror}", errno=e.errno) from e
+        self._written = end
+
+    # -- the end ----------------------------------------------------------------------------------------
+
+    def commit(self) -> None:
+        """Move the finished tree to `dest`. Raises `DestinationExistsError` if `dest` appeared."""
+        if self._stack or self._file_fd >= 0:
+            raise RestoreError("the archive is not complete")
+        try:
+            if os.path.lexists(self.dest):
+                raise DestinationExistsError(
+                    f"'{os.fsdecode(self.dest)}' appeared during the restore; xstore never overwrites"
+                )
+            st = os.stat(_ROOT_NAME, dir_fd=self._staging_fd, follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                # A directory cannot be linked; rename fails on a non-empty or non-directory target.
+                os.rename(_ROOT_NAME, self._name, src_dir_fd=self._staging_fd, dst_dir_fd=self._parent_fd)
+            else:
+                # link() never replaces an existing name, which makes this step atomic and safe.
+                os.link(
+                    _ROOT_NAME,
+                    self._name,
+                    src_dir_fd=self._staging_fd,
+                    dst_dir_fd=self._parent_fd,
+                    follow_symlinks=False,
+                )
+            self._committed = True
+        except FileExistsError as e:
+            raise DestinationExistsError(
+                f"'{os.fsdecode(self.dest)}' already exists; xstore never overwrites"
+            ) from e
+        except OSError as e:
+            if isinstance(e, XstoreError):
+                raise
+            raise RestoreError(
+                f"cannot move the restored tree to '{os.fsdecode(self.dest)}': {e.strerror}"
+            ) from e
+        finally:
+            self.abort()
+
+    def abort(self) -> None:
+        """Remove the staging directory and close every descriptor. Idempotent."""
+        if self._file_fd >= 0:
+            os.close(self._file_fd)
+            self._file_fd = -1
+        while self._stack:
+            os.close(self._stack.pop().fd)
+        if self._staging_fd >= 0:
+            os.close(self._staging_fd)
+            self._staging_fd = -1
+        if self._parent_fd >= 0:
+            with contextlib.suppress(FileNotFoundError):
+                shutil.rmtree(self._staging, dir_fd=self._parent_fd)
+            os.close(self._parent_fd)
+            self._parent_fd = -1
+
+    def result(self, nar_size: int) -> RestoreResult:
+        return RestoreResult(nar_size, self.case_hack, self.fold, self._renamed, self.probed)
+
+
+def iter_events(read: Callable[[int], bytes], parser: NarParser | None = None) -> Iterator[Event]:
+    """Drive `parser` (a new one by default) over `read(n)` until the archive ends.
+
+    `read(n)` returns up to n bytes, `b""` at end of input. Bytes read beyond the archive are left in
+    `parser.unused_data`. The last event yielded is `ArchiveEnd`.
+    """
+    if parser is None:
+        parser = NarParser()
+    while True:
+        event = parser.next_event()
+        if event is NEED_DATA:
+            parser.receive_data(read(CHUNK))
+            continue
+        yield event
+        if type(event) is ArchiveEnd:
+            return
+
+
+def restore_path(
+    dest: PathArg,
+    read: Callable[[int], bytes],
+    *,
+    case_hack: CaseHackMode = CaseHackMode.AUTO,
+    fold: Fold | None = None,
+    allow_trailing: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> RestoreResult:
+    """Restore the NAR read from `read(n)` to `dest`, which must not exist.
+
+    With `case_hack` auto, the destination filesystem is probed; `fold` defaults to what the probe
+    found (ASCII otherwise). Unless `allow_trailing`, input after the archive's end is refused
+    (`TrailingDataError`). On any error or cancellation (KeyboardInterrupt included) nothing is left at
+    `dest` or beside it.
+    """
+    writer = TreeWriter(dest, case_hack=case_hack, fold=fold)
+    parser = NarParser()
+    try:
+        handle = writer.handle
+        last = 0
+        for event in iter_events(read, parser):
+            handle(event)
+            if progress is not None and parser.offset - last >= CHUNK:
+                last = parser.offset
+                progress(last)
+        if not allow_trailing and (parser.unused_data or read(1)):
+            raise TrailingDataError(f"unexpected data after the end of the archive (at byte {parser.offset})")
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.result(parser.offset)

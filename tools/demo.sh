@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The main-job command: bash tools/demo.sh [demo arguments...]
+#
+# Same set-up as tools/test.sh (Debian packages, .venv with xstore[fuse]), then runs examples/demo.py.
+set -euo pipefail
+
+XSTORE_EXTRAS=fuse
+# shellcheck source=tools/setup.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/setup.sh"
+
+section "demo"
+exec "$VENV/bin/python" examples/demo.py "$@"

@@ -1,0 +1,1 @@
+"""The typer command-line app; the one place where errors become messages and exit codes."""

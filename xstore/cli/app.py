@@ -1,0 +1,52 @@
+"""The `xstore` command: one typer sub-app per noun, joined here.
+
+Heavy imports live inside the commands that need them, so `xstore --help` stays fast.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from xstore import __version__
+from xstore.cli import casehack as casehack_cli
+from xstore.cli import hash as hash_cli
+from xstore.cli import nar as nar_cli
+
+app = typer.Typer(
+    name="xstore",
+    help=(
+        "Move Nix store paths across machines and filesystems without losing a byte: NAR archives, "
+        "Nix's case hack for case-insensitive filesystems (macOS), hashes.\n\n"
+        "Errors print one line 'error: ...' and exit 1 (usage errors exit 2); set XSTORE_DEBUG=1 for a "
+        "traceback."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(nar_cli.app, name="nar")
+app.add_typer(hash_cli.app, name="hash")
+app.add_typer(casehack_cli.app, name="casehack")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"xstore {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Global options."""
+
+
+def main() -> None:
+    app(prog_name="xstore")

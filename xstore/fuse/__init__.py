@@ -1,0 +1,1 @@
+"""pyfuse3 filesystems: case-insensitive layer, NAR view, store view, mount lifecycle."""

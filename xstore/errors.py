@@ -50,6 +50,9 @@ class NarError(XstoreError, ValueError):
     path inside the archive of the node being read, as bytes components.
     """
 
+    offset: int
+    path: tuple[bytes, ...]
+
     def __init__(self, message: str, *, offset: int, path: tuple[bytes, ...] = ()) -> None:
         self.reason = message
         super().__init__(

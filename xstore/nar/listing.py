@@ -175,13 +175,20 @@ def listing_lines(
     index: NarIndex, path: str | bytes, *, recursive: bool, long: bool, directory: bool
 ) -> Iterator[bytes]:
     """Lines (without newline) of `nix nar ls` for `path`: names relative to it, `./name` for the
-    contents of a directory; with `long`, a mode column and the size as Nix prints them."""
+    contents of a directory; with `long`, a mode column and the size as Nix prints them.
+
+    As in Nix (ls.cc `listText`), a directory itself is shown as `.` (with `directory`) and any other
+    node by its base name, which is empty for the root of an archive holding a single file or symlink.
+    """
     node = index.lookup(path)
     parts = _split(path)
-    if isinstance(node, DirectoryNode) and not directory:
-        yield from _children(node, b".", recursive, long)
+    if isinstance(node, DirectoryNode):
+        if directory:
+            yield from _show_node(node, b".", recursive, long)
+        else:
+            yield from _children(node, b".", recursive, long)
     else:
-        yield from _show_node(node, parts[-1] if parts else b".", recursive, long)
+        yield from _show_node(node, parts[-1] if parts else b"", recursive, long)
 
 
 def _children(node: DirectoryNode, rel: bytes, recursive: bool, long: bool) -> Iterator[bytes]:

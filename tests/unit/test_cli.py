@@ -1,0 +1,201 @@
+"""The command line: in-process with CliRunner where output is text, as a real subprocess where exit
+codes, binary stdin/stdout and tracebacks matter."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from xstore import __version__
+from xstore.cli.app import app
+
+FIXTURES = Path(__file__).resolve().parents[1] / "data" / "nix-fixtures"
+runner = CliRunner()
+
+
+def xstore(
+    *args: str | os.PathLike[str], input: bytes | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "xstore", *map(os.fspath, args)],
+        input=input,
+        stdin=None if input is not None else subprocess.DEVNULL,
+        capture_output=True,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+        check=False,
+    )
+
+
+def test_version() -> None:
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == f"xstore {__version__}"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["nar"],
+        ["nar", "dump", "--help"],
+        ["nar", "restore", "--help"],
+        ["nar", "ls", "--help"],
+        ["nar", "cat", "--help"],
+        ["hash", "path", "--help"],
+        ["casehack", "scan", "--help"],
+    ],
+)
+def test_help_everywhere(argv: list[str]) -> None:
+    result = runner.invoke(app, argv)
+    assert "Usage:" in result.output
+    if argv and argv[-1] == "--help" and len(argv) == 3:
+        assert "Example: xstore" in result.output
+
+
+def test_dump_restore_round_trip_through_pipes(tmp_path: Path) -> None:
+    (tmp_path / "src" / "sub").mkdir(parents=True)
+    (tmp_path / "src" / "sub" / "f").write_bytes(b"contents")
+    (tmp_path / "src" / "l").symlink_to("sub/f")
+    dump = xstore("nar", "dump", tmp_path / "src")
+    assert dump.returncode == 0, dump.stderr
+    assert dump.stdout.startswith(b"\x0d\0\0\0\0\0\0\0nix-archive-1")
+    restore = xstore("nar", "restore", tmp_path / "dst", input=dump.stdout)
+    assert restore.returncode == 0, restore.stderr
+    again = xstore("nar", "dump", tmp_path / "dst")
+    assert again.stdout == dump.stdout
+
+
+def test_dump_to_file_is_atomic(tmp_path: Path) -> None:
+    out = tmp_path / "x.nar"
+    out.write_bytes(b"old")
+    bad = xstore("nar", "dump", tmp_path / "missing", "-o", out)
+    assert bad.returncode == 1
+    assert out.read_bytes() == b"old"
+    assert sorted(os.listdir(tmp_path)) == ["x.nar"]
+    good = xstore("nar", "dump", FIXTURES / "README.md", "-o", out)
+    assert good.returncode == 0
+    assert out.read_bytes().startswith(b"\x0d\0\0\0\0\0\0\0nix-archive-1")
+
+
+def test_errors_are_one_line_with_status_1(tmp_path: Path) -> None:
+    data = (FIXTURES / "duplicate.nar").read_bytes()
+    result = xstore("nar", "restore", tmp_path / "out", input=data)
+    assert result.returncode == 1
+    lines = result.stderr.decode().splitlines()
+    assert lines == ["error: bad archive: NAR directory is not sorted ('a' after 'a') (at byte 320, in /)"]
+    assert os.listdir(tmp_path) == []
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    data = (FIXTURES / "duplicate.nar").read_bytes()
+    result = xstore("nar", "restore", tmp_path / "out", input=data, env={"XSTORE_DEBUG": "1"})
+    assert result.returncode != 0
+    assert b"Traceback" in result.stderr
+    assert b"NarError" in result.stderr
+
+
+def test_usage_errors_exit_2() -> None:
+    result = xstore("nar", "dump", "--case-hack", "sometimes", ".")
+    assert result.returncode == 2
+    result = xstore("nar", "frobnicate")
+    assert result.returncode == 2
+
+
+def test_restore_refuses_trailing_bytes(tmp_path: Path) -> None:
+    data = (FIXTURES / "simple.nar").read_bytes() + b"\0"
+    result = xstore("nar", "restore", tmp_path / "out", input=data)
+    assert result.returncode == 1
+    assert b"unexpected data after the end of the archive" in result.stderr
+    assert os.listdir(tmp_path) == []
+
+
+def test_restore_json_summary(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app,
+        [
+            "nar",
+            "restore",
+            str(tmp_path / "out"),
+            "-i",
+            str(FIXTURES / "case.nar"),
+            "--case-hack",
+            "on",
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["caseHack"] is True
+    assert summary["renamed"] == 5
+    assert summary["fold"] == "ascii"
+    assert summary["narSize"] == (FIXTURES / "case.nar").stat().st_size
+
+
+def test_ls_and_cat() -> None:
+    nar = str(FIXTURES / "case.nar")
+    result = runner.invoke(app, ["nar", "ls", nar, "/x"])
+    assert result.exit_code == 0
+    assert result.stdout.splitlines() == ["./FOO", "./Foo", "./foo", "./foo-1", "./foo0"]
+    result = runner.invoke(app, ["nar", "ls", nar, "/", "--json"])
+    listing = json.loads(result.stdout)
+    assert listing["type"] == "directory"
+    assert list(listing["entries"]) == ["x", "xt_CONNMARK.h", "xt_CONNmark.h", "xt_connmark.h"]
+    simple = str(FIXTURES / "simple.nar")
+    tree = json.loads(runner.invoke(app, ["nar", "ls", simple, "-R", "--json"]).stdout)
+    files = [(k, v) for k, v in tree["entries"].items() if v["type"] == "regular" and v["size"]]
+    assert files
+    name, entry = files[0]
+    cat = xstore("nar", "cat", simple, f"/{name}")
+    assert cat.returncode == 0
+    raw = (FIXTURES / "simple.nar").read_bytes()
+    assert cat.stdout == raw[entry["narOffset"] : entry["narOffset"] + entry["size"]]
+
+
+def test_ls_errors() -> None:
+    nar = str(FIXTURES / "case.nar")
+    missing = xstore("nar", "ls", nar, "/nope")
+    assert missing.returncode == 1
+    assert missing.stderr.decode().strip() == "error: path '/nope' does not exist in the NAR"
+    not_file = xstore("nar", "cat", nar, "/x")
+    assert not_file.returncode == 1
+    assert b"is not a regular file" in not_file.stderr
+    invalid = xstore("nar", "ls", FIXTURES / "dot.nar")
+    assert invalid.returncode == 1
+    assert b"invalid file name" in invalid.stderr
+
+
+def test_casehack_scan_exit_codes_and_json(tmp_path: Path) -> None:
+    found = runner.invoke(app, ["casehack", "scan", str(FIXTURES / "case.nar"), "--json"])
+    assert found.exit_code == 3
+    report = json.loads(found.stdout)
+    assert report["clean"] is False
+    groups = {g["directory"]: g["names"] for g in report["collisions"]["ascii"]}
+    assert groups["/"] == ["xt_CONNMARK.h", "xt_CONNmark.h", "xt_connmark.h"]
+    (tmp_path / "a").write_bytes(b"")
+    (tmp_path / "b").write_bytes(b"")
+    clean = runner.invoke(app, ["casehack", "scan", str(tmp_path)])
+    assert clean.exit_code == 0
+    assert "0 group(s) colliding under the ASCII fold" in clean.stdout
+    norm = runner.invoke(app, ["casehack", "scan", str(FIXTURES / "unnormalized.nar"), "--json"])
+    assert norm.exit_code == 3
+    report = json.loads(norm.stdout)
+    assert report["collisions"]["ascii"] == []
+    assert len(report["collisions"]["apfs"]) == 1
+
+
+def test_hash_path_formats(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"hello")
+    sri = runner.invoke(app, ["hash", "path", str(tmp_path / "f")])
+    assert sri.exit_code == 0
+    assert sri.stdout.startswith("sha256-")
+    nix32 = runner.invoke(app, ["hash", "path", str(tmp_path / "f"), "--format", "base32"])
+    assert len(nix32.stdout.strip()) == 52
+    bad = runner.invoke(app, ["hash", "path", str(tmp_path / "f"), "--type", "crc32"])
+    assert bad.exit_code == 1

@@ -23,7 +23,7 @@ def xstore(
     *args: str | os.PathLike[str], input: bytes | None = None, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
-        [sys.executable, "-m", "xstore", *map(os.fspath, args)],
+        [sys.executable, "-m", "xstore", *(os.fspath(a) for a in args)],
         input=input,
         stdin=None if input is not None else subprocess.DEVNULL,
         capture_output=True,

@@ -61,14 +61,39 @@ def _show(root: bytes, path: tuple[bytes, ...]) -> str:
     return os.fsdecode(b"/".join((root, *path)))
 
 
+def _path_glob(pattern: str) -> str:
+    """A regex for a path glob: `*` and `?` stay within one component, `**` crosses components."""
+    out = []
+    i = 0
+    while i < len(pattern):
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        elif pattern[i] == "[" and "]" in pattern[i + 2 :]:
+            end = pattern.index("]", i + 2)
+            out.append(fnmatch.translate(pattern[i : end + 1])[4:-3])  # the class, without (?s:...)\Z
+            i = end + 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return "(?s:" + "".join(out) + r")\Z"
+
+
 class Excluder:
     """`--exclude` globs: a glob without `/` matches an entry's name anywhere in the tree; a glob with
-    `/` matches the entry's path relative to the root (`src/*.o`). Like a Nix path filter, an excluded
-    directory is left out with everything below it."""
+    `/` matches the entry's path relative to the root, `*` within one component and `**` across them
+    (`src/*.o`, `**/cache`). Like a Nix path filter, an excluded directory is left out with everything
+    below it."""
 
     def __init__(self, patterns: Sequence[str]) -> None:
         by_name = [fnmatch.translate(p) for p in patterns if "/" not in p]
-        by_path = [fnmatch.translate(p.strip("/")) for p in patterns if "/" in p]
+        by_path = [_path_glob(p.strip("/")) for p in patterns if "/" in p]
         self._name = re.compile("|".join(by_name)).match if by_name else None
         self._path = re.compile("|".join(by_path)).match if by_path else None
 

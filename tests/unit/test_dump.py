@@ -14,9 +14,9 @@ from xstore.nar.dump import dump_path
 from xstore.nar.events import DirectoryStart, Event, FileChunk, RegularFile, Symlink
 
 
-def dump(path: Path | bytes, **kwargs: bool) -> bytes:
+def dump(path: Path | bytes, *, case_hack: bool = True) -> bytes:
     parts: list[bytes] = []
-    size = dump_path(path, parts.append, **kwargs)
+    size = dump_path(path, parts.append, case_hack=case_hack)
     data = b"".join(parts)
     assert size == len(data)
     return data

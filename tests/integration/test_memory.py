@@ -1,0 +1,75 @@
+"""Constant memory: peak RSS of real `xstore` processes must not grow with the archive or file size.
+
+Each command runs twice, on a small and on a large input (a 16 MiB and a 320 MiB file), streamed
+through pipes so nothing is buffered by the test. The large run may use at most a few MiB more than the
+small one, and stays under 64 MiB in all. Peak RSS comes from `wait4`, the kernel's own count.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from xstore.wire import U64, encode_strings
+
+SMALL = 16 << 20
+LARGE = 320 << 20
+BLOCK = bytes(range(256)) * 4096  # 1 MiB
+
+
+def nar_of_file(size: int) -> Iterator[bytes]:
+    yield encode_strings(b"nix-archive-1", b"(", b"type", b"regular", b"contents") + U64.pack(size)
+    left = size
+    while left:
+        n = min(left, len(BLOCK))
+        yield BLOCK[:n]
+        left -= n
+    yield bytes(-size & 7) + encode_strings(b")")
+
+
+def peak_rss_kib(argv: list[str], feed: Iterator[bytes] | None = None) -> int:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "xstore", *argv],
+        stdin=subprocess.PIPE if feed is not None else subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    if feed is not None:
+        assert proc.stdin is not None
+        for block in feed:
+            proc.stdin.write(block)
+        proc.stdin.close()
+    assert proc.stderr is not None
+    err = proc.stderr.read()
+    proc.stderr.close()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    assert proc.returncode == 0, err.decode()
+    return usage.ru_maxrss
+
+
+def make_file(path: Path, size: int) -> None:
+    with open(path, "wb") as f:
+        for _ in range(size // len(BLOCK)):
+            f.write(BLOCK)
+
+
+@pytest.mark.slow
+def test_restore_dump_and_hash_run_in_constant_memory(tmp_path: Path) -> None:
+    results: dict[str, tuple[int, int]] = {}
+    small_rss = peak_rss_kib(["nar", "restore", str(tmp_path / "small")], nar_of_file(SMALL))
+    large_rss = peak_rss_kib(["nar", "restore", str(tmp_path / "large")], nar_of_file(LARGE))
+    results["restore"] = (small_rss, large_rss)
+    assert (tmp_path / "large").stat().st_size == LARGE
+    for command in (["nar", "dump"], ["hash", "path"]):
+        small = peak_rss_kib([*command, str(tmp_path / "small")])
+        large = peak_rss_kib([*command, str(tmp_path / "large")])
+        results[" ".join(command)] = (small, large)
+    for name, (small, large) in results.items():
+        assert large < 64 * 1024, f"{name}: peak RSS {large} KiB on {LARGE >> 20} MiB"
+        assert large - small < 8 * 1024, f"{name}: {small} KiB -> {large} KiB, grows with input size"

@@ -2,7 +2,9 @@
 
 Each command runs twice, on a small and on a large input (a 16 MiB and a 320 MiB file), streamed
 through pipes so nothing is buffered by the test. The large run may use at most a few MiB more than the
-small one, and stays under 64 MiB in all. Peak RSS comes from `wait4`, the kernel's own count.
+small one, and stays under 64 MiB in all. Peak RSS comes from `wait4`, the kernel's own count, taken by
+a minimal launcher: Linux carries a process's peak over from the process that forked it, so measured
+from pytest itself every child would start at pytest's own peak and the test could not fail.
 """
 
 from __future__ import annotations
@@ -32,13 +34,30 @@ def nar_of_file(size: int) -> Iterator[bytes]:
     yield bytes(-size & 7) + encode_strings(b")")
 
 
+# Runs argv[2:] as a child, waits with wait4 and writes the child's peak RSS to the fd in argv[1].
+LAUNCHER = """
+import os, sys
+report = int(sys.argv[1])
+pid = os.fork()
+if pid == 0:
+    os.close(report)
+    os.execv(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+os.write(report, str(usage.ru_maxrss).encode())
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def peak_rss_kib(argv: list[str], feed: Iterator[bytes] | None = None) -> int:
+    report_r, report_w = os.pipe()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "xstore", *argv],
+        [sys.executable, "-S", "-c", LAUNCHER, str(report_w), sys.executable, "-m", "xstore", *argv],
+        pass_fds=(report_w,),
         stdin=subprocess.PIPE if feed is not None else subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
+    os.close(report_w)
     if feed is not None:
         assert proc.stdin is not None
         for block in feed:
@@ -47,16 +66,9 @@ def peak_rss_kib(argv: list[str], feed: Iterator[bytes] | None = None) -> int:
     assert proc.stderr is not None
     err = proc.stderr.read()
     proc.stderr.close()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    assert proc.returncode == 0, err.decode()
-    return usage.ru_maxrss
-
-
-def make_file(path: Path, size: int) -> None:
-    with open(path, "wb") as f:
-        for _ in range(size // len(BLOCK)):
-            f.write(BLOCK)
+    assert proc.wait() == 0, err.decode()
+    with os.fdopen(report_r, "rb") as report:
+        return int(report.read())
 
 
 @pytest.mark.slow

@@ -198,4 +198,4 @@ def test_hash_path_formats(tmp_path: Path) -> None:
     nix32 = runner.invoke(app, ["hash", "path", str(tmp_path / "f"), "--format", "base32"])
     assert len(nix32.stdout.strip()) == 52
     bad = runner.invoke(app, ["hash", "path", str(tmp_path / "f"), "--type", "crc32"])
-    assert bad.exit_code == 1
+    assert bad.exit_code == 2  # a usage error

@@ -19,7 +19,7 @@ from typing import BinaryIO
 
 import typer
 
-from xstore.errors import XstoreError
+from xstore.errors import UsageError, XstoreError
 
 
 class CaseHackOpt(enum.StrEnum):
@@ -52,6 +52,9 @@ def cli_errors() -> Iterator[None]:
         return
     try:
         yield
+    except UsageError as e:
+        err(f"error: {e}")
+        raise typer.Exit(2) from None
     except XstoreError as e:
         err(f"error: {e}")
         raise typer.Exit(1) from None
@@ -85,11 +88,21 @@ def stdout_binary() -> BinaryIO:
 @contextlib.contextmanager
 def atomic_output(path: str | None) -> Iterator[Callable[[bytes], object]]:
     """A sink for binary output: stdout when `path` is None or "-", else a temporary file beside
-    `path` that replaces it only when the block completes (so a failure leaves no partial file)."""
+    `path` that replaces it only when the block completes (so a failure leaves no partial file). A
+    `path` that exists and is not a regular file (`/dev/null`, a FIFO) is written to directly: replacing
+    it would destroy it."""
     if path is None or path == "-":
         out = stdout_binary()
         yield out.write
         out.flush()
+        return
+    try:
+        special = not stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        special = False
+    if special:
+        with open(path, "wb", buffering=0) as f:
+            yield f.write
         return
     directory, name = os.path.split(os.path.abspath(path))
     tmp = os.path.join(directory, f".{name}.xstore-{secrets.token_hex(6)}")

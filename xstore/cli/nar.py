@@ -9,7 +9,6 @@ from typing import Annotated
 
 import typer
 
-from xstore.casehack import CaseHackMode, Fold
 from xstore.cli.common import (
     CaseHackOpt,
     FoldOpt,
@@ -21,7 +20,6 @@ from xstore.cli.common import (
     open_input,
     stdout_binary,
 )
-from xstore.errors import UsageError
 
 app = typer.Typer(
     help="Dump, restore, list and read NAR archives (Nix ARchives), byte-identical to Nix.",
@@ -97,6 +95,8 @@ def restore(
 
     Example: xstore nar restore ./out -i closure.nar --case-hack on
     """
+    from xstore.casehack import CaseHackMode, Fold
+    from xstore.errors import UsageError
     from xstore.nar.restore import restore_path
 
     with cli_errors():
@@ -148,6 +148,7 @@ def ls(
 
     Example: xstore nar ls closure.nar /share/terminfo -R --json
     """
+    from xstore.errors import UsageError
     from xstore.nar.listing import dump_json, index_file, listing_json, listing_lines
 
     with cli_errors():

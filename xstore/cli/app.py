@@ -13,6 +13,7 @@ from xstore import __version__
 from xstore.cli import casehack as casehack_cli
 from xstore.cli import hash as hash_cli
 from xstore.cli import nar as nar_cli
+from xstore.cli import store as store_cli
 
 app = typer.Typer(
     name="xstore",
@@ -30,6 +31,8 @@ app = typer.Typer(
 app.add_typer(nar_cli.app, name="nar")
 app.add_typer(hash_cli.app, name="hash")
 app.add_typer(casehack_cli.app, name="casehack")
+app.add_typer(store_cli.app, name="store")
+store_cli.register(app)
 
 
 def _version(value: bool) -> None:

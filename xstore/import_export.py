@@ -273,27 +273,8 @@ def _import_one(
         nar_size = parser.offset
         nar_hash = hasher.digest()
 
-        at = inp.offset
-        if inp.u64("the export magic") != EXPORT_MAGIC:
-            raise ExportStreamError(
-                f"Nix archive cannot be imported; wrong format (no 'NIXE' magic at byte {at})"
-            )
-        at = inp.offset
-        path = _parse_path(inp.string(MAX_PATH_STRING, "store path"), "store path", at)
-        count = inp.u64("the number of references")
-        if count > MAX_REFERENCES:
-            raise ExportStreamError(f"'{path}' claims {count} references")
-        refs = []
-        for _ in range(count):
-            at = inp.offset
-            refs.append(_parse_path(inp.string(MAX_PATH_STRING, "reference"), "reference", at))
-        at = inp.offset
-        raw_deriver = inp.string(MAX_PATH_STRING, "deriver")
-        deriver = _parse_path(raw_deriver, "deriver", at) if raw_deriver else None
-        if inp.u64("the signature flag") == 1:
-            inp.string(MAX_PATH_STRING, "legacy signature")
-
-        info = PathInfo(path, nar_hash, nar_size, tuple(sorted(set(refs))), deriver)
+        path, refs, deriver = _read_trailer(inp)
+        info = PathInfo(path, nar_hash, nar_size, refs, deriver)
         existing = store.query(path)
         if existing is not None:
             _check_same(existing, info)
@@ -320,6 +301,68 @@ def _import_one(
                 remove_tree(real)
                 raise
         return ImportResult(path, True)
+
+
+def _read_trailer(inp: _Input) -> tuple[StorePath, tuple[StorePath, ...], StorePath | None]:
+    """What follows a NAR in the stream: magic, path, references, deriver, signature flag."""
+    at = inp.offset
+    if inp.u64("the export magic") != EXPORT_MAGIC:
+        raise ExportStreamError(
+            f"Nix archive cannot be imported; wrong format (no 'NIXE' magic at byte {at})"
+        )
+    at = inp.offset
+    path = _parse_path(inp.string(MAX_PATH_STRING, "store path"), "store path", at)
+    count = inp.u64("the number of references")
+    if count > MAX_REFERENCES:
+        raise ExportStreamError(f"'{path}' claims {count} references")
+    refs = []
+    for _ in range(count):
+        at = inp.offset
+        refs.append(_parse_path(inp.string(MAX_PATH_STRING, "reference"), "reference", at))
+    at = inp.offset
+    raw_deriver = inp.string(MAX_PATH_STRING, "deriver")
+    deriver = _parse_path(raw_deriver, "deriver", at) if raw_deriver else None
+    if inp.u64("the signature flag") == 1:
+        inp.string(MAX_PATH_STRING, "legacy signature")
+    return path, tuple(sorted(set(refs))), deriver
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEntry:
+    """One path of an export stream, as `list_stream` reports it."""
+
+    path: StorePath
+    references: tuple[StorePath, ...]
+    deriver: StorePath | None
+    nar_size: int
+    start: int  # stream offset of the record's marker
+    end: int  # stream offset just after the record
+
+
+def list_stream(read: Callable[[int], bytes]) -> list[StreamEntry]:
+    """The paths of an export stream, in order, validating every NAR but writing nothing."""
+    inp = _Input(read)
+    entries: list[StreamEntry] = []
+    while True:
+        at = inp.offset
+        marker = inp.u64("the next path marker")
+        if marker == 0:
+            return entries
+        if marker != 1:
+            raise ExportStreamError(
+                "input doesn't look like something created by 'nix-store --export' "
+                f"(marker {marker} at byte {at})"
+            )
+        parser = NarParser()
+        while True:
+            event = parser.next_event()
+            if event is NEED_DATA:
+                parser.receive_data(inp.chunk())
+            elif type(event) is ArchiveEnd:
+                break
+        inp.unread(parser.unused_data)
+        path, refs, deriver = _read_trailer(inp)
+        entries.append(StreamEntry(path, refs, deriver, parser.offset, at, inp.offset))
 
 
 def _check_same(existing: PathInfo, new: PathInfo) -> None:

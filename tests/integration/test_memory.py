@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from xstore.wire import U64, encode_strings
+from xstore.import_export import trailer
+from xstore.storepath import parse_store_path
+from xstore.wire import U64, encode_strings, encode_u64
 
 SMALL = 16 << 20
 LARGE = 320 << 20
@@ -82,6 +84,32 @@ def test_restore_dump_and_hash_run_in_constant_memory(tmp_path: Path) -> None:
         small = peak_rss_kib([*command, str(tmp_path / "small")])
         large = peak_rss_kib([*command, str(tmp_path / "large")])
         results[" ".join(command)] = (small, large)
+    for name, (small, large) in results.items():
+        assert large < 64 * 1024, f"{name}: peak RSS {large} KiB on {LARGE >> 20} MiB"
+        assert large - small < 8 * 1024, f"{name}: {small} KiB -> {large} KiB, grows with input size"
+
+
+def export_stream_of_file(size: int, name: str) -> Iterator[bytes]:
+    path = parse_store_path(f"/nix/store/{'0' * 32}-{name}")
+    yield encode_u64(1)
+    yield from nar_of_file(size)
+    yield trailer(path, [], None) + encode_u64(0)
+
+
+@pytest.mark.slow
+def test_import_and_export_run_in_constant_memory(tmp_path: Path) -> None:
+    results: dict[str, tuple[int, int]] = {}
+    rss = []
+    for size, name in ((SMALL, "small"), (LARGE, "large")):
+        store = str(tmp_path / name)
+        rss.append(
+            (
+                peak_rss_kib(["import", "--store", store], export_stream_of_file(size, name)),
+                peak_rss_kib(["export", "--store", store, f"/nix/store/{'0' * 32}-{name}"]),
+            )
+        )
+    results["import"] = (rss[0][0], rss[1][0])
+    results["export"] = (rss[0][1], rss[1][1])
     for name, (small, large) in results.items():
         assert large < 64 * 1024, f"{name}: peak RSS {large} KiB on {LARGE >> 20} MiB"
         assert large - small < 8 * 1024, f"{name}: {small} KiB -> {large} KiB, grows with input size"

@@ -39,6 +39,8 @@ __all__ = [
     "NameScanner",
     "fold_key",
     "probe",
+    "probe_read_only",
+    "resolve_restore_mode",
     "unhack_entries",
     "unhack_name",
 ]
@@ -206,7 +208,7 @@ def probe(directory: str | bytes | os.PathLike[str] | os.PathLike[bytes]) -> FsC
         except OSError as e:
             if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
                 raise
-        return _probe_read_only(dir_fd)
+        return probe_read_only(dir_fd)
     finally:
         os.close(dir_fd)
 
@@ -244,7 +246,9 @@ def _probe_by_writing(dir_fd: int) -> FsCaseBehaviour:
     return FsCaseBehaviour(case_insensitive, unicode, normalization, "write")
 
 
-def _probe_read_only(dir_fd: int) -> FsCaseBehaviour:
+def probe_read_only(dir_fd: int) -> FsCaseBehaviour:
+    """Whether the directory open at `dir_fd` folds ASCII case, found without writing: look up the
+    case-swapped spelling of an existing name. Reports case-sensitive when no name has a letter."""
     with os.scandir(dir_fd) as it:
         names = [os.fsencode(entry.name) for entry in it]
     for name in names:

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from xstore.casehack import CaseHackMode, Fold, probe
+from xstore.casehack import CaseHackMode, Fold, probe, probe_read_only
 from xstore.errors import XstoreError
 from xstore.hashing import HashAlgorithm, HashFormat, HashSink, format_digest, parse_hash
 from xstore.storepath import STORE_DIR, StorePath, parse_store_path
@@ -366,12 +366,17 @@ class Store:
     @property
     def settings(self) -> StoreSettings:
         """The store's case-hack settings. A store xstore did not create (made by Nix) has none
-        recorded: it is taken as Nix would (hack off) unless its filesystem folds case."""
+        recorded: the hack is taken to be on exactly when its filesystem folds case (as Nix on macOS
+        has it), found by looking up case variants of names already there, which changes nothing."""
         found = self._read_settings()
         if found is not None:
             return found
-        behaviour = probe(self.real_store_dir)
-        return StoreSettings(behaviour.case_insensitive, behaviour.fold)
+        fd = os.open(self.real_store_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            behaviour = probe_read_only(fd)
+        finally:
+            os.close(fd)
+        return StoreSettings(behaviour.case_insensitive, Fold.ASCII)
 
     @property
     def db(self) -> sqlite3.Connection:

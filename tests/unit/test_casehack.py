@@ -106,11 +106,11 @@ def test_probe_of_a_read_only_directory_looks_up_case_variants(tmp_path: Path) -
     try:
         if os.geteuid() == 0:
             # root may write anyway; the read-only method is exercised through its helper instead.
-            from xstore.casehack import _probe_read_only
+            from xstore.casehack import probe_read_only
 
             fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
             try:
-                behaviour = _probe_read_only(fd)
+                behaviour = probe_read_only(fd)
             finally:
                 os.close(fd)
         else:

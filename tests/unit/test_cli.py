@@ -199,3 +199,27 @@ def test_hash_path_formats(tmp_path: Path) -> None:
     assert len(nix32.stdout.strip()) == 52
     bad = runner.invoke(app, ["hash", "path", str(tmp_path / "f"), "--type", "crc32"])
     assert bad.exit_code == 2  # a usage error
+
+
+def test_sigterm_mid_restore_leaves_nothing(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    header = (FIXTURES / "regular-truncated-large-contents.nar").read_bytes()[:-1]  # declares 2^64-1 bytes
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "xstore", "nar", "restore", str(tmp_path / "out")],
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdin is not None
+    proc.stdin.write(header + b"x" * (4 << 20))
+    proc.stdin.flush()
+    deadline = time.monotonic() + 30
+    while not any(".xstore-" in n for n in os.listdir(tmp_path)) and time.monotonic() < deadline:
+        time.sleep(0.05)  # wait until the restore is under way
+    assert any(".xstore-" in n for n in os.listdir(tmp_path))
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert err.decode().strip() == "error: interrupted"
+    assert os.listdir(tmp_path) == []

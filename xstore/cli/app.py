@@ -5,6 +5,7 @@ Heavy imports live inside the commands that need them, so `xstore --help` stays 
 
 from __future__ import annotations
 
+import signal
 from typing import Annotated
 
 import typer
@@ -51,5 +52,11 @@ def _root(
     """Global options."""
 
 
+def _terminate(signum: int, _frame: object) -> None:
+    # Unwind like Ctrl-C, so every `finally` runs: restores and imports remove their temporaries.
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _terminate)
     app(prog_name="xstore")

@@ -14,6 +14,7 @@ from xstore import __version__
 from xstore.cli import casehack as casehack_cli
 from xstore.cli import hash as hash_cli
 from xstore.cli import nar as nar_cli
+from xstore.cli import ro as ro_cli
 from xstore.cli import store as store_cli
 
 app = typer.Typer(
@@ -33,6 +34,7 @@ app.add_typer(nar_cli.app, name="nar")
 app.add_typer(hash_cli.app, name="hash")
 app.add_typer(casehack_cli.app, name="casehack")
 app.add_typer(store_cli.app, name="store")
+app.add_typer(ro_cli.app, name="ro")
 store_cli.register(app)
 
 

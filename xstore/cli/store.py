@@ -52,11 +52,16 @@ def _resolve(store: Store, args: list[str]) -> list[StorePath]:
 
 
 def _create(store: Path | None, case_hack: CaseHackOpt, case_fold: FoldOpt) -> Store:
+    """Open the store for writing, creating it if missing. If its store directory is a read-only bind
+    mount, the process first moves into a private mount namespace where it is writable."""
     from xstore.casehack import CaseHackMode, Fold
+    from xstore.cli.ro import ensure_writable
     from xstore.store import Store
 
+    root = _root(store)
+    ensure_writable(root / "nix" / "store")
     return Store.create(
-        _root(store),
+        root,
         case_hack=CaseHackMode(case_hack.value),
         fold=None if case_fold is FoldOpt.auto else Fold(case_fold.value),
     )

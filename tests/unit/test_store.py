@@ -1,0 +1,656 @@
+"""The local store without Nix: layout and schema, settings, opening, locks, canonicalisation, the export
+order, the export/import pipeline on small synthetic stores, temporary directories, verify.
+
+Synthetic paths are registered directly (`Store.register`) over real trees written into the store
+directory, canonicalised and hashed with xstore's own dump. Everything compared with Nix itself is in
+`tests/compat/test_store_compat.py`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import sqlite3
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import xstore.store as store_module
+from xstore.casehack import CaseHackMode, Fold
+from xstore.cli.app import app
+from xstore.errors import XstoreError
+from xstore.import_export import (
+    HashMismatchError,
+    export_order,
+    export_paths,
+    import_stream,
+    list_stream,
+)
+from xstore.nar.dump import dump_path
+from xstore.store import (
+    TEMP_PREFIX,
+    InvalidPathError,
+    PathInfo,
+    PathLock,
+    Store,
+    StoreError,
+    canonicalise,
+    path_info_json,
+    verify,
+)
+from xstore.storepath import StorePath, parse_store_path
+from xstore.wire import encode_strings
+
+# Nix 2.8's sqlite_master, in order, for a new database (type, name, table): the issue's fact sheet.
+NIX_SCHEMA_OBJECTS = [
+    ("table", "ValidPaths", "ValidPaths"),
+    ("index", "sqlite_autoindex_ValidPaths_1", "ValidPaths"),
+    ("table", "sqlite_sequence", "sqlite_sequence"),
+    ("table", "Refs", "Refs"),
+    ("index", "sqlite_autoindex_Refs_1", "Refs"),
+    ("index", "IndexReferrer", "Refs"),
+    ("index", "IndexReference", "Refs"),
+    ("trigger", "DeleteSelfRefs", "ValidPaths"),
+    ("table", "DerivationOutputs", "DerivationOutputs"),
+    ("index", "sqlite_autoindex_DerivationOutputs_1", "DerivationOutputs"),
+    ("index", "IndexDerivationOutputs", "DerivationOutputs"),
+]
+
+runner = CliRunner()
+
+
+def sp(hash_prefix: str, name: str) -> StorePath:
+    """A store path whose hash part starts with `hash_prefix` (nix32 characters), padded with 0."""
+    return parse_store_path(f"/nix/store/{hash_prefix.ljust(32, '0')}-{name}")
+
+
+def dummy(path: StorePath, *references: StorePath) -> PathInfo:
+    """A registration with a made-up hash (for what needs only the database)."""
+    return PathInfo(path, hashlib.sha256(path.path.encode()).digest(), 120, tuple(sorted(references)))
+
+
+def add_path(
+    store: Store,
+    path: StorePath,
+    files: dict[bytes, bytes],
+    *references: StorePath,
+    deriver: StorePath | None = None,
+) -> PathInfo:
+    """Write `files` (relative path -> contents; a path ending in `/` is a directory, contents starting
+    with `->` a symlink) as `path` in the store, canonicalise, hash and register it."""
+    real = store.real_path(path)
+    os.mkdir(real)
+    for relative, data in sorted(files.items()):
+        where = os.path.join(real, relative)
+        if relative.endswith(b"/"):
+            os.makedirs(where, exist_ok=True)
+        elif data.startswith(b"->"):
+            os.symlink(data[2:], where)
+        else:
+            os.makedirs(os.path.dirname(where), exist_ok=True)
+            with open(where, "wb") as f:
+                f.write(data)
+            if data.startswith(b"#!"):
+                os.chmod(where, 0o755)  # noqa: S103 (an executable in a tree to be canonicalised)
+    canonicalise(real)
+    digest = hashlib.sha256()
+    size = dump_path(real, digest.update, case_hack=store.settings.case_hack)
+    info = PathInfo(path, digest.digest(), size, tuple(sorted(references)), deriver)
+    store.register(info)
+    return info
+
+
+def export_bytes(store: Store, paths: list[StorePath]) -> bytes:
+    parts: list[bytes] = []
+    export_paths(store, paths, parts.append)
+    return b"".join(parts)
+
+
+def reader(data: bytes, chunk: int = 7) -> Iterator[bytes]:
+    for at in range(0, len(data), chunk):
+        yield data[at : at + chunk]
+
+
+def read_from(data: bytes) -> Callable[[int], bytes]:
+    """A `read(n)` over `data` handing out small chunks (framing split everywhere)."""
+    chunks = reader(data)
+    return lambda _n: next(chunks, b"")
+
+
+def rows(store: Store) -> list[tuple[object, ...]]:
+    """Registrations without the registration time, and references by path."""
+    valid = store.db.execute(
+        "select path, hash, deriver, narSize, ultimate, sigs, ca from ValidPaths order by path"
+    ).fetchall()
+    refs = store.db.execute(
+        "select a.path, b.path from Refs join ValidPaths a on referrer = a.id "
+        "join ValidPaths b on reference = b.id order by 1, 2"
+    ).fetchall()
+    return [*valid, *refs]
+
+
+def leftovers(store: Store) -> list[str]:
+    return sorted(
+        n for n in os.listdir(store.real_store_dir) if n.startswith(".xstore") or n.endswith(".lock")
+    )
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    with Store.create(tmp_path / "root", case_hack=CaseHackMode.OFF) as s:
+        yield s
+
+
+# -- creating and opening --------------------------------------------------------------------------------
+
+
+def test_create_layout(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    with Store.create(root, case_hack=CaseHackMode.OFF):
+        pass
+    db_dir = root / "nix" / "var" / "nix" / "db"
+    assert (root / "nix" / "store").is_dir()
+    assert (db_dir / "schema").read_bytes() == b"10"
+    assert stat.S_IMODE((db_dir / "big-lock").stat().st_mode) == 0o600
+    settings = json.loads((root / "nix" / "var" / "xstore" / "settings.json").read_text())
+    assert settings == {"version": 1, "caseHack": False, "caseFold": "ascii"}
+    # WAL is persistent: a new connection sees it, and the header says so (bytes 18 and 19).
+    db = sqlite3.connect(db_dir / "db.sqlite")
+    try:
+        assert db.execute("pragma journal_mode").fetchone() == ("wal",)
+        objects = db.execute("select type, name, tbl_name from sqlite_master").fetchall()
+        columns = [row[1] for row in db.execute("pragma table_info(ValidPaths)")]
+    finally:
+        db.close()
+    assert objects == NIX_SCHEMA_OBJECTS
+    assert columns == [
+        "id", "path", "hash", "registrationTime", "deriver", "narSize", "ultimate", "sigs", "ca"
+    ]  # fmt: skip
+    assert (db_dir / "db.sqlite").read_bytes()[18:20] == b"\x02\x02"
+    # Nothing of SQLite's is left once closed.
+    assert sorted(os.listdir(db_dir)) == ["big-lock", "db.sqlite", "schema"]
+
+
+def test_create_records_settings(tmp_path: Path) -> None:
+    with Store.create(tmp_path / "a", case_hack=CaseHackMode.ON, fold=Fold.APFS) as s:
+        assert (s.settings.case_hack, s.settings.fold) == (True, Fold.APFS)
+    with Store.open(tmp_path / "a") as s:
+        assert (s.settings.case_hack, s.settings.fold) == (True, Fold.APFS)
+    # Creating again without saying anything keeps them; saying the same is fine too.
+    for mode in (CaseHackMode.AUTO, CaseHackMode.ON):
+        with Store.create(tmp_path / "a", case_hack=mode) as s:
+            assert (s.settings.case_hack, s.settings.fold) == (True, Fold.APFS)
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ((CaseHackMode.ON, None), (CaseHackMode.OFF, None)),
+        ((CaseHackMode.OFF, None), (CaseHackMode.ON, None)),
+        ((CaseHackMode.ON, Fold.ASCII), (CaseHackMode.AUTO, Fold.APFS)),
+    ],
+)
+def test_create_twice_with_other_settings(
+    tmp_path: Path, first: tuple[CaseHackMode, Fold | None], second: tuple[CaseHackMode, Fold | None]
+) -> None:
+    root = tmp_path / "root"
+    Store.create(root, case_hack=first[0], fold=first[1]).close()
+    settings = (root / "nix" / "var" / "xstore" / "settings.json").read_bytes()
+    with pytest.raises(StoreError, match="already exists with case hack"):
+        Store.create(root, case_hack=second[0], fold=second[1])
+    assert (root / "nix" / "var" / "xstore" / "settings.json").read_bytes() == settings
+
+
+def test_init_twice_with_other_case_hack(tmp_path: Path) -> None:
+    root = str(tmp_path / "root")
+    first = runner.invoke(app, ["store", "init", "--store", root, "--case-hack", "on"])
+    assert first.exit_code == 0, first.output
+    assert "case hack on" in first.output
+    second = runner.invoke(app, ["store", "init", "--store", root, "--case-hack", "off"])
+    assert second.exit_code == 1
+    assert second.output.startswith("error: ")
+    assert "already exists with case hack on" in second.output
+    assert second.output.count("\n") == 1
+
+
+def test_open_missing_store(tmp_path: Path) -> None:
+    root = tmp_path / "nothing"
+    with pytest.raises(StoreError, match="no store at") as info:
+        Store.open(root)
+    assert str(root) in str(info.value)
+    assert "xstore store init" in str(info.value)
+    assert isinstance(info.value, OSError)
+    assert not root.exists()  # opening creates nothing
+
+
+def test_open_missing_store_cli(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["verify", "--store", str(tmp_path / "nothing")])
+    assert result.exit_code == 1
+    assert result.output.startswith("error: no store at")
+    assert not (tmp_path / "nothing").exists()
+
+
+def test_open_newer_schema(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    Store.create(root).close()
+    (root / "nix" / "var" / "nix" / "db" / "schema").write_text("11")
+    with pytest.raises(StoreError, match="schema version 11"):
+        Store.open(root)
+
+
+def test_closed_store(tmp_path: Path) -> None:
+    s = Store.create(tmp_path / "root")
+    s.close()
+    s.close()
+    with pytest.raises(StoreError, match="closed"):
+        s.all_paths()
+
+
+# -- registering and querying ----------------------------------------------------------------------------
+
+
+def test_register_and_query(store: Store) -> None:
+    a, b = sp("a", "a"), sp("b", "b")
+    store.register(dummy(a))
+    info = PathInfo(b, bytes(range(32)), 4096, (a, b), deriver=sp("d", "x.drv"), sigs=("k2:x", "k1:y"))
+    store.register(info)
+    got = store.query(b)
+    assert got is not None
+    assert (got.nar_hash, got.nar_size, got.references, got.deriver) == (
+        info.nar_hash,
+        4096,
+        (a, b),
+        info.deriver,
+    )
+    assert got.sigs == ("k1:y", "k2:x")
+    assert got.registration_time > 0
+    row = store.db.execute(
+        "select hash, deriver, ultimate, ca from ValidPaths where path = ?", (a.path,)
+    ).fetchone()
+    assert row == ("sha256:" + dummy(a).nar_hash.hex(), None, None, None)
+    assert store.query(sp("c", "c")) is None
+    assert store.closure([b]) == {a, b}
+    with pytest.raises(InvalidPathError, match="is not valid"):
+        store.require(sp("c", "c"))
+
+
+def test_register_with_invalid_reference_registers_nothing(store: Store) -> None:
+    with pytest.raises(InvalidPathError, match="is not valid"):
+        store.register(dummy(sp("b", "b"), sp("a", "a")))
+    assert store.all_paths() == []
+    assert store.db.execute("select count(*) from Refs").fetchone() == (0,)
+
+
+def test_path_info_json(store: Store) -> None:
+    a = sp("a", "a")
+    store.register(PathInfo(a, bytes(32), 120, (), registration_time=17))
+    assert path_info_json([store.require(a)], closure_sizes={a: 120}) == {
+        a.path: {
+            "ca": None,
+            "closureSize": 120,
+            "deriver": None,
+            "narHash": "sha256-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+            "narSize": 120,
+            "references": [],
+            "registrationTime": 17,
+            "signatures": [],
+            "ultimate": False,
+        }
+    }
+
+
+# -- locks -----------------------------------------------------------------------------------------------
+
+
+def test_path_lock_release_unlinks_then_marks(tmp_path: Path) -> None:
+    lock_path = os.fsencode(tmp_path / "x.lock")
+    lock = PathLock(lock_path)
+    assert os.stat(lock_path).st_size == 0
+    watcher = os.open(lock_path, os.O_RDONLY)
+    try:
+        lock.release()
+        assert not os.path.lexists(lock_path)
+        st = os.fstat(watcher)
+        assert (st.st_nlink, st.st_size) == (0, 1)
+        assert os.pread(watcher, 8, 0) == b"d"
+    finally:
+        os.close(watcher)
+    lock.release()  # twice is harmless
+
+
+def test_path_lock_retries_stale_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lock taken on a file its last owner deleted (size 1, "d") is dropped and taken again."""
+    lock_path = os.fsencode(tmp_path / "x.lock")
+    real_lock_file = store_module._lock_file
+    calls: list[int] = []
+
+    def lock_file(path: Path | bytes, shared: bool, blocking: bool = True) -> int | None:
+        fd = real_lock_file(path, shared, blocking)
+        calls.append(-1 if fd is None else fd)
+        if len(calls) == 1:
+            # What a waiter holds after the owner released: the deleted inode, marked "d".
+            os.unlink(path)
+            assert fd is not None
+            os.write(fd, b"d")
+        return fd
+
+    monkeypatch.setattr(store_module, "_lock_file", lock_file)
+    with PathLock(lock_path):
+        assert len(calls) == 2
+        assert os.stat(lock_path).st_size == 0
+        assert not held_elsewhere_free(lock_path)
+    assert not os.path.lexists(lock_path)
+
+
+def held_elsewhere_free(path: bytes) -> bool:
+    """Whether an exclusive flock on `path` can be taken right now (by another open file)."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+def waiting_on(path: bytes) -> bool:
+    """Whether some flock request is blocked on the file at `path` (Linux: a `->` line of /proc/locks
+    naming its inode)."""
+    inode = os.stat(path).st_ino
+    with open("/proc/locks") as f:
+        for line in f:
+            fields = line.split()
+            if (
+                "->" in fields
+                and "FLOCK" in fields
+                and any(field.count(":") == 2 and field.rsplit(":", 1)[1] == str(inode) for field in fields)
+            ):
+                return True
+    return False
+
+
+def test_path_lock_waiter_gets_fresh_file(tmp_path: Path) -> None:
+    """Nix's protocol with a real waiter: it blocks on the owner's inode, finds it deleted and marked when
+    it gets it, and locks a fresh file instead."""
+    lock_path = os.fsencode(tmp_path / "x.lock")
+    owner = PathLock(lock_path)
+    got: list[PathLock] = []
+    thread = threading.Thread(target=lambda: got.append(PathLock(lock_path)), daemon=True)
+    thread.start()
+    if os.path.exists("/proc/locks"):
+        deadline = time.monotonic() + 10
+        while not waiting_on(lock_path):
+            assert time.monotonic() < deadline, "the second PathLock never waited"
+            time.sleep(0.005)
+    else:
+        time.sleep(0.2)
+    assert not got
+    owner.release()  # unlinks the file, marks it "d"
+    thread.join(10)
+    (waiter,) = got
+    try:
+        # The name exists again, so the waiter made a new file after finding the old one stale; it is
+        # empty and locked.
+        assert os.stat(lock_path).st_size == 0
+        assert not held_elsewhere_free(lock_path)
+    finally:
+        waiter.release()
+    assert not os.path.lexists(lock_path)
+
+
+def test_store_lock_is_beside_the_path(store: Store) -> None:
+    path = sp("a", "a")
+    with store.lock(path):
+        assert os.path.exists(store.real_path(path) + b".lock")
+    assert leftovers(store) == []
+
+
+# -- canonicalisation ------------------------------------------------------------------------------------
+
+
+def test_canonicalise(tmp_path: Path) -> None:
+    top = tmp_path / "top"
+    (top / "sub" / "private").mkdir(parents=True)
+    modes = {
+        "plain": 0o644,
+        "exec": 0o755,
+        "setuid": 0o4755,
+        "group-write": 0o664,
+        "owner-only-exec": 0o700,
+        "read-only": 0o444,
+        "sub/inner": 0o600,
+    }
+    for name, mode in modes.items():
+        (top / name).write_text(name)
+        os.chmod(top / name, mode)
+    os.chmod(top / "sub" / "private", 0o700)
+    os.chmod(top / "sub", 0o2775)  # noqa: S103 (setgid and group write: canonicalise must drop them)
+    (top / "link").symlink_to("plain")
+    (top / "dangling").symlink_to("nowhere")
+    canonicalise(os.fsencode(top))
+
+    expected = {
+        "plain": 0o444,
+        "exec": 0o555,
+        "setuid": 0o555,
+        "group-write": 0o444,
+        "owner-only-exec": 0o555,
+        "read-only": 0o444,
+        "sub/inner": 0o444,
+        "sub": 0o555,
+        "sub/private": 0o555,
+        "": 0o555,
+    }
+    for name, mode in expected.items():
+        st = os.lstat(top / name)
+        assert stat.S_IMODE(st.st_mode) == mode, name
+        assert st.st_mtime == 1, name
+    for link in ("link", "dangling"):
+        st = os.lstat(top / link)
+        assert stat.S_ISLNK(st.st_mode)
+        assert st.st_mtime == 1, link  # lutimes, as Nix
+    assert (top / "plain").read_text() == "plain"
+
+
+def test_canonicalise_single_file(tmp_path: Path) -> None:
+    f = tmp_path / "f"
+    f.write_bytes(b"x")
+    os.chmod(f, 0o4711)  # noqa: S103 (setuid: canonicalise must drop it)
+    canonicalise(os.fsencode(f))
+    st = os.lstat(f)
+    assert (stat.S_IMODE(st.st_mode), st.st_mtime) == (0o555, 1)
+
+
+# -- export order ----------------------------------------------------------------------------------------
+
+
+def test_export_order_follows_references_inside_the_set(store: Store) -> None:
+    """The fact sheet's observed Nix orders: depth-first post-order over the set in base-name order."""
+    u, x, q, r = sp("7lm", "u"), sp("78i", "x"), sp("7xd", "q"), sp("8md", "r")
+    for info in (dummy(u), dummy(q), dummy(r), dummy(x, q, r)):
+        store.register(info)
+    for order in ([u, x, q, r], [r, q, x, u], [x, u, r, q, x]):
+        assert export_order(store, order) == [q, r, x, u]
+    # A reference outside the set does not count: then it is base-name order.
+    w, p, s = sp("nbb", "w"), sp("0d8", "p"), sp("kwf", "s")
+    for info in (dummy(s), dummy(w, s), dummy(p)):
+        store.register(info)
+    assert export_order(store, [w, p]) == [p, w]
+    assert export_order(store, [w, p, s]) == [p, s, w]
+
+
+def test_export_order_ignores_self_references_and_finds_cycles(store: Store) -> None:
+    a = sp("a", "a")
+    store.register(PathInfo(a, bytes(32), 120, (a,)))
+    assert export_order(store, [a]) == [a]
+    with pytest.raises(InvalidPathError):
+        export_order(store, [sp("b", "b")])
+
+
+def test_export_order_cycle(store: Store) -> None:
+    # Cycles cannot be registered one path at a time; make one in the database as Nix could have.
+    a, b = sp("a", "a"), sp("b", "b")
+    store.register(dummy(a))
+    store.register(dummy(b, a))
+    ids = dict(store.db.execute("select path, id from ValidPaths").fetchall())
+    store.db.execute("insert into Refs (referrer, reference) values (?, ?)", (ids[a.path], ids[b.path]))
+    with pytest.raises(XstoreError, match="cycle detected"):
+        export_order(store, [a, b])
+
+
+# -- export and import on synthetic stores ---------------------------------------------------------------
+
+
+@pytest.fixture
+def filled(store: Store) -> list[StorePath]:
+    """Four real paths in `store`: lib <- app (which refers to itself too), doc, and a file."""
+    lib, app_, doc, single = sp("9a", "lib"), sp("3b", "app"), sp("zz", "doc"), sp("00", "file")
+    add_path(store, lib, {b"lib/": b"", b"lib/libx.so": b"\x7fELF" + bytes(300)})
+    add_path(
+        store,
+        app_,
+        {
+            b"bin/app": b"#!/bin/sh\nexec " + store.real_path(lib) + b"\n",
+            b"share/": b"",
+            b"link": b"->bin/app",
+        },
+        lib,
+        app_,
+        deriver=sp("dd", "app.drv"),
+    )
+    add_path(store, doc, {b"README": b"doc\n", b"Readme": b"other\n"})
+    single_real = store.real_path(single)
+    with open(single_real, "wb") as f:
+        f.write(b"hello\n")
+    canonicalise(single_real)
+    digest = hashlib.sha256()
+    size = dump_path(single_real, digest.update)
+    store.register(PathInfo(single, digest.digest(), size, ()))
+    return [lib, app_, doc, single]
+
+
+def test_export_import_round_trip(store: Store, filled: list[StorePath], tmp_path: Path) -> None:
+    stream = export_bytes(store, filled)
+    entries = list_stream(read_from(stream))
+    assert [e.path for e in entries] == export_order(store, filled)
+    lib, app_, doc, single = filled
+    # Base-name order is file (00), app (3b), lib (9a), doc (zz); app's reference lib comes first.
+    assert [e.path for e in entries] == [single, lib, app_, doc]
+    app_entry = next(e for e in entries if e.path == filled[1])
+    assert app_entry.references == tuple(sorted([filled[0], filled[1]]))
+    assert app_entry.deriver == sp("dd", "app.drv")
+    with Store.create(tmp_path / "other", case_hack=CaseHackMode.OFF) as other:
+        results = import_stream(other, read_from(stream))
+        assert [(r.path, r.imported) for r in results] == [(e.path, True) for e in entries]
+        assert rows(other) == rows(store)
+        assert export_bytes(other, filled) == stream
+        assert verify(other, check_contents=True) == []
+        assert leftovers(other) == []
+        # Again: nothing changes, not even the registration times.
+        times = other.db.execute("select path, registrationTime, id from ValidPaths").fetchall()
+        again = import_stream(other, read_from(stream))
+        assert [r.imported for r in again] == [False] * len(filled)
+        assert other.db.execute("select path, registrationTime, id from ValidPaths").fetchall() == times
+
+
+def test_import_path_twice_in_one_stream(store: Store, filled: list[StorePath], tmp_path: Path) -> None:
+    """As Nix: imported once, reported twice."""
+    one = export_bytes(store, [filled[3]])
+    with Store.create(tmp_path / "other", case_hack=CaseHackMode.OFF) as other:
+        results = import_stream(other, read_from(one[:-8] + one))
+        assert [(r.path, r.imported) for r in results] == [(filled[3], True), (filled[3], False)]
+        assert other.all_paths() == [filled[3]]
+        assert leftovers(other) == []
+
+
+def test_import_other_nar_for_valid_path(store: Store, filled: list[StorePath]) -> None:
+    stream = export_bytes(store, [filled[3]])
+    tag = encode_strings(b"contents") + (6).to_bytes(8, "little")
+    at = stream.index(tag) + len(tag)
+    changed = stream[:at] + b"j" + stream[at + 1 :]
+    before = rows(store)
+    with pytest.raises(HashMismatchError, match="already valid with NAR hash"):
+        import_stream(store, read_from(changed))
+    assert rows(store) == before
+    assert leftovers(store) == []
+    with open(store.real_path(filled[3]), "rb") as f:
+        assert f.read() == b"hello\n"
+
+
+def test_import_missing_reference_leaves_nothing(
+    store: Store, filled: list[StorePath], tmp_path: Path
+) -> None:
+    stream = export_bytes(store, [filled[1]])  # app without lib
+    with Store.create(tmp_path / "other", case_hack=CaseHackMode.OFF) as other:
+        with pytest.raises(InvalidPathError, match="is not valid"):
+            import_stream(other, read_from(stream))
+        assert other.all_paths() == []
+        assert os.listdir(other.real_store_dir) == []
+
+
+def test_case_hacked_store_round_trip(store: Store, filled: list[StorePath], tmp_path: Path) -> None:
+    stream = export_bytes(store, filled)
+    with Store.create(tmp_path / "hacked", case_hack=CaseHackMode.ON) as hacked:
+        import_stream(hacked, read_from(stream))
+        doc = hacked.real_path(filled[2])
+        assert sorted(os.listdir(doc)) == [b"README", b"Readme~nix~case~hack~1"]
+        assert export_bytes(hacked, filled) == stream
+        assert verify(hacked, check_contents=True) == []
+
+
+def test_export_refuses_modified_path(store: Store, filled: list[StorePath]) -> None:
+    real = store.real_path(filled[3])
+    os.chmod(real, 0o644)
+    with open(real, "wb") as f:
+        f.write(b"HELLO\n")
+    parts: list[bytes] = []
+    with pytest.raises(HashMismatchError, match="was modified"):
+        export_paths(store, [filled[3]], parts.append)
+    problems = verify(store, check_contents=True)
+    assert [(p.path, p.kind) for p in problems] == [(filled[3], "modified")]
+
+
+def test_verify_missing_keeps_row(store: Store, filled: list[StorePath]) -> None:
+    store_module.remove_tree(store.real_path(filled[2]))
+    problems = verify(store)
+    assert [(p.path, p.kind) for p in problems] == [(filled[2], "missing")]
+    assert filled[2].path in problems[0].detail
+    assert store.is_valid(filled[2])
+
+
+# -- temporary directories -------------------------------------------------------------------------------
+
+
+def test_clean_temp_removes_only_dead_temporaries(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    with Store.create(root, case_hack=CaseHackMode.OFF) as first, first.temp_dir() as live:
+        (Path(os.fsdecode(live)) / "partial").write_bytes(b"x")
+        # What a killed import leaves: a temporary directory (read-only inside, as after
+        # canonicalisation) with or without its lock file, nobody holding the lock.
+        dead = []
+        for token, with_lock in (("0123456789abcdef", True), ("fedcba9876543210", False)):
+            name = TEMP_PREFIX + token
+            inner = root / "nix" / "store" / name / "nar" / "sub"
+            inner.mkdir(parents=True)
+            (inner / "file").write_bytes(b"y")
+            canonicalise(os.fsencode(inner.parent))
+            if with_lock:
+                (root / "nix" / "var" / "xstore" / "locks" / token).write_bytes(b"")
+            dead.append(name)
+        with Store.open(root) as second:
+            assert sorted(second.clean_temp()) == sorted(dead)
+            assert second.clean_temp() == []
+        names = os.listdir(root / "nix" / "store")
+        assert names == [os.path.basename(os.fsdecode(live))]
+        assert (Path(os.fsdecode(live)) / "partial").read_bytes() == b"x"
+        assert sorted(os.listdir(root / "nix" / "var" / "xstore" / "locks")) == [names[0][len(TEMP_PREFIX) :]]
+    assert os.listdir(root / "nix" / "store") == []
+    assert os.listdir(root / "nix" / "var" / "xstore" / "locks") == []

@@ -13,7 +13,7 @@ cd -- "$REPO_ROOT" || return
 
 # nix-bin: the reference implementation for the compat tests. fuse3, libfuse3-dev, pkg-config, gcc,
 # python3-dev: pyfuse3 builds against libfuse3 and mounts with fusermount3. python3-venv: ensurepip.
-APT_PACKAGES=(nix-bin fuse3 libfuse3-dev pkg-config python3-venv python3-dev gcc)
+APT_PACKAGES=(nix-bin fuse3 libfuse3-dev pkg-config python3-venv python3-dev gcc sqlite3)
 
 section() {
     printf '\n==== %s ====\n' "$*"

@@ -174,6 +174,11 @@ class FsCaseBehaviour:
     method: str = field(default="write", compare=False)  # "write" or "read-only"
 
     @property
+    def folds_names(self) -> bool:
+        """True when two different names can be one file here, so restores need the case hack."""
+        return self.case_insensitive or self.unicode_case_insensitive or self.normalization_insensitive
+
+    @property
     def fold(self) -> Fold:
         """The fold that predicts this filesystem: APFS-like if it folds beyond ASCII."""
         if self.unicode_case_insensitive or self.normalization_insensitive:
@@ -272,7 +277,7 @@ def resolve_restore_mode(
     if mode is CaseHackMode.AUTO:
         if behaviour is None:
             raise ValueError("case-hack auto needs a probe result")
-        hack = behaviour.case_insensitive
+        hack = behaviour.folds_names
     else:
         hack = mode is CaseHackMode.ON
     if fold is None:

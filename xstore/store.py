@@ -342,7 +342,7 @@ class Store:
                 )
             return
         behaviour = probe(self.real_store_dir)
-        hack = behaviour.case_insensitive if case_hack is CaseHackMode.AUTO else case_hack is CaseHackMode.ON
+        hack = behaviour.folds_names if case_hack is CaseHackMode.AUTO else case_hack is CaseHackMode.ON
         settings = StoreSettings(hack, fold if fold is not None else behaviour.fold)
         self.xstore_dir.mkdir(parents=True, exist_ok=True)
         path = self.xstore_dir / "settings.json"

@@ -26,13 +26,20 @@ XSTORE = f"{sys.executable} -m xstore"
 
 
 def mountinfo() -> list[str]:
+    """The host's mount points (with their options) that these tests could have touched: anything
+    under the temporary directories they use. (Other processes may mount elsewhere meanwhile.)"""
     with open("/proc/self/mountinfo") as f:
-        return sorted(line.split(" - ")[0].split(maxsplit=4)[4] for line in f)
+        entries = [line.split(" - ")[0].split(maxsplit=4)[4] for line in f]
+    return sorted(e for e in entries if e.startswith((tempfile.gettempdir(), "/tmp")))
+
+
+pytestmark = pytest.mark.namespace
 
 
 @pytest.fixture(autouse=True)
 def host_mounts_untouched() -> Iterator[None]:
-    require_or_skip(sys.platform.startswith("linux"), "mount namespaces exist only on Linux")
+    if not sys.platform.startswith("linux"):
+        pytest.skip("mount namespaces exist only on Linux")
     require_or_skip(os.geteuid() == 0, "needs root for mount namespaces")
     require_or_skip(shutil.which("unshare"), "unshare(1) not found (util-linux)")
     before = mountinfo()

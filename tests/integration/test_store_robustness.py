@@ -249,6 +249,7 @@ print(json.dumps({
 """
 
 
+@pytest.mark.namespace
 def test_full_disk_gives_a_clean_error(nix: Nix, closure: Closure, tmp_path: Path) -> None:
     unshare = shutil.which("unshare")
     require_or_skip(

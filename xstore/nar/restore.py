@@ -112,7 +112,7 @@ class TreeWriter:
         self._file_fd = -1
         self._committed = False
         self._renamed = 0
-        self._preallocate = True
+        self._preallocate = hasattr(os, "posix_fallocate")  # not on macOS
         try:
             os.mkdir(self._staging, 0o700, dir_fd=self._parent_fd)
             self._staging_fd = os.open(self._staging, _DIR_FLAGS, dir_fd=self._parent_fd)

@@ -253,7 +253,9 @@ def _probe_by_writing(dir_fd: int) -> FsCaseBehaviour:
 
 def probe_read_only(dir_fd: int) -> FsCaseBehaviour:
     """Whether the directory open at `dir_fd` folds ASCII case, found without writing: look up the
-    case-swapped spelling of an existing name. Reports case-sensitive when no name has a letter."""
+    case-swapped spelling of an existing name that the listing does not hold. If it resolves, the
+    filesystem folds case (the inode need not match: a FUSE layer may number spellings apart).
+    Reports case-sensitive when no name has a letter."""
     with os.scandir(dir_fd) as it:
         names = [os.fsencode(entry.name) for entry in it]
     for name in names:
@@ -261,12 +263,10 @@ def probe_read_only(dir_fd: int) -> FsCaseBehaviour:
         if swapped == name or swapped in names:
             continue
         try:
-            st = os.stat(swapped, dir_fd=dir_fd, follow_symlinks=False)
+            os.stat(swapped, dir_fd=dir_fd, follow_symlinks=False)
         except (FileNotFoundError, NotADirectoryError):
             return FsCaseBehaviour(False, method="read-only")
-        original = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        same = (st.st_dev, st.st_ino) == (original.st_dev, original.st_ino)
-        return FsCaseBehaviour(same, method="read-only")
+        return FsCaseBehaviour(True, method="read-only")
     return FsCaseBehaviour(False, method="read-only")
 
 

@@ -108,7 +108,7 @@ class Excluder:
 
 class _Dumper:
     """The walk. Writes framed NAR bytes straight to the sink: a regular file costs one header
-    allocation, not a chain of events (the event form is `iter_tree_events`)."""
+    allocation, not a chain of events."""
 
     def __init__(
         self, root: bytes, out: BufferedSink, case_hack: bool, excluder: Excluder, chunk_size: int

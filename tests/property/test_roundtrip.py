@@ -1,0 +1,271 @@
+"""Round trips of random trees: model -> events -> bytes -> events, and model -> disk -> NAR -> disk.
+
+The parser is fed whole, byte by byte and in random chunks (h11's `t_body_reader`); the events must not
+depend on the chunking except for how contents are cut, so they are compared with file chunks merged.
+Positions the parser reports (`contents_offset`, `ArchiveEnd.size`, `unused_data`) are checked against
+the encoded bytes themselves.
+
+On-disk examples each get a fresh `tempfile.TemporaryDirectory`: a function-scoped `tmp_path` is shared
+by all examples of a Hypothesis test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.strategies import (
+    ChunkReader,
+    Node,
+    as_node,
+    comparable_events,
+    draw_chunks,
+    encode_events,
+    encode_tree,
+    file_contents_by_path,
+    iter_nodes,
+    read_tree,
+    root_nodes,
+    tree_to_events,
+    write_tree,
+)
+from xstore.casehack import CaseHackMode
+from xstore.errors import NarError, TrailingDataError, TruncatedError
+from xstore.nar.dump import dump_path
+from xstore.nar.events import NEED_DATA, ArchiveEnd, Event, FileChunk, RegularFile
+from xstore.nar.parser import NarParser, name_problem, target_problem
+from xstore.nar.restore import restore_path
+
+# Hypothesis keys its caches by tuples of raw choices, where b"" and 0 (or "ab" and b"ab") hash alike;
+# a lookup then compares bytes with int or str, which `python -bb` turns into an error inside Hypothesis
+# (hypothesis/internal/conjecture/choice.py `choices_key`). Only warnings raised in Hypothesis's own
+# modules are ignored: a BytesWarning from xstore still fails the test.
+
+IN_MEMORY = settings(max_examples=100, suppress_health_check=[HealthCheck.too_slow])
+ON_DISK = settings(max_examples=40, suppress_health_check=[HealthCheck.too_slow])
+
+
+def parse_chunks(
+    chunks: Iterable[bytes], parser: NarParser | None = None, events: list[Event] | None = None
+) -> tuple[list[Event], NarParser]:
+    """Drive a parser as the drivers do: feed the next chunk only on `NEED_DATA`, `b""` once they run
+    out; stop at `ArchiveEnd`. Events are appended to `events` (a new list by default) as they come."""
+    parser = parser or NarParser()
+    pieces = iter(chunks)
+    events = [] if events is None else events
+    while True:
+        event = parser.next_event()
+        if event is NEED_DATA:
+            parser.receive_data(next(pieces, b""))
+            continue
+        events.append(event)
+        if isinstance(event, ArchiveEnd):
+            return events, parser
+
+
+def check_parse(data: bytes, events: list[Event], model: Node) -> None:
+    """`events`, parsed from `data`, are those of `model`, and their positions point into `data`."""
+    assert comparable_events(events) == comparable_events(tree_to_events(model))
+    end = events[-1]
+    assert isinstance(end, ArchiveEnd)
+    assert end.size == len(data)
+    for header, contents in file_contents_by_path(events).values():
+        assert header.size == len(contents)
+        assert data[header.contents_offset : header.contents_offset + header.size] == contents
+    assert encode_events(events) == data
+
+
+@contextlib.contextmanager
+def umask(mask: int) -> Iterator[None]:
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+# -- in memory ----------------------------------------------------------------------------------------------
+
+
+@IN_MEMORY
+@given(root_nodes(), st.integers(1, 9))
+def test_encoder_ignores_how_contents_are_chunked(model: Node, chunk_size: int) -> None:
+    assert encode_events(tree_to_events(model, chunk_size)) == encode_tree(model)
+
+
+@IN_MEMORY
+@given(root_nodes())
+def test_parse_whole(model: Node) -> None:
+    # The strategies stay inside the NAR rules, so every test here exercises valid archives.
+    for path, node in iter_nodes(model):
+        if path:
+            assert name_problem(path[-1]) is None, path
+        if node[0] == "symlink":
+            assert target_problem(node[1]) is None
+    data = encode_tree(model)
+    events, parser = parse_chunks([data])
+    check_parse(data, events, model)
+    assert parser.done
+    assert parser.unused_data == b""
+    assert parser.offset == len(data)
+    # After the end it keeps answering ArchiveEnd.
+    assert parser.next_event() == ArchiveEnd(len(data))
+
+
+@IN_MEMORY
+@given(root_nodes(), st.data())
+def test_parse_random_chunks(model: Node, data: st.DataObject) -> None:
+    archive = encode_tree(model)
+    chunks = draw_chunks(data, archive)
+    events, parser = parse_chunks(chunks)
+    check_parse(archive, events, model)
+    assert parser.unused_data == b""
+
+
+@settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow])
+@given(root_nodes(max_nodes=12))
+def test_parse_byte_by_byte(model: Node) -> None:
+    archive = encode_tree(model)
+    events, _ = parse_chunks(archive[i : i + 1] for i in range(len(archive)))
+    check_parse(archive, events, model)
+
+
+@IN_MEMORY
+@given(root_nodes(), st.data())
+def test_truncated_archive_is_refused(model: Node, data: st.DataObject) -> None:
+    """Any proper prefix followed by end of input is a `TruncatedError` (a plain `NarError` for no input
+    at all), after events that are a prefix of the full archive's."""
+    archive = encode_tree(model)
+    cut = data.draw(st.integers(0, len(archive) - 1), label="cut")
+    prefix = archive[:cut]
+    parser = NarParser()
+    events: list[Event] = []
+    with pytest.raises(NarError) as info:
+        parse_chunks(draw_chunks(data, prefix), parser, events)
+    if cut:
+        assert isinstance(info.value, TruncatedError)
+        assert info.value.offset == cut
+    # The events before the error are a prefix of the full archive's, except that the contents of the
+    # last file may be cut short.
+    merged = comparable_events(events)
+    expected = comparable_events(parse_chunks([archive])[0])
+    assert len(merged) < len(expected)
+    if merged and isinstance(last := merged[-1], FileChunk):
+        assert merged[:-1] == expected[: len(merged) - 1]
+        whole = expected[len(merged) - 1]
+        assert isinstance(whole, FileChunk)
+        assert whole.data.startswith(last.data)
+    else:
+        assert merged == expected[: len(merged)]
+
+
+@IN_MEMORY
+@given(root_nodes(), st.data())
+def test_skip_contents(model: Node, data: st.DataObject) -> None:
+    """Skipping every file's contents (seeking over what the buffer does not hold) gives the same
+    events without `FileChunk`s, at the same offsets, as `nar/listing.py` relies on."""
+    archive = encode_tree(model)
+    full, _ = parse_chunks([archive])
+    size = data.draw(st.integers(1, 64), label="read size")
+    source = io.BytesIO(archive)
+    parser = NarParser()
+    events: list[Event] = []
+    while True:
+        event = parser.next_event()
+        if event is NEED_DATA:
+            parser.receive_data(source.read(size))
+            continue
+        events.append(event)
+        if isinstance(event, RegularFile):
+            source.seek(parser.skip_contents(), os.SEEK_CUR)
+        if isinstance(event, ArchiveEnd):
+            break
+    assert events == [e for e in full if not isinstance(e, FileChunk)]
+    assert parser.offset == len(archive)
+
+
+@IN_MEMORY
+@given(root_nodes(max_nodes=10), st.binary(max_size=40), st.data())
+def test_unused_data_is_exactly_what_follows(model: Node, trailing: bytes, data: st.DataObject) -> None:
+    archive = encode_tree(model)
+    chunks = draw_chunks(data, archive + trailing)
+
+    # As a driver does it: data is fed only when asked for, so what follows the archive is partly in
+    # `unused_data` (the rest of the last chunk) and partly never read.
+    reader = ChunkReader(chunks)
+    events, parser = parse_chunks(iter(lambda: reader.read(1 << 20), b""))
+    check_parse(archive, events, model)
+    assert parser.offset == len(archive)
+    assert parser.unused_data + reader.remaining == trailing
+
+    # Fed everything, the parser still stops at the end and keeps all the rest.
+    parser = NarParser()
+    for chunk in chunks:
+        parser.receive_data(chunk)
+    parser.receive_data(b"")
+    events = []
+    while not isinstance(event := parser.next_event(), ArchiveEnd):
+        assert event is not NEED_DATA
+        events.append(event)
+    check_parse(archive, [*events, event], model)
+    assert parser.unused_data == trailing
+
+
+# -- on disk -----------------------------------------------------------------------------------------------
+
+
+@ON_DISK
+@given(root_nodes())
+def test_dump_equals_encoding_of_model(model: Node) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = os.path.join(os.fsencode(tmp), b"root")
+        write_tree(root, model)
+        for case_hack in (True, False):
+            blocks: list[bytes] = []
+            size = dump_path(root, blocks.append, case_hack=case_hack)
+            assert b"".join(blocks) == encode_tree(model)
+            assert size == len(b"".join(blocks))
+
+
+@ON_DISK
+@given(root_nodes(), st.sampled_from([0o077, 0o022, 0o002, 0o000, 0o027]), st.data())
+def test_restore_then_dump(model: Node, mask: int, data: st.DataObject) -> None:
+    """Restoring gives back the model with modes 0644/0755 and directories 0755 whatever the umask, and
+    dumping the result gives back the archive."""
+    archive = encode_tree(model)
+    reader = ChunkReader(draw_chunks(data, archive))
+    with tempfile.TemporaryDirectory() as tmp:
+        dest = os.path.join(os.fsencode(tmp), b"out")
+        with umask(mask):
+            result = restore_path(dest, reader.read, case_hack=CaseHackMode.OFF)
+        assert os.listdir(tmp) == ["out"]  # no staging directory left beside it
+        assert read_tree(dest, check_modes=True) == as_node(model)
+        assert result.nar_size == len(archive)
+        assert not result.case_hack
+        assert result.renamed == 0
+        blocks: list[bytes] = []
+        dump_path(dest, blocks.append)
+        assert b"".join(blocks) == archive
+
+
+@ON_DISK
+@given(root_nodes(max_nodes=10), st.binary(min_size=1, max_size=20), st.data())
+def test_restore_refuses_trailing_data(model: Node, trailing: bytes, data: st.DataObject) -> None:
+    archive = encode_tree(model)
+    chunks = draw_chunks(data, archive + trailing)
+    with tempfile.TemporaryDirectory() as tmp:
+        dest = os.path.join(os.fsencode(tmp), b"out")
+        with pytest.raises(TrailingDataError):
+            restore_path(dest, ChunkReader(chunks).read, case_hack=CaseHackMode.OFF)
+        assert os.listdir(tmp) == []
+        reader = ChunkReader(chunks)
+        result = restore_path(dest, reader.read, case_hack=CaseHackMode.OFF, allow_trailing=True)
+        assert result.nar_size == len(archive)
+        assert read_tree(dest, check_modes=True) == as_node(model)

@@ -63,7 +63,8 @@ def nix_environment(base: Path) -> dict[str, str]:
     for path in dirs.values():
         path.mkdir(parents=True, exist_ok=True)
     # Replaces /etc/nix/nix.conf (Debian's sets only `sandbox = false`, which we keep).
-    (dirs["conf"] / "nix.conf").write_text("sandbox = false\n")
+    # No substituters: nothing may be fetched (the machines have no network), and trying costs seconds.
+    (dirs["conf"] / "nix.conf").write_text("sandbox = false\nsubstituters =\n")
     env = {key: value for key, value in os.environ.items() if not key.startswith("NIX_")}
     env.update(
         NIX_STATE_DIR=str(dirs["state"]),

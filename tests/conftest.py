@@ -9,12 +9,17 @@
 
 from __future__ import annotations
 
+import functools
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 from hypothesis import settings
 
 from tests.helpers import IN_CI, Nix, find_nix
+from xstore.casehack import probe
 
 TESTS_DIR = Path(__file__).resolve().parent
 NIX_FIXTURES_DIR = TESTS_DIR / "data" / "nix-fixtures"
@@ -29,6 +34,37 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.path.is_relative_to(compat_dir):
             item.add_marker(pytest.mark.compat)
+            # Side by side with Linux trees (/usr/include, colliding names on disk).
+            item.add_marker(pytest.mark.case_sensitive_tmp)
+
+
+@functools.cache
+def _tmp_folding() -> str | None:
+    """Why the temporary directory's filesystem cannot hold every name the suite builds, or None."""
+    tmp = tempfile.mkdtemp(prefix="xstore-fs-check-")
+    try:
+        behaviour = probe(tmp)
+        if behaviour.folds_names:
+            return f"the temporary directory {tempfile.gettempdir()} folds case or normalisation"
+        try:
+            os.close(os.open(os.path.join(os.fsencode(tmp), b"\xff"), os.O_CREAT | os.O_WRONLY, 0o600))
+        except OSError:
+            return f"the temporary directory {tempfile.gettempdir()} refuses names that are not UTF-8"
+        return None
+    finally:
+        shutil.rmtree(tmp)
+
+
+@pytest.fixture(autouse=True)
+def _case_sensitive_tmp(request: pytest.FixtureRequest) -> None:
+    """Tests marked `case_sensitive_tmp` expect a filesystem that keeps every name apart, as Linux
+    filesystems do; on one that folds names (APFS, HFS+) they skip with the reason, since what they
+    check there is covered by tests that expect what that filesystem does (tests/macos)."""
+    if request.node.get_closest_marker("case_sensitive_tmp") is None:
+        return
+    reason = _tmp_folding()
+    if reason is not None:
+        pytest.skip(f"needs a filesystem that keeps case and normalisation variants apart: {reason}")
 
 
 @pytest.fixture(scope="session")

@@ -141,6 +141,7 @@ def test_apfs_fold_ignores_normalisation_and_ascii_case(text: str, data: st.Data
 # -- restore and dump ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.case_sensitive_tmp
 @ON_DISK
 @given(colliding_trees(), st.sampled_from(Fold), st.data())
 def test_case_hack_round_trip(tree: Tree, fold: Fold, data: st.DataObject) -> None:
@@ -178,6 +179,7 @@ A_CIRC_NFC, A_CIRC_NFD = b"\xc3\xa2", b"a\xcc\x82"
 CAP_A_CIRC_NFC, CAP_A_CIRC_NFD = b"\xc3\x82", b"A\xcc\x82"
 
 
+@pytest.mark.case_sensitive_tmp
 @pytest.mark.parametrize(
     ("fold", "expected"),
     [
@@ -211,6 +213,7 @@ def test_unicode_variants(fold: Fold, expected: list[bytes]) -> None:
         assert dump_bytes(dest, case_hack=True) == archive
 
 
+@pytest.mark.case_sensitive_tmp
 def test_suffix_spelled_in_another_case() -> None:
     """A NAR may spell the suffix in another case (only the exact spelling is reserved). Like Nix,
     xstore refuses a hacked name that lands on an earlier entry; one that a later entry lands on is

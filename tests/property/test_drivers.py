@@ -156,6 +156,7 @@ def test_receive_events_leaves_trailing_data(model: Node, trailing: bytes, data:
 # -- restore ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.case_sensitive_tmp
 @ON_DISK
 @given(
     st.one_of(root_nodes(), colliding_trees().map(as_node)),
@@ -183,6 +184,7 @@ def test_restore_stream_agrees_with_restore_path(
         assert dump_sync(trio_dest, case_hack=True) == archive
 
 
+@pytest.mark.case_sensitive_tmp
 @ON_DISK
 @given(root_nodes(max_nodes=10), st.binary(min_size=1, max_size=20), st.sampled_from(STREAM_KINDS), st.data())
 def test_restore_stream_refuses_trailing_data(
@@ -202,6 +204,7 @@ def test_restore_stream_refuses_trailing_data(
 # -- dump -------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.case_sensitive_tmp
 @ON_DISK
 @given(root_nodes(), st.sampled_from(STREAM_KINDS), st.booleans())
 def test_dump_to_stream_agrees_with_dump_path(model: Node, kind: StreamKind, case_hack: bool) -> None:
@@ -215,6 +218,7 @@ def test_dump_to_stream_agrees_with_dump_path(model: Node, kind: StreamKind, cas
         assert size == len(expected)
 
 
+@pytest.mark.case_sensitive_tmp
 @ON_DISK
 @given(colliding_trees(), st.sampled_from(Fold), st.sampled_from(STREAM_KINDS))
 def test_dump_to_stream_unhacks(tree: Tree, fold: Fold, kind: StreamKind) -> None:

@@ -221,6 +221,7 @@ def test_unused_data_is_exactly_what_follows(model: Node, trailing: bytes, data:
 # -- on disk -----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.case_sensitive_tmp
 @ON_DISK
 @given(root_nodes())
 def test_dump_equals_encoding_of_model(model: Node) -> None:
@@ -234,6 +235,7 @@ def test_dump_equals_encoding_of_model(model: Node) -> None:
             assert size == len(b"".join(blocks))
 
 
+@pytest.mark.case_sensitive_tmp
 @ON_DISK
 @given(root_nodes(), st.sampled_from([0o077, 0o022, 0o002, 0o000, 0o027]), st.data())
 def test_restore_then_dump(model: Node, mask: int, data: st.DataObject) -> None:
@@ -255,6 +257,7 @@ def test_restore_then_dump(model: Node, mask: int, data: st.DataObject) -> None:
         assert b"".join(blocks) == archive
 
 
+@pytest.mark.case_sensitive_tmp
 @ON_DISK
 @given(root_nodes(max_nodes=10), st.binary(min_size=1, max_size=20), st.data())
 def test_restore_refuses_trailing_data(model: Node, trailing: bytes, data: st.DataObject) -> None:

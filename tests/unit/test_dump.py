@@ -33,13 +33,14 @@ def paths(events: list[Event]) -> list[bytes]:
     return [b"/".join(e.path) for e in events if isinstance(e, DirectoryStart | RegularFile | Symlink)]
 
 
-def test_fifo_and_socket_are_refused(tmp_path: Path) -> None:
+def test_fifo_and_socket_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     os.mkfifo(tmp_path / "pipe")
     with pytest.raises(DumpError, match=r"'.*/pipe' has an unsupported type \(FIFO\)"):
         dump(tmp_path)
     os.unlink(tmp_path / "pipe")
+    monkeypatch.chdir(tmp_path)  # a relative socket address: deep temporary paths exceed sun_path
     with socket.socket(socket.AF_UNIX) as s:
-        s.bind(os.fspath(tmp_path / "sock"))
+        s.bind("sock")
         with pytest.raises(DumpError, match=r"unsupported type \(socket\)"):
             dump(tmp_path)
         with pytest.raises(DumpError, match=r"unsupported type \(socket\)"):
@@ -54,6 +55,7 @@ def test_executable_bit_is_the_owners(tmp_path: Path) -> None:
     assert files == {b"u": True, b"g": False, b"none": False}
 
 
+@pytest.mark.case_sensitive_tmp
 def test_entries_in_byte_order_with_non_utf8_names(tmp_path: Path) -> None:
     root = os.fsencode(tmp_path)
     for name in (b"\xff", b"B", b"a", b"\xc3\xa9", b"_"):

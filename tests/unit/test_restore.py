@@ -208,6 +208,7 @@ def test_auto_on_a_case_sensitive_filesystem_does_not_hack(arena: Path) -> None:
     assert dumped(arena / "out") == data
 
 
+@pytest.mark.case_sensitive_tmp
 def test_unnormalized_names_never_write_through_the_symlink(arena: Path) -> None:
     # Nix's fixture: a symlink to "/" and a directory whose name is the other normalisation form.
     data = (FIXTURES / "unnormalized.nar").read_bytes()

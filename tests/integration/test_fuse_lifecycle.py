@@ -367,7 +367,7 @@ def test_on_macos_without_macfuse(monkeypatch: pytest.MonkeyPatch) -> None:
     from xstore.fuse import lifecycle
 
     monkeypatch.setattr(lifecycle, "MACFUSE_BUNDLE", "/nonexistent/macfuse.fs")
-    monkeypatch.setattr(sys, "platform", "darwin")
+    monkeypatch.setattr(lifecycle, "PLATFORM", "darwin")
     with pytest.raises(lifecycle.FuseUnavailableError, match="macFUSE is not installed"):
         lifecycle.check_fuse()
 

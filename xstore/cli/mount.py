@@ -133,12 +133,20 @@ def mount_casefold(
     Example: xstore mount casefold /tmp/backing /mnt/folded --model apfs
     """
     with cli_errors():
-        from xstore.fuse.lifecycle import FuseMountError, check_fuse, check_mountpoint, mount_filesystem
+        from xstore.fuse.lifecycle import (
+            PLATFORM,
+            FuseMountError,
+            check_fuse,
+            check_mountpoint,
+            mount_filesystem,
+        )
 
         check_fuse()
         check_mountpoint(mountpoint)
+        if not PLATFORM.startswith("linux"):
+            raise FuseMountError("the casefold layer runs on Linux only (macOS volumes fold case already)")
         from xstore.casehack import Fold
-        from xstore.fuse.casefold import CasefoldOperations
+        from xstore.fuse.casefold import CasefoldOperations  # type: ignore[attr-defined, unused-ignore]  # Linux only
 
         path = os.path.abspath(backing)
         if not os.path.isdir(path):

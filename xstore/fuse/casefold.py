@@ -52,6 +52,7 @@ import contextlib
 import errno
 import os
 import stat
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
@@ -61,6 +62,10 @@ import trio
 
 from xstore.casehack import Fold, fold_key
 from xstore.fuse.common import entry_from_stat, wrap_handlers
+
+# Linux only (O_PATH, xattrs, fdatasync): a Mac's own volumes already fold case. The CLI says so before
+# importing this module; type checkers skip the rest on other platforms.
+assert sys.platform == "linux"
 
 __all__ = ["CasefoldOperations"]
 

@@ -40,6 +40,10 @@ from typing import TYPE_CHECKING, Final
 
 from xstore.errors import XstoreError
 
+# The platform as a plain string: the branches for Linux and for macOS are both checked by mypy,
+# whichever platform it checks for.
+PLATFORM: str = sys.platform
+
 if TYPE_CHECKING:
     import pyfuse3
 
@@ -72,15 +76,15 @@ class FuseMountError(XstoreError, OSError):
 def check_fuse() -> None:
     """Raise `FuseUnavailableError` unless this process can mount a pyfuse3 filesystem: a supported
     platform, the FUSE device (or macFUSE), pyfuse3 importable, and either root or fusermount3."""
-    if sys.platform == "darwin":
+    if PLATFORM == "darwin":
         if not os.path.exists(MACFUSE_BUNDLE):
             raise FuseUnavailableError(
                 "FUSE is not available: macFUSE is not installed (brew install --cask macfuse, "
                 "or https://osxfuse.github.io)"
             )
-    elif not sys.platform.startswith("linux"):
+    elif not PLATFORM.startswith("linux"):
         raise FuseUnavailableError(
-            f"FUSE filesystems are supported on Linux and on macOS with macFUSE, not on {sys.platform}"
+            f"FUSE filesystems are supported on Linux and on macOS with macFUSE, not on {PLATFORM}"
         )
     elif not os.path.exists(FUSE_DEVICE):
         raise FuseUnavailableError(
@@ -93,11 +97,11 @@ def check_fuse() -> None:
         hint = (
             "pip install 'xstore[fuse]' (it builds against libfuse3: apt-get install libfuse3-dev "
             "pkg-config gcc python3-dev)"
-            if sys.platform != "darwin"
+            if PLATFORM != "darwin"
             else "the 'fuse' extra installs it on Linux only; on macOS build pyfuse3 against macFUSE"
         )
         raise FuseUnavailableError(f"FUSE is not available: pyfuse3 cannot be imported ({e}); {hint}") from e
-    if sys.platform != "darwin" and os.geteuid() != 0 and shutil.which("fusermount3") is None:
+    if PLATFORM != "darwin" and os.geteuid() != 0 and shutil.which("fusermount3") is None:
         raise FuseUnavailableError(
             "FUSE is not available: fusermount3 not found, and only root can mount without it "
             "(apt-get install fuse3)"
@@ -123,7 +127,7 @@ def _canonical(path: str | os.PathLike[str]) -> str:
 
 def _mount_types(path: str) -> list[str]:
     """The filesystem types mounted at exactly `path`, in mount order (empty if none)."""
-    if not sys.platform.startswith("linux"):
+    if not PLATFORM.startswith("linux"):
         return ["unknown"] if os.path.ismount(path) else []
     from xstore.mountns import mount_table
 
@@ -489,7 +493,7 @@ def _alive(pid: int) -> bool:
 
 
 def _unmount_argv(path: str, *, lazy: bool) -> list[str]:
-    if sys.platform == "darwin":
+    if PLATFORM == "darwin":
         return ["umount", *(["-f"] if lazy else []), path]
     umount = shutil.which("umount")
     fusermount = shutil.which("fusermount3") or shutil.which("fusermount")
@@ -555,7 +559,7 @@ def unmount(mountpoint: str | os.PathLike[str]) -> str:
         path = real
     if not types:
         raise FuseMountError(f"'{path}' is not a mount point", path=path)
-    if sys.platform.startswith("linux") and not types[-1].startswith("fuse"):
+    if PLATFORM.startswith("linux") and not types[-1].startswith("fuse"):
         raise FuseMountError(
             f"'{path}' is not a FUSE filesystem (it is {types[-1]}); xstore umount only unmounts FUSE mounts",
             path=path,

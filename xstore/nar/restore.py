@@ -57,6 +57,9 @@ _ROOT_NAME: Final = b"root"
 
 PathArg = str | bytes | os.PathLike[str] | os.PathLike[bytes]
 
+# posix_fallocate does not exist on macOS: there, files grow as they are written.
+_fallocate: Callable[[int, int, int], None] | None = getattr(os, "posix_fallocate", None)
+
 
 @dataclass(frozen=True, slots=True)
 class RestoreResult:
@@ -112,7 +115,7 @@ class TreeWriter:
         self._file_fd = -1
         self._committed = False
         self._renamed = 0
-        self._preallocate = hasattr(os, "posix_fallocate")  # not on macOS
+        self._preallocate = _fallocate is not None
         try:
             os.mkdir(self._staging, 0o700, dir_fd=self._parent_fd)
             self._staging_fd = os.open(self._staging, _DIR_FLAGS, dir_fd=self._parent_fd)
@@ -208,10 +211,10 @@ class TreeWriter:
     def _write(self, data: bytes) -> None:
         fd = self._file_fd
         end = self._written + len(data)
-        if end > self._allocated and self._preallocate and self._file_size > CHUNK:
+        if end > self._allocated and self._preallocate and _fallocate is not None and self._file_size > CHUNK:
             target = min(self._file_size, end + PREALLOCATE_STEP)
             try:
-                os.posix_fallocate(fd, self._allocated, target - self._allocated)
+                _fallocate(fd, self._allocated, target - self._allocated)
                 self._allocated = target
             except OSError as e:
                 if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from xstore.errors import CaseHackError, DumpError
-from xstore.nar.parser import CASE_HACK_SUFFIX, show
+from xstore.nar.parser import CASE_HACK_SUFFIX, name_problem, show
 
 __all__ = [
     "CASE_HACK_SUFFIX",
@@ -142,6 +142,13 @@ def unhack_entries(names: Iterable[bytes], *, hack: bool, where: bytes = b"") ->
     unhacked: dict[bytes, bytes] = {}
     for name in names:
         nar_name = unhack_name(name)
+        problem = name_problem(nar_name) if nar_name is not name else None
+        if problem is not None:
+            raise DumpError(
+                f"cannot serialise '{_show_in(where, name)}': without its case-hack suffix the name is not "
+                f"valid in a NAR ({problem})",
+                path=where + b"/" + name,
+            )
         other = unhacked.setdefault(nar_name, name)
         if other is not name:
             first, second = sorted((other, name))

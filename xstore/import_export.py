@@ -28,7 +28,7 @@ from typing import Final
 from xstore.casehack import CaseHackMode, Fold
 from xstore.errors import XstoreError
 from xstore.hashing import HashAlgorithm, HashFormat, HashSink, format_digest
-from xstore.nar.dump import BufferedSink, dump_path
+from xstore.nar.dump import BufferedSink, dump_path, write_all
 from xstore.nar.events import NEED_DATA, ArchiveEnd
 from xstore.nar.parser import NarParser, show
 from xstore.nar.restore import TreeWriter
@@ -58,27 +58,33 @@ def export_order(store: Store, paths: Iterable[StorePath]) -> list[StorePath]:
     order of base name), following references inside the set, so dependencies come first. Raises
     `InvalidPathError` for an invalid path, `XstoreError` for a reference cycle."""
     wanted = sorted(set(paths))
-    refs = {p: [r for r in store.require(p).references if r != p] for p in wanted}
     member = set(wanted)
+    refs = {p: [r for r in store.require(p).references if r != p and r in member] for p in wanted}
     order: list[StorePath] = []
     done: set[StorePath] = set()
-    active: set[StorePath] = set()
-
-    def visit(p: StorePath, parent: StorePath | None) -> None:
-        if p in done:
-            return
-        if p in active:
-            raise XstoreError(f"cycle detected in the references of '{p}' from '{parent}'")
-        active.add(p)
-        for r in refs[p]:
-            if r in member:
-                visit(r, p)
-        active.discard(p)
-        done.add(p)
-        order.append(p)
-
-    for p in wanted:
-        visit(p, None)
+    for start in wanted:
+        if start in done:
+            continue
+        # An explicit stack (closures can be thousands of paths deep): each frame is a path and the
+        # index of the next reference to visit.
+        stack: list[tuple[StorePath, int]] = [(start, 0)]
+        active = {start}
+        while stack:
+            p, i = stack[-1]
+            if i < len(refs[p]):
+                stack[-1] = (p, i + 1)
+                r = refs[p][i]
+                if r in done:
+                    continue
+                if r in active:
+                    raise XstoreError(f"cycle detected in the references of '{r}' from '{p}'")
+                active.add(r)
+                stack.append((r, 0))
+            else:
+                stack.pop()
+                active.discard(p)
+                done.add(p)
+                order.append(p)
     return order
 
 
@@ -286,7 +292,6 @@ def _import_one(
                     "(import its closure, dependencies first)",
                     path=ref.path,
                 )
-        canonicalise(dest)
         with store.lock(path):
             existing = store.query(path)  # another process may have added it meanwhile
             if existing is not None:
@@ -294,8 +299,11 @@ def _import_one(
                 return ImportResult(path, False)
             store.remove_invalid_leftover(path)
             real = store.real_path(path)
+            # Move first, make read-only after: moving a directory to another parent needs write
+            # permission on it (to update its ".."), which only root has once it is 0555.
             os.rename(dest, real)
             try:
+                canonicalise(real)
                 store.register(info)
             except BaseException:
                 remove_tree(real)
@@ -394,7 +402,7 @@ def copy_paths(
     def produce() -> None:
         try:
             with Store.open(source_root) as source:
-                out = BufferedSink(_write_all(w))
+                out = BufferedSink(write_all(w))
                 export_paths(source, order, out)
                 out.flush()
         except BrokenPipeError:
@@ -418,12 +426,3 @@ def copy_paths(
     if failure:
         raise failure[0]
     return results
-
-
-def _write_all(fd: int) -> Callable[[bytes], None]:
-    def write(data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-
-    return write

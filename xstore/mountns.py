@@ -20,6 +20,7 @@ import ctypes.util
 import errno
 import functools
 import os
+import posixpath
 import stat
 import sys
 from collections.abc import Sequence
@@ -67,6 +68,7 @@ class MountEntry:
     """One line of /proc/self/mountinfo."""
 
     mount_id: int
+    parent_id: int
     device: str  # major:minor of the filesystem
     mount_point: str
     root: str  # the part of the filesystem mounted here ("/" unless a bind of a subdirectory)
@@ -140,7 +142,7 @@ def _unescape(field: str) -> str:
     # mountinfo escapes space, tab, newline and backslash as \\ooo octal.
     out, i = [], 0
     while i < len(field):
-        if field[i] == "\\" and i + 3 < len(field) + 0 and field[i + 1 : i + 4].isdigit():
+        if field[i] == "\\" and i + 3 < len(field) and field[i + 1 : i + 4].isdigit():
             out.append(chr(int(field[i + 1 : i + 4], 8)))
             i += 4
         else:
@@ -160,6 +162,7 @@ def mount_table(mountinfo: str = "/proc/self/mountinfo") -> list[MountEntry]:
             entries.append(
                 MountEntry(
                     mount_id=int(fields[0]),
+                    parent_id=int(fields[1]),
                     device=fields[2],
                     mount_point=_unescape(fields[4]),
                     root=_unescape(fields[3]),
@@ -197,11 +200,17 @@ def status(path: str | os.PathLike[str]) -> Status:
         raise MountError(f"'{real}' is not a directory")
     entry = mount_of(real)
     writable = not entry.read_only and os.access(real, os.W_OK)
-    # A bind of the directory onto itself: the top mount there shows a subdirectory of its filesystem,
-    # or is stacked on a mount of the same filesystem (when the directory was a mount point already).
-    stacked = [e for e in mount_table() if e.mount_point == real]
-    bind = entry.mount_point == real and (
-        entry.root != "/" or (len(stacked) >= 2 and stacked[-2].device == entry.device)
+    # A bind of the directory onto itself shows, as the part of its filesystem mounted here, exactly the
+    # directory's own place in the mount below it (same device). A mount that merely shows a
+    # subdirectory of its filesystem (a btrfs subvolume, a container volume) is not one.
+    table = mount_table()
+    parent = next((e for e in table if e.mount_id == entry.parent_id), None)
+    bind = (
+        entry.mount_point == real
+        and parent is not None
+        and parent.device == entry.device
+        and entry.root
+        == posixpath.normpath(posixpath.join(parent.root, os.path.relpath(real, parent.mount_point)))
     )
     return Status(
         path=real,

@@ -23,7 +23,6 @@ posix-fs-canonicalise.cc, schema.sql.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import json
 import os
@@ -35,7 +34,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 
 from xstore.casehack import CaseHackMode, Fold, probe, probe_read_only
 from xstore.errors import XstoreError
@@ -227,6 +226,24 @@ def remove_tree(real_path: bytes) -> None:
         os.unlink(real_path)
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _db_errors(method: Callable[Concatenate[Store, P], R]) -> Callable[Concatenate[Store, P], R]:
+    """Report SQLite failures (a corrupt or locked-up database) as `StoreError`, not as bugs."""
+
+    def wrapper(self: Store, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as e:
+            raise StoreError(f"the store database '{self.db_dir / 'db.sqlite'}' cannot be used: {e}") from e
+
+    wrapper.__name__ = method.__name__
+    wrapper.__doc__ = method.__doc__
+    return wrapper
+
+
 class Store:
     """An open store. Use as a context manager, or call `close()`.
 
@@ -248,6 +265,9 @@ class Store:
             )
         try:
             self._open()
+        except sqlite3.Error as e:
+            self.close()
+            raise StoreError(f"the store database '{self.db_dir / 'db.sqlite'}' cannot be used: {e}") from e
         except BaseException:
             self.close()
             raise
@@ -294,7 +314,12 @@ class Store:
         assert fd is not None
         self._big_lock = fd
         schema_file = self.db_dir / "schema"
-        version = int(schema_file.read_text() or "0") if schema_file.exists() else 0
+        version = 0
+        if schema_file.exists():
+            text = schema_file.read_text(errors="replace")
+            if not text.strip().isdigit():
+                raise StoreError(f"'{schema_file}' should hold the schema version, but holds {text[:20]!r}")
+            version = int(text)
         if version > SCHEMA_VERSION:
             raise StoreError(
                 f"the store at '{self.root}' has schema version {version}; xstore supports {SCHEMA_VERSION}"
@@ -403,9 +428,11 @@ class Store:
     def real_path(self, path: StorePath) -> bytes:
         return os.fsencode(self.real_store_dir / path.base)
 
+    @_db_errors
     def is_valid(self, path: StorePath) -> bool:
         return self.db.execute("select 1 from ValidPaths where path = ?", (path.path,)).fetchone() is not None
 
+    @_db_errors
     def query(self, path: StorePath) -> PathInfo | None:
         """The path's registration, or None if it is not valid."""
         row = self.db.execute(
@@ -441,6 +468,7 @@ class Store:
             raise InvalidPathError(f"path '{path}' is not valid in the store at '{self.root}'")
         return info
 
+    @_db_errors
     def all_paths(self) -> list[StorePath]:
         return sorted(parse_store_path(p) for (p,) in self.db.execute("select path from ValidPaths"))
 
@@ -456,6 +484,7 @@ class Store:
             todo.extend(r for r in self.require(p).references if r not in seen)
         return seen
 
+    @_db_errors
     def register(self, info: PathInfo) -> None:
         """Add `info` to the database in one transaction. Every reference must be valid already
         (or be the path itself); raises `InvalidPathError` otherwise, with nothing registered."""
@@ -628,7 +657,3 @@ def store_path_of(store_dir_entry: str) -> StorePath | None:
         return parse_store_path(f"{STORE_DIR}/{store_dir_entry}")
     except ValueError:
         return None
-
-
-def is_enospc(e: OSError) -> bool:
-    return e.errno in (errno.ENOSPC, errno.EDQUOT)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import struct
 
 U64 = struct.Struct("<Q")
-U64_MAX = (1 << 64) - 1
 ZEROS = bytes(8)
 
 # Bounds of current Nix's NAR parser (archive.cc `parse`): format-defined, independent of the host's
@@ -21,11 +20,6 @@ NAR_MAX_TAG = 32
 NAR_MAX_NAME = 255
 NAR_MAX_TARGET = 4095
 NAR_MAX_DEPTH = 64
-
-
-def padding_len(n: int) -> int:
-    """Number of zero bytes that follow `n` bytes of string data."""
-    return -n & 7
 
 
 def encode_u64(n: int) -> bytes:

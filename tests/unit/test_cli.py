@@ -169,6 +169,12 @@ def test_ls_errors() -> None:
     invalid = xstore("nar", "ls", FIXTURES / "dot.nar")
     assert invalid.returncode == 1
     assert b"invalid file name" in invalid.stderr
+    huge = xstore("nar", "cat", FIXTURES / "regular-truncated-large-contents.nar", "/")
+    assert huge.returncode == 1
+    assert huge.stderr.decode().splitlines() == [
+        "error: bad archive: unexpected end of file: a file's contents need 18446744073709551614 more bytes, "
+        "the archive has 0 (at byte 97, in /)"
+    ]
 
 
 def test_casehack_scan_exit_codes_and_json(tmp_path: Path) -> None:

@@ -302,7 +302,8 @@ async def _main(path: str, report: Callable[[str], None] | None) -> None:
                     # done and the root's attributes come back: then the mount is usable.
                     nonlocal failure
                     try:
-                        await trio.to_thread.run_sync(os.stat, path)
+                        # Abandonable: if the loop stops first, nothing will ever answer this stat.
+                        await trio.to_thread.run_sync(os.stat, path, abandon_on_cancel=True)
                     except OSError as e:
                         failure = FuseMountError(f"the new mount does not answer: {e.strerror}", path=path)
                         if report is not None:
@@ -506,7 +507,12 @@ def _unmount_argv(path: str, *, lazy: bool) -> list[str]:
 
 def _run_unmount(path: str, *, lazy: bool) -> None:
     argv = _unmount_argv(path, lazy=lazy)
-    result = subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL, check=False, timeout=60)
+    try:
+        result = subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL, check=False, timeout=60)
+    except subprocess.TimeoutExpired:
+        raise FuseMountError(
+            f"unmounting '{path}' did not finish within 60 s ({argv[0]} hangs)", path=path
+        ) from None
     if result.returncode != 0:
         lines = result.stderr.decode("utf-8", "replace").strip().splitlines()
         said = lines[-1].strip() if lines else f"{os.path.basename(argv[0])} exited with {result.returncode}"

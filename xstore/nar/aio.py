@@ -2,8 +2,8 @@
 
 The parser and encoder are pure computation, so they run on the trio thread; every blocking filesystem
 call runs in a worker thread (`trio.to_thread`), batched so that a thread hop carries about a megabyte
-of work rather than one event. Reading, parsing and writing overlap: while a worker writes one batch,
-the trio thread receives and parses the next.
+of work rather than one event. A dump reads the tree in a worker while the trio thread sends; a restore
+parses a batch, then writes it in a worker.
 
 Cancellation: all three functions may be cancelled at any await; `restore_stream` then removes its
 staging directory, exactly as the blocking driver does on an exception.
@@ -116,7 +116,13 @@ async def dump_to_stream(
             async for block in receive:
                 await stream.send_all(block)
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(consume)
-        size = await trio.to_thread.run_sync(produce, abandon_on_cancel=False)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(consume)
+            size = await trio.to_thread.run_sync(produce, abandon_on_cancel=False)
+    except BaseExceptionGroup as group:
+        # One failure (a DumpError, a closed stream) is what callers expect to see, not a group.
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
     return size

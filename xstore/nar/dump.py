@@ -30,7 +30,8 @@ from xstore.wire import NAR_MAX_DEPTH, U64, ZEROS, encode_strings
 
 CHUNK: Final = 1 << 20
 _DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_FILE_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | getattr(os, "O_NOATIME", 0)
+# No O_NOATIME: open(2) refuses it (EPERM) on files the caller does not own, such as a root-owned store.
+_FILE_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 _HEADER: Final = encode_strings(NAR_MAGIC, b"(", b"type")
 _REGULAR: Final = encode_strings(b"regular", b"contents")

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Final
 
-from xstore.errors import PathNotFoundError, XstoreError
+from xstore.errors import PathNotFoundError, TruncatedError, XstoreError
 from xstore.nar.events import NEED_DATA, ArchiveEnd, DirectoryEnd, DirectoryStart, RegularFile, Symlink
 from xstore.nar.parser import NarParser, show
 
@@ -121,14 +121,21 @@ def index_file(f: BinaryIO) -> NarIndex:
     """Index an archive file, seeking over contents when the file can seek."""
     skip: Callable[[int], None] | None = None
     if f.seekable():
+        end = os.fstat(f.fileno()).st_size
 
         def skip(n: int) -> None:
+            pos = f.tell()
+            if pos + n > end:  # a hostile size (up to 2^64 - 1) need not even be a valid offset
+                raise TruncatedError(
+                    f"unexpected end of file: a file's contents need {n} more bytes, the archive has "
+                    f"{end - pos}",
+                    offset=end,
+                )
             f.seek(n, os.SEEK_CUR)
 
-    index = build_index(f.read, skip)
-    if f.seekable() and f.tell() > f.seek(0, os.SEEK_END):
-        raise XstoreError("unexpected end of file: the archive is shorter than its contents claim")
-    return index
+    # Contents that extend past the end of the file are caught by the parser: the next read after the
+    # seek returns nothing, and the archive is reported truncated.
+    return build_index(f.read, skip)
 
 
 # -- JSON, as `nix nar ls --json` ------------------------------------------------------------------------

@@ -113,13 +113,20 @@ class TreeWriter:
         self._staging = b"." + self._name[:200] + b".xstore-" + secrets.token_hex(6).encode()
         self._stack: list[_Dir] = []
         self._file_fd = -1
-        self._committed = False
         self._renamed = 0
         self._preallocate = _fallocate is not None
         try:
             os.mkdir(self._staging, 0o700, dir_fd=self._parent_fd)
+        except OSError as e:
+            os.close(self._parent_fd)
+            raise RestoreError(
+                f"cannot create a staging directory in '{os.fsdecode(parent)}': {e.strerror}"
+            ) from e
+        try:
             self._staging_fd = os.open(self._staging, _DIR_FLAGS, dir_fd=self._parent_fd)
         except OSError as e:
+            with contextlib.suppress(OSError):
+                os.rmdir(self._staging, dir_fd=self._parent_fd)
             os.close(self._parent_fd)
             raise RestoreError(
                 f"cannot create a staging directory in '{os.fsdecode(parent)}': {e.strerror}"
@@ -161,9 +168,9 @@ class TreeWriter:
             name, where = self._place(event.path)
             self._create(lambda: os.mkdir(name, 0o755, dir_fd=where.fd), where, name)
             fd = os.open(name, _DIR_FLAGS, dir_fd=where.fd)
-            os.fchmod(fd, 0o755)
             shown = where.shown + b"/" + name if self._stack else b""
             self._stack.append(_Dir(fd, CaseHackNames(self.fold) if self.case_hack else None, shown))
+            os.fchmod(fd, 0o755)  # after the push, so that abort() closes fd if this fails
         elif kind is DirectoryEnd:
             os.close(self._stack.pop().fd)
         elif kind is Symlink:
@@ -243,18 +250,27 @@ class TreeWriter:
                 )
             st = os.stat(_ROOT_NAME, dir_fd=self._staging_fd, follow_symlinks=False)
             if stat.S_ISDIR(st.st_mode):
-                # A directory cannot be linked; rename fails on a non-empty or non-directory target.
-                os.rename(_ROOT_NAME, self._name, src_dir_fd=self._staging_fd, dst_dir_fd=self._parent_fd)
+                # A directory cannot be linked. rename() fails on a non-empty directory or a
+                # non-directory, but would replace an empty directory created since the check above:
+                # that narrow race is the one place an (empty) directory could be replaced.
+                self._rename_root()
             else:
                 # link() never replaces an existing name, which makes this step atomic and safe.
-                os.link(
-                    _ROOT_NAME,
-                    self._name,
-                    src_dir_fd=self._staging_fd,
-                    dst_dir_fd=self._parent_fd,
-                    follow_symlinks=False,
-                )
-            self._committed = True
+                try:
+                    os.link(
+                        _ROOT_NAME,
+                        self._name,
+                        src_dir_fd=self._staging_fd,
+                        dst_dir_fd=self._parent_fd,
+                        follow_symlinks=False,
+                    )
+                except OSError as e:
+                    if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+                        raise
+                    # No hard links here (exFAT, some SMB shares): check again, then rename.
+                    if os.path.lexists(self.dest):
+                        raise FileExistsError(errno.EEXIST, "exists") from e
+                    self._rename_root()
         except FileExistsError as e:
             raise DestinationExistsError(
                 f"'{os.fsdecode(self.dest)}' already exists; xstore never overwrites"
@@ -268,6 +284,9 @@ class TreeWriter:
         finally:
             self.abort()
 
+    def _rename_root(self) -> None:
+        os.rename(_ROOT_NAME, self._name, src_dir_fd=self._staging_fd, dst_dir_fd=self._parent_fd)
+
     def abort(self) -> None:
         """Remove the staging directory and close every descriptor. Idempotent."""
         if self._file_fd >= 0:
@@ -279,10 +298,12 @@ class TreeWriter:
             os.close(self._staging_fd)
             self._staging_fd = -1
         if self._parent_fd >= 0:
-            with contextlib.suppress(FileNotFoundError):
-                shutil.rmtree(self._staging, dir_fd=self._parent_fd)
-            os.close(self._parent_fd)
-            self._parent_fd = -1
+            parent_fd, self._parent_fd = self._parent_fd, -1
+            try:
+                with contextlib.suppress(FileNotFoundError):
+                    shutil.rmtree(self._staging, dir_fd=parent_fd)
+            finally:
+                os.close(parent_fd)
 
     def result(self, nar_size: int) -> RestoreResult:
         return RestoreResult(nar_size, self.case_hack, self.fold, self._renamed, self.probed)

@@ -87,6 +87,10 @@ def test_unhack_entries_sorts_by_archive_name_and_refuses_collisions() -> None:
     with pytest.raises(DumpError, match="carries the case-hack suffix"):
         unhack_entries([b"x~nix~case~hack~3"], hack=False)
     assert unhack_entries([b"b", b"a"], hack=False) == [(b"a", b"a"), (b"b", b"b")]
+    # A name that is nothing but the suffix (or ".." before it) would become an invalid NAR name.
+    for bad in (b"~nix~case~hack~1", b"..~nix~case~hack~2"):
+        with pytest.raises(DumpError, match="without its case-hack suffix the name is not valid"):
+            unhack_entries([bad], hack=True)
 
 
 def test_probe_on_a_case_sensitive_filesystem_leaves_nothing(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import itertools
 import json
 import os
 import sqlite3
@@ -494,6 +495,18 @@ def test_export_order_ignores_self_references_and_finds_cycles(store: Store) -> 
     assert export_order(store, [a]) == [a]
     with pytest.raises(InvalidPathError):
         export_order(store, [sp("b", "b")])
+
+
+def test_export_order_of_a_long_chain(store: Store) -> None:
+    """Thousands of paths deep (each referencing the previous): no recursion limit applies."""
+    alphabet = "0123456789abcdfghijklmnpqrsvwxyz"
+    chain = [
+        sp(alphabet[i // 1024] + alphabet[i // 32 % 32] + alphabet[i % 32], f"p{i}") for i in range(3000)
+    ]
+    store.register(dummy(chain[0]))
+    for previous, path in itertools.pairwise(chain):
+        store.register(dummy(path, previous))
+    assert export_order(store, reversed(chain)) == chain
 
 
 def test_export_order_cycle(store: Store) -> None:

@@ -26,26 +26,28 @@ XSTORE = f"{sys.executable} -m xstore"
 PLATFORM: str = sys.platform  # a plain string, so both branches are type-checked on any platform
 
 
-def mountinfo() -> list[str]:
+def mountinfo(*roots: Path | str) -> list[str]:
     """The host's mount points (with their options) that these tests could have touched: anything
-    under the temporary directories they use. (Other processes may mount elsewhere meanwhile.)"""
+    under the directories they work in. (Other processes may mount elsewhere meanwhile.)"""
+    prefixes = tuple(str(r) for r in roots)
     with open("/proc/self/mountinfo") as f:
         entries = [line.split(" - ")[0].split(maxsplit=4)[4] for line in f]
-    return sorted(e for e in entries if e.startswith((tempfile.gettempdir(), "/tmp")))
+    return sorted(e for e in entries if e.startswith(prefixes))
 
 
 pytestmark = pytest.mark.namespace
 
 
 @pytest.fixture(autouse=True)
-def host_mounts_untouched() -> Iterator[None]:
+def host_mounts_untouched(tmp_path: Path) -> Iterator[None]:
     if not PLATFORM.startswith("linux"):
         pytest.skip("mount namespaces exist only on Linux")
     require_or_skip(os.geteuid() == 0, "needs root for mount namespaces")
     require_or_skip(shutil.which("unshare"), "unshare(1) not found (util-linux)")
-    before = mountinfo()
+    roots = (tmp_path, os.path.join(tempfile.gettempdir(), "xstore-ns-"))
+    before = mountinfo(*roots)
     yield
-    assert mountinfo() == before
+    assert mountinfo(*roots) == before
 
 
 def in_namespace(script: str, tmp_path: Path) -> dict[str, str]:

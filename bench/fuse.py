@@ -32,7 +32,7 @@ Every mount is removed in a `finally` (`xstore umount`, then `fusermount3 -u -z`
 Ctrl-C and SIGTERM, and the filesystem's process is waited for; the working directory is removed after.
 Targets are reported, never asserted: benchmarks are not tests.
 
-Usage: .venv/bin/python bench/fuse.py [--runs N] [--quick] [--json]
+Usage: .venv/bin/python -m bench.fuse [--runs N] [--quick] [--json]
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import hashlib
 import json
 import os
 import platform
@@ -58,8 +57,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Final
 
+from bench.common import MIB, filesystem_of, log, make_big_file, remove, sha256_file
+from tests.helpers import nix_environment
+
 SEED: Final = 20240601
-MIB: Final = 1 << 20
 READ_SIZE: Final = MIB
 FULL_BIG_MIB: Final = 300
 QUICK_BIG_MIB: Final = 30
@@ -73,41 +74,7 @@ UNMOUNT_WAIT_S: Final = 10.0
 VIEWS: Final = ("direct", "nar", "casefold")
 
 
-def log(message: str) -> None:
-    """Progress goes to stderr; stdout carries only the report."""
-    sys.stderr.write(message + "\n")
-    sys.stderr.flush()
-
-
 # --- inputs ---------------------------------------------------------------------------------------------
-
-
-def make_big_file(path: Path, mib: int, rng: random.Random) -> None:
-    """`mib` MiB of pseudo-random bytes: 16 distinct random 1 MiB blocks, cycled (fast to write, and
-    nothing on the way compresses or deduplicates)."""
-    blocks = [rng.randbytes(MIB) for _ in range(16)]
-    with path.open("wb") as f:
-        for i in range(mib):
-            f.write(blocks[i % len(blocks)])
-
-
-def nix_environment(base: Path) -> dict[str, str]:
-    """An environment for Nix that keeps state, logs, config and cache under `base` (as bench/run.py)."""
-    dirs = {name: base / name for name in ("state", "log", "conf", "cache", "home", "default-store")}
-    for path in dirs.values():
-        path.mkdir(parents=True, exist_ok=True)
-    env = {key: value for key, value in os.environ.items() if not key.startswith("NIX_")}
-    env.update(
-        NIX_STATE_DIR=str(dirs["state"]),
-        NIX_LOG_DIR=str(dirs["log"]),
-        NIX_CONF_DIR=str(dirs["conf"]),
-        NIX_REMOTE=str(dirs["default-store"]),
-        XDG_CACHE_HOME=str(dirs["cache"]),
-        XDG_CONFIG_HOME=str(dirs["conf"]),
-        HOME=str(dirs["home"]),
-        LC_ALL="C",
-    )
-    return env
 
 
 # --- reading --------------------------------------------------------------------------------------------
@@ -142,14 +109,6 @@ def timed(job: Callable[[Totals], None]) -> tuple[float, Totals]:
     start = time.perf_counter()
     job(totals)
     return time.perf_counter() - start, totals
-
-
-def sha256_file(path: Path | str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(MIB):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # --- mounts ---------------------------------------------------------------------------------------------
@@ -474,20 +433,6 @@ def _version(argv: Sequence[str], env: dict[str, str] | None = None) -> str:
     return text.splitlines()[0] if text else "unknown"
 
 
-def _filesystem_of(path: Path) -> str:
-    """The type of the filesystem holding `path`, from the longest matching mount point."""
-    best, fstype = "", "unknown"
-    resolved = str(path.resolve())
-    with contextlib.suppress(OSError), open("/proc/self/mounts") as f:
-        for line in f:
-            fields = line.split()
-            mount = fields[1].replace("\\040", " ")
-            inside = resolved == mount or resolved.startswith(mount.rstrip("/") + "/")
-            if inside and len(mount) > len(best):
-                best, fstype = mount, fields[2]
-    return fstype
-
-
 def machine_facts(bench: Bench, load_before: float) -> dict[str, object]:
     cpu = "unknown"
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
@@ -512,7 +457,7 @@ def machine_facts(bench: Bench, load_before: float) -> dict[str, object]:
         "cores": os.cpu_count(),
         "memory_gib": round(mem_kib / (1 << 20), 1),
         "kernel": platform.release(),
-        "filesystem": _filesystem_of(bench.workdir),
+        "filesystem": filesystem_of(bench.workdir),
         "xstore": _version([bench.xstore, "--version"], bench.x_env),
         "python": platform.python_version(),
         "pyfuse3": pyfuse3_version,
@@ -651,16 +596,6 @@ def markdown(
 
 
 # --- main -----------------------------------------------------------------------------------------------
-
-
-def remove(path: Path) -> None:
-    """Remove a tree, also one with read-only directories (restored NAR contents are 0555/0444)."""
-
-    def writable_and_retry(function: Callable[[str], object], name: str, _exc: object) -> None:
-        os.chmod(os.path.dirname(name), 0o700)
-        function(name)
-
-    shutil.rmtree(path, onerror=writable_and_retry)  # `onexc` is Python 3.12+
 
 
 @contextlib.contextmanager

@@ -26,7 +26,7 @@ working directory, like `tests/helpers.py`'s `nix_environment`), so nothing touc
 generated from a fixed seed. Everything the benchmark creates is removed at the end, also on Ctrl-C or
 SIGTERM. Targets are reported, never asserted: benchmarks are not tests.
 
-Usage: .venv/bin/python bench/run.py [--runs N] [--quick] [--only CASE ...] [--json] [--save-json FILE]
+Usage: .venv/bin/python -m bench.run [--runs N] [--quick] [--only CASE ...] [--json] [--save-json FILE]
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import hashlib
 import json
 import os
 import platform
@@ -52,8 +51,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Final
 
+from bench.common import MIB, filesystem_of, log, make_big_file, remove, sha256_file
+from tests.helpers import nix_environment
+
 SEED: Final = 20240601
-MIB: Final = 1 << 20
 GNU_TIME: Final = "/usr/bin/time"
 RSS_TARGET_KIB: Final = 64 * 1024
 
@@ -82,12 +83,6 @@ STORE_CASES: Final = frozenset({"import-tree", "export-tree", "import-file", "ex
 # Given to every Nix command on a store (as tests/nixstores.py): build as the calling user whatever groups
 # the machine has, and never ask cache.nixos.org for anything.
 NIX_STORE_OPTIONS: Final = ("--option", "substituters", "", "--option", "build-users-group", "")
-
-
-def log(message: str) -> None:
-    """Progress goes to stderr; stdout carries only the report."""
-    sys.stderr.write(message + "\n")
-    sys.stderr.flush()
 
 
 # --- inputs ---------------------------------------------------------------------------------------------
@@ -120,35 +115,6 @@ def make_tree(root: Path, n_files: int, rng: random.Random) -> int:
             (leaf / f"link-{i:05d}").symlink_to(target)
             entries += 1
     return entries
-
-
-def make_big_file(path: Path, mib: int, rng: random.Random) -> None:
-    """`mib` MiB of pseudo-random bytes: 16 distinct random 1 MiB blocks, cycled (fast to write, and
-    nothing on the way compresses or deduplicates)."""
-    blocks = [rng.randbytes(MIB) for _ in range(16)]
-    with path.open("wb") as f:
-        for i in range(mib):
-            f.write(blocks[i % len(blocks)])
-
-
-def nix_environment(base: Path) -> dict[str, str]:
-    """An environment for Nix that keeps state, logs, config and cache under `base` (as tests/helpers.py)."""
-    dirs = {name: base / name for name in ("state", "log", "conf", "cache", "home", "default-store")}
-    for path in dirs.values():
-        path.mkdir(parents=True, exist_ok=True)
-    (dirs["conf"] / "nix.conf").write_text("sandbox = false\n")
-    env = {key: value for key, value in os.environ.items() if not key.startswith("NIX_")}
-    env.update(
-        NIX_STATE_DIR=str(dirs["state"]),
-        NIX_LOG_DIR=str(dirs["log"]),
-        NIX_CONF_DIR=str(dirs["conf"]),
-        NIX_REMOTE=str(dirs["default-store"]),
-        XDG_CACHE_HOME=str(dirs["cache"]),
-        XDG_CONFIG_HOME=str(dirs["conf"]),
-        HOME=str(dirs["home"]),
-        LC_ALL="C",
-    )
-    return env
 
 
 # --- running and measuring ------------------------------------------------------------------------------
@@ -240,14 +206,6 @@ class Case:
     verify: Callable[[], None] = lambda: None  # after the warm-up runs, untimed
     xstore_samples: list[Sample] = field(default_factory=list)
     nix_samples: list[Sample] = field(default_factory=list)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(MIB):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class Bench:
@@ -535,19 +493,6 @@ class Bench:
         return f"one {self.big_mib} MiB file"
 
 
-def remove(path: Path) -> None:
-    """Remove a file or tree, also one Nix made read-only (store paths are 0555/0444)."""
-
-    def writable_and_retry(function: Callable[[str], object], name: str, _exc: object) -> None:
-        os.chmod(os.path.dirname(name), 0o700)  # unlink and rmdir need a writable parent
-        function(name)
-
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, onerror=writable_and_retry)  # `onexc` is Python 3.12+
-    elif path.exists() or path.is_symlink():
-        path.unlink()
-
-
 def _which(name: str) -> str:
     found = shutil.which(name)
     if found is None:
@@ -599,7 +544,7 @@ def machine_facts(bench: Bench, rss_floor_kib: int, load_before: float) -> dict[
         "cores": os.cpu_count(),
         "memory_gib": round(mem_kib / (1 << 20), 1),
         "kernel": platform.release(),
-        "filesystem": _filesystem_of(bench.workdir),
+        "filesystem": filesystem_of(bench.workdir),
         "nix": nix_version,
         "xstore": x_version,
         "python": platform.python_version(),
@@ -610,25 +555,6 @@ def machine_facts(bench: Bench, rss_floor_kib: int, load_before: float) -> dict[
         "load_average_before": load_before,
         "load_average_after": os.getloadavg()[0],
     }
-
-
-def _filesystem_of(path: Path) -> str:
-    """The type of the filesystem holding `path`, from the longest matching mount point; for ext4, whether
-    it has a journal (without one, creating files is slow for a minute after many were deleted)."""
-    best, fstype, device = "", "unknown", ""
-    resolved = str(path.resolve())
-    with contextlib.suppress(OSError), open("/proc/self/mounts") as f:
-        for line in f:
-            fields = line.split()
-            mount = fields[1].replace("\\040", " ")
-            inside = resolved == mount or resolved.startswith(mount.rstrip("/") + "/")
-            if inside and len(mount) > len(best):
-                best, fstype, device = mount, fields[2], fields[0]
-    if fstype == "ext4":
-        with contextlib.suppress(OSError):
-            journal = Path("/sys/fs/ext4", os.path.basename(device), "journal_task").read_text().strip()
-            fstype += " without a journal" if journal == "<none>" else " with a journal"
-    return fstype
 
 
 def summarise(case: Case, baseline: Case | None) -> dict[str, object]:

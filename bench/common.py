@@ -1,0 +1,70 @@
+"""What both benchmarks (`bench.run`, `bench.fuse`) share: progress, inputs, hashing, cleanup."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import random
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Final
+
+MIB: Final = 1 << 20
+
+
+def log(message: str) -> None:
+    """Progress goes to stderr; stdout carries only the report."""
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+
+
+def make_big_file(path: Path, mib: int, rng: random.Random) -> None:
+    """`mib` MiB of pseudo-random bytes: 16 distinct random 1 MiB blocks, cycled (fast to write, and
+    nothing on the way compresses or deduplicates)."""
+    blocks = [rng.randbytes(MIB) for _ in range(16)]
+    with path.open("wb") as f:
+        for i in range(mib):
+            f.write(blocks[i % len(blocks)])
+
+
+def sha256_file(path: Path | str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(MIB):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def filesystem_of(path: Path) -> str:
+    """The type of the filesystem holding `path`, from the longest matching mount point; for ext4, whether
+    it has a journal (without one, creating files is slow for a minute after many were deleted)."""
+    best, fstype, device = "", "unknown", ""
+    resolved = str(path.resolve())
+    with contextlib.suppress(OSError), open("/proc/self/mounts") as f:
+        for line in f:
+            fields = line.split()
+            mount = fields[1].replace("\\040", " ")
+            inside = resolved == mount or resolved.startswith(mount.rstrip("/") + "/")
+            if inside and len(mount) > len(best):
+                best, fstype, device = mount, fields[2], fields[0]
+    if fstype == "ext4":
+        with contextlib.suppress(OSError):
+            journal = Path("/sys/fs/ext4", os.path.basename(device), "journal_task").read_text().strip()
+            fstype += " without a journal" if journal == "<none>" else " with a journal"
+    return fstype
+
+
+def remove(path: Path) -> None:
+    """Remove a file or tree, also one Nix made read-only (store paths are 0555/0444)."""
+
+    def writable_and_retry(function: Callable[[str], object], name: str, _exc: object) -> None:
+        os.chmod(os.path.dirname(name), 0o700)  # unlink and rmdir need a writable parent
+        function(name)
+
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, onerror=writable_and_retry)  # `onexc` is Python 3.12+
+    elif path.exists() or path.is_symlink():
+        path.unlink()

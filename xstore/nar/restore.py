@@ -6,7 +6,7 @@ trio driver and the store import. Its safety rules:
 - Everything is created relative to a directory file descriptor, by a single name component that the
   parser has already checked, with `O_EXCL`/`O_NOFOLLOW`: nothing outside the destination is ever
   created, followed or overwritten, and a symlink in the archive is created, never written through.
-- The tree is built inside a fresh private directory next to the destination (`.NAME.xstore-XXXX`) and
+- The tree is built inside a fresh private directory next to the destination (`.NAME.xstore-<random>`) and
   moved into place only when the archive was complete and valid. A refused or interrupted restore
   removes that directory; the destination never exists half-written.
 - Modes are exactly 0644/0755 for files and 0755 for directories, whatever the umask.

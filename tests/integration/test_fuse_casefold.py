@@ -22,6 +22,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import types
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -712,3 +713,57 @@ async def test_a_removed_file_never_lends_its_inode(tmp_path: Path) -> None:
     assert old_dir not in [await kernel.mkdir(ROOT, b"newdir%d" % i) for i in range(5)]
     await kernel.forget_all()
     kernel.ops.close()
+
+
+async def test_a_name_swapped_for_a_symlink_never_redirects_an_operation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Someone writing the backing directory directly swaps a file for a symlink to a file outside,
+    right after the layer has checked the name (the race is made deterministic by swapping inside
+    the check): chmod, truncate and xattr calls must not reach the outside file."""
+    backing, outside = tmp_path / "backing", tmp_path / "outside"
+    backing.mkdir()
+    outside.write_bytes(b"precious")
+    outside.chmod(0o600)
+    kernel = Kernel(backing)
+    import pyfuse3
+
+    ops, ctx = kernel.ops, kernel.ctx
+    locate = ops._locate
+    victim: list[str] = []
+
+    def locate_then_swap(obj: Any) -> Any:
+        found = locate(obj)
+        if victim:
+            (backing / victim[0]).unlink()
+            (backing / victim[0]).symlink_to(outside)
+            victim.clear()
+        return found
+
+    monkeypatch.setattr(ops, "_locate", locate_then_swap)
+    attr = pyfuse3.EntryAttributes()
+    attr.st_mode = stat.S_IFREG | 0o777
+    attr.st_size = 0
+    for n, field in enumerate(("update_mode", "update_size", "xattr")):
+        name = f"file{n}"
+        inode = await kernel.create(ROOT, name.encode())
+        victim.append(name)
+        # SetattrFields cannot be built in Python: a stand-in with the attributes the handler reads.
+        flags = dict.fromkeys(
+            ("update_mode", "update_size", "update_uid", "update_gid", "update_atime", "update_mtime"), False
+        )
+        flags[field] = True
+        which: Any = types.SimpleNamespace(**flags)
+        call = (
+            ops.setxattr(inode, b"user.x", b"1", ctx)
+            if field == "xattr"
+            else ops.setattr(inode, attr, which, None, ctx)
+        )
+        with pytest.raises(pyfuse3.FUSEError):
+            await call
+        assert not victim  # the swap happened
+    assert stat.S_IMODE(outside.stat().st_mode) == 0o600
+    assert outside.read_bytes() == b"precious"
+    assert os.listxattr(outside) == []
+    await kernel.forget_all()
+    ops.close()

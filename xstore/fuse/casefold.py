@@ -53,7 +53,7 @@ import errno
 import os
 import stat
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -323,17 +323,37 @@ class CasefoldOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT)
         return found[2]
 
-    def _path(self, obj: _Object) -> tuple[bytes, bool]:
-        """A path naming `obj` itself, and whether it may be followed (it must not be for symlinks)."""
+    @contextlib.contextmanager
+    def _path(self, obj: _Object) -> Iterator[tuple[bytes, bool]]:
+        """A path naming `obj` itself, and whether it may be followed (never for symlinks).
+
+        A name is pinned first: opened with O_PATH|O_NOFOLLOW and checked to be `obj`, then named
+        through that descriptor. So a name swapped for a symlink by someone writing the backing
+        directory directly, between the check and the operation, can never redirect the operation
+        outside the backing tree. A symlink itself is named by directory and name, never followed.
+        """
         if obj.fd is not None:
-            return _proc(obj.fd), True
+            yield _proc(obj.fd), True
+            return
         found = self._locate(obj)
         if found is not None:
             directory, name, _ = found
             assert directory.fd is not None
-            return _proc(directory.fd) + b"/" + name, obj.kind != stat.S_IFLNK
+            if obj.kind == stat.S_IFLNK:
+                yield _proc(directory.fd) + b"/" + name, False
+                return
+            pinned = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=directory.fd)
+            try:
+                st = os.fstat(pinned)
+                if (st.st_dev, st.st_ino) != obj.ident:
+                    raise pyfuse3.FUSEError(errno.ESTALE)
+                yield _proc(pinned), True
+            finally:
+                os.close(pinned)
+            return
         if obj.handles:
-            return _proc(next(iter(obj.handles))), True  # open, but no name left
+            yield _proc(next(iter(obj.handles))), True  # open, but no name left
+            return
         raise pyfuse3.FUSEError(errno.ENOENT)
 
     # -- names -------------------------------------------------------------------------------------
@@ -481,23 +501,23 @@ class CasefoldOperations(pyfuse3.Operations):
         obj = node.obj
         if obj.kind == stat.S_IFLNK and (fields.update_mode or fields.update_size):
             raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
-        path, follow = self._path(obj)
-        if fields.update_size:
-            if fh is not None:
-                os.ftruncate(fh, attr.st_size)
-            else:
-                os.truncate(path, attr.st_size)
-        if fields.update_mode:
-            os.chmod(path, stat.S_IMODE(attr.st_mode))
-        if fields.update_uid or fields.update_gid:
-            uid = attr.st_uid if fields.update_uid else -1
-            gid = attr.st_gid if fields.update_gid else -1
-            os.chown(path, uid, gid, follow_symlinks=follow)
-        if fields.update_atime or fields.update_mtime:
-            old = self._stat(obj)
-            atime = attr.st_atime_ns if fields.update_atime else old.st_atime_ns
-            mtime = attr.st_mtime_ns if fields.update_mtime else old.st_mtime_ns
-            os.utime(path, ns=(atime, mtime), follow_symlinks=follow)
+        with self._path(obj) as (path, follow):
+            if fields.update_size:
+                if fh is not None:
+                    os.ftruncate(fh, attr.st_size)
+                else:
+                    os.truncate(path, attr.st_size)
+            if fields.update_mode:
+                os.chmod(path, stat.S_IMODE(attr.st_mode))
+            if fields.update_uid or fields.update_gid:
+                uid = attr.st_uid if fields.update_uid else -1
+                gid = attr.st_gid if fields.update_gid else -1
+                os.chown(path, uid, gid, follow_symlinks=follow)
+            if fields.update_atime or fields.update_mtime:
+                old = self._stat(obj)
+                atime = attr.st_atime_ns if fields.update_atime else old.st_atime_ns
+                mtime = attr.st_mtime_ns if fields.update_mtime else old.st_mtime_ns
+                os.utime(path, ns=(atime, mtime), follow_symlinks=follow)
         return entry_from_stat(self._stat(obj), node.inode, timeout=_TIMEOUT)
 
     async def readlink(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> pyfuse3.FileNameT:
@@ -772,8 +792,8 @@ class CasefoldOperations(pyfuse3.Operations):
             directory, name, _ = found
             fd = os.open(name, flags | os.O_NOFOLLOW, dir_fd=directory.fd)
         else:
-            path, _ = self._path(obj)  # a directory, or a file open but without a name
-            fd = os.open(path, flags)
+            with self._path(obj) as (path, _):  # a directory, or a file open but without a name
+                fd = os.open(path, flags)
         try:
             st = os.fstat(fd)
             if (st.st_dev, st.st_ino) != obj.ident:
@@ -812,23 +832,23 @@ class CasefoldOperations(pyfuse3.Operations):
     async def getxattr(
         self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT, ctx: pyfuse3.RequestContext
     ) -> bytes:
-        path, follow = self._path(self._node(inode).obj)
-        return os.getxattr(path, name, follow_symlinks=follow)
+        with self._path(self._node(inode).obj) as (path, follow):
+            return os.getxattr(path, name, follow_symlinks=follow)
 
     async def setxattr(
         self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT, value: bytes, ctx: pyfuse3.RequestContext
     ) -> None:
-        path, follow = self._path(self._node(inode).obj)
-        os.setxattr(path, name, value, follow_symlinks=follow)
+        with self._path(self._node(inode).obj) as (path, follow):
+            os.setxattr(path, name, value, follow_symlinks=follow)
 
     async def listxattr(
         self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
     ) -> Sequence[pyfuse3.XAttrNameT]:
-        path, follow = self._path(self._node(inode).obj)
-        return [os.fsencode(n) for n in os.listxattr(path, follow_symlinks=follow)]
+        with self._path(self._node(inode).obj) as (path, follow):
+            return [os.fsencode(n) for n in os.listxattr(path, follow_symlinks=follow)]
 
     async def removexattr(
         self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT, ctx: pyfuse3.RequestContext
     ) -> None:
-        path, follow = self._path(self._node(inode).obj)
-        os.removexattr(path, name, follow_symlinks=follow)
+        with self._path(self._node(inode).obj) as (path, follow):
+            os.removexattr(path, name, follow_symlinks=follow)

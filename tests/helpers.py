@@ -163,3 +163,23 @@ def find_nix(base: Path) -> Nix:
         env=env,
         version=probe.stdout.decode().strip(),
     )
+
+
+# What Nix's case.nar (tests/data/nix-fixtures) restores to with the case hack on: its README's table.
+CASE_NAR_HACKED = sorted(
+    [
+        b"x",
+        b"x/FOO",
+        b"x/Foo~nix~case~hack~1",
+        b"x/foo-1",
+        b"x/foo0",
+        b"x/foo~nix~case~hack~2",
+        b"x/foo~nix~case~hack~2/A",
+        b"x/foo~nix~case~hack~2/A/foo",
+        b"x/foo~nix~case~hack~2/a~nix~case~hack~1",
+        b"x/foo~nix~case~hack~2/a~nix~case~hack~1/foo",
+        b"xt_CONNMARK.h",
+        b"xt_CONNmark.h~nix~case~hack~1",
+        b"xt_connmark.h~nix~case~hack~2",
+    ]
+)

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,9 +25,7 @@ from tests.integration.fusehelpers import (
     foreground,
     is_mounted,
     mounted,
-    require_fuse,
     xstore,
-    xstore_mounts,
 )
 from tests.narbuild import archive, directory, regular, symlink
 
@@ -36,25 +33,10 @@ pytestmark = pytest.mark.fuse
 
 
 @pytest.fixture
-def fuse_here(tmp_path: Path) -> Iterator[None]:
-    require_fuse()
-    yield
-    left = [line for line in xstore_mounts() if str(tmp_path) in line]
-    assert not left, f"mounts left behind: {left}"
-
-
-@pytest.fixture
 def nar(tmp_path: Path) -> Path:
     path = tmp_path / "small.nar"
     contents = directory((b"file", regular(b"contents\n")))
     path.write_bytes(archive(directory((b"dir", contents), (b"link", symlink(b"dir")))))
-    return path
-
-
-@pytest.fixture
-def mountpoint(tmp_path: Path) -> Path:
-    path = tmp_path / "mnt"
-    path.mkdir()
     return path
 
 

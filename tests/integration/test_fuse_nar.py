@@ -12,7 +12,7 @@ import random
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -23,7 +23,6 @@ from tests.integration.fusehelpers import (
     errno_of,
     is_mounted,
     mounted,
-    require_fuse,
     xstore,
     xstore_mounts,
 )
@@ -34,25 +33,9 @@ if sys.platform != "linux":
     # this guard hide the Linux-only calls below when type-checking for another platform.
     pytest.skip("FUSE tests run on Linux only", allow_module_level=True)
 
-pytestmark = pytest.mark.fuse
+pytestmark = [pytest.mark.fuse, pytest.mark.usefixtures("fuse_here")]
 
 VALID_FIXTURES = ["simple.nar", "empty-dir.nar", "empty-subdir.nar", "case.nar", "unnormalized.nar"]
-
-
-@pytest.fixture(autouse=True)
-def fuse_here(tmp_path: Path) -> Iterator[None]:
-    """Every test needs FUSE and must leave no mount behind in its directory."""
-    require_fuse()
-    yield
-    left = [line for line in xstore_mounts() if str(tmp_path) in line]
-    assert not left, f"mounts left behind: {left}"
-
-
-@pytest.fixture
-def mountpoint(tmp_path: Path) -> Path:
-    path = tmp_path / "mnt"
-    path.mkdir()
-    return path
 
 
 def write_tree(root: Path) -> None:

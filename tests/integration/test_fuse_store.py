@@ -12,16 +12,21 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests.helpers import Nix
-from tests.integration.fusehelpers import errno_of, is_mounted, mounted, require_fuse, xstore, xstore_mounts
+from tests.integration.fusehelpers import (
+    errno_of,
+    is_mounted,
+    mounted,
+    xstore,
+)
 
-pytestmark = pytest.mark.fuse
+pytestmark = [pytest.mark.fuse, pytest.mark.usefixtures("fuse_here")]
 
 CASE_HACK = "~nix~case~hack~"
 
@@ -85,21 +90,6 @@ def nix_paths(nix: Nix, tmp_path_factory: pytest.TempPathFactory) -> NixPaths:
         add_path(nix, root, colliding, base / "colliding.export"),
         add_path(nix, root, later, base / "later.export"),
     )
-
-
-@pytest.fixture(autouse=True)
-def fuse_here(tmp_path: Path) -> Iterator[None]:
-    require_fuse()
-    yield
-    left = [line for line in xstore_mounts() if str(tmp_path) in line]
-    assert not left, f"mounts left behind: {left}"
-
-
-@pytest.fixture
-def mountpoint(tmp_path: Path) -> Path:
-    path = tmp_path / "mnt"
-    path.mkdir()
-    return path
 
 
 def init_store(root: Path, case_hack: str = "on") -> None:

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import CASE_NAR_HACKED
 from xstore.casehack import Fold, fold_key, probe
 from xstore.import_export import trailer
 from xstore.storepath import parse_store_path
@@ -144,23 +145,6 @@ def tree_names(root: Path) -> list[bytes]:
 
 
 # case.nar restored with the case hack (tests/data/nix-fixtures/README.md), and without it.
-CASE_NAR_HACKED = sorted(
-    [
-        b"x",
-        b"x/FOO",
-        b"x/Foo~nix~case~hack~1",
-        b"x/foo-1",
-        b"x/foo0",
-        b"x/foo~nix~case~hack~2",
-        b"x/foo~nix~case~hack~2/A",
-        b"x/foo~nix~case~hack~2/A/foo",
-        b"x/foo~nix~case~hack~2/a~nix~case~hack~1",
-        b"x/foo~nix~case~hack~2/a~nix~case~hack~1/foo",
-        b"xt_CONNMARK.h",
-        b"xt_CONNmark.h~nix~case~hack~1",
-        b"xt_connmark.h~nix~case~hack~2",
-    ]
-)
 CASE_NAR_PLAIN = sorted(
     [
         b"x",

@@ -25,10 +25,10 @@ import secrets
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 from xstore.errors import CaseHackError, DumpError
-from xstore.nar.parser import CASE_HACK_SUFFIX, name_problem, show
+from xstore.nar.rules import CASE_HACK_SUFFIX, name_problem, show
 
 __all__ = [
     "CASE_HACK_SUFFIX",
@@ -327,3 +327,31 @@ class NameScanner:
     @property
     def clean(self) -> bool:
         return not (self.collisions[Fold.ASCII] or self.collisions[Fold.APFS] or self.not_utf8)
+
+    def groups(self, fold: Fold) -> list[tuple[tuple[bytes, ...], list[bytes]]]:
+        """The colliding groups under `fold`, sorted by directory (whatever order they were found in)."""
+        return sorted(self.collisions[fold])
+
+    def report(self) -> dict[str, Any]:
+        """The findings as JSON-ready data (names decoded for display, undecodable bytes escaped)."""
+        return {
+            "directories": self.directories,
+            "names": self.names,
+            "clean": self.clean,
+            "collisions": {
+                fold.value: [
+                    {"directory": _display(where), "names": [_text(n) for n in group]}
+                    for where, group in self.groups(fold)
+                ]
+                for fold in Fold
+            },
+            "notUtf8": [_display(p) for p in sorted(self.not_utf8)],
+        }
+
+
+def _text(name: bytes) -> str:
+    return name.decode("utf-8", "backslashreplace")
+
+
+def _display(parts: tuple[bytes, ...]) -> str:
+    return "/" + _text(b"/".join(parts))

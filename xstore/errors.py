@@ -1,9 +1,20 @@
-"""One exception hierarchy for the whole package.
+"""One exception hierarchy for the whole package, grouped by whose fault an error is.
 
-Every error that library code raises on purpose is an `XstoreError`. Each subclass also inherits the
-built-in exception a generic handler would expect (`ValueError` for bad input, `OSError` for the
-filesystem), so code that does not know xstore still catches them sensibly. The CLI turns them into one
-line on stderr; the FUSE layer turns them into errno values. Anything else escaping is a bug.
+Every error that library code raises on purpose is an `XstoreError`, and one of three kinds:
+
+- `InputError`: bytes or text from outside were wrong: an archive, an export stream, a store path, a hash,
+  a narinfo, a peer speaking a protocol. Retrying with the same input fails again.
+- `StateError`: the system is not in a state that allows the operation: a path that is not valid, a
+  store that cannot be opened, a destination that exists, a full disk, a missing feature. The input
+  may be fine; something around it must change.
+- `CallerError`: the program using xstore asked for something that makes no sense (an encoder fed an
+  invalid event, a digest of the wrong size). From the command line, `UsageError` is the one kind that
+  exits 2; every other error exits 1.
+
+Each class also inherits the built-in exception a generic handler would expect (`ValueError` for bad
+input, `OSError` for the filesystem, `LookupError` for something not found), so code that does not know
+xstore still catches them sensibly. The CLI turns them into one line on stderr; the FUSE layer turns
+them into errno values. Anything else escaping is a bug.
 
 Errors cross process boundaries (FUSE daemons, namespace children), so they pickle: `__reduce__`
 rebuilds them from the message and keyword context they were created with.
@@ -37,13 +48,28 @@ def _rebuild(cls: type[XstoreError], message: str, context: dict[str, Any]) -> X
     return cls(message, **context)
 
 
+class InputError(XstoreError):
+    """Bytes or text from outside are wrong (an archive, a stream, a path, a hash, a peer)."""
+
+
+class StateError(XstoreError):
+    """The system's state does not allow the operation (missing path, closed store, full disk...)."""
+
+
+class CallerError(XstoreError):
+    """The caller asked for something that makes no sense: a bug in the calling code, or misuse."""
+
+
 def _show_path(path: bytes | tuple[bytes, ...]) -> str:
     if isinstance(path, tuple):
         path = b"/".join(path)
     return "/" + os.fsdecode(path) if path else "/"
 
 
-class NarError(XstoreError, ValueError):
+# -- input from outside ------------------------------------------------------------------------------
+
+
+class NarError(InputError, ValueError):
     """The archive's bytes are wrong: the fault is in the input, not in the caller.
 
     `offset` is the byte offset (from the start of the archive) of the token that was wrong, `path` the
@@ -73,19 +99,69 @@ class TruncatedError(NarError):
     """The input ended before the archive did."""
 
 
-class NarEncodeError(XstoreError, ValueError):
-    """The caller asked the encoder for something that is not a valid NAR (a bug in the caller)."""
+class TrailingDataError(InputError, ValueError):
+    """Bytes follow the end of an archive where nothing may."""
 
 
-class CaseHackError(XstoreError, ValueError):
+class WireError(InputError, ValueError):
+    """Nix's wire framing is broken: a string too long, padding that is not zero, a count out of range.
+
+    `offset` is the stream offset of the item that was wrong.
+    """
+
+    offset: int
+
+
+class ExportStreamError(InputError, ValueError):
+    """The export stream's framing is wrong (outside the NARs, which raise `NarError`)."""
+
+
+class HashMismatchError(InputError, ValueError):
+    """Contents do not match the hash or size they were registered or announced with."""
+
+
+class InvalidHashError(InputError, ValueError):
+    """Text that is not a valid hash (bad characters, wrong length, unknown algorithm)."""
+
+
+class InvalidStorePathError(InputError, ValueError):
+    """Text that is not a valid store path, or a name that is not a valid store path name.
+
+    `path` is the text as given (bytes shown with escapes), `reason` what is wrong with it.
+    """
+
+    path: str
+    reason: str
+
+
+class InvalidStoreUrlError(InputError, ValueError):
+    """A store URL that cannot be parsed, or names a parameter with a bad value."""
+
+
+class WrongFormatError(InputError, ValueError):
+    """The input is a known format, but not the one the command reads (a NAR given to `import`...)."""
+
+
+class CompressionError(InputError, ValueError):
+    """Compressed input is corrupt or truncated."""
+
+
+class CaseHackError(InputError, ValueError):
     """Names that the case hack cannot keep apart (on restore or on dump)."""
 
 
-class DumpError(XstoreError, OSError):
+class PathNotFoundError(InputError, LookupError):
+    """A path inside an archive does not exist."""
+
+
+# -- the state of the system -------------------------------------------------------------------------
+
+
+class DumpError(StateError, OSError):
     """A tree cannot be serialised: unsupported file type, a file changed while read, ..."""
 
 
-class RestoreError(XstoreError, OSError):
+class RestoreError(StateError, OSError):
     """A NAR cannot be written to the destination."""
 
 
@@ -97,13 +173,44 @@ class DestinationExistsError(RestoreError, FileExistsError):
         self.errno = _errno.EEXIST
 
 
-class TrailingDataError(XstoreError, ValueError):
-    """Bytes follow the end of an archive where nothing may."""
+class StoreError(StateError, OSError):
+    """The store cannot be opened or used: wrong layout, unsupported schema, a corrupt row..."""
 
 
-class PathNotFoundError(XstoreError, LookupError):
-    """A path inside an archive does not exist."""
+class InvalidPathError(StateError, LookupError):
+    """A store path is not valid in this store."""
 
 
-class UsageError(XstoreError, ValueError):
-    """The caller's arguments do not make sense together."""
+class UnsupportedError(StateError, NotImplementedError):
+    """xstore cannot do this here (yet): a store kind not supported, a missing optional package."""
+
+
+class MountError(StateError, OSError):
+    """A mount operation failed; the message says what to do."""
+
+
+class UnsupportedPlatformError(MountError):
+    """Mount namespaces and bind mounts exist only on Linux."""
+
+
+class FuseUnavailableError(StateError, OSError):
+    """FUSE cannot be used here; the message says what is missing and how to get it."""
+
+
+class FuseMountError(StateError, OSError):
+    """A mount or an unmount failed, or the mount point cannot be used."""
+
+
+# -- mistakes by the caller --------------------------------------------------------------------------
+
+
+class NarEncodeError(CallerError, ValueError):
+    """The caller asked the encoder for something that is not a valid NAR (a bug in the caller)."""
+
+
+class InvalidArgumentError(CallerError, ValueError):
+    """A library function was called with an argument outside its domain (a bug in the caller)."""
+
+
+class UsageError(CallerError, ValueError):
+    """The command line does not make sense: the one error that exits with status 2."""

@@ -15,7 +15,7 @@ beyond the digest's size, and Nix rejects a hash that sets them, as we do.
 
 Parsing accepts what Nix's `Hash::parseAny` accepts: `algo:<base16|nix32|base64>` told apart by length,
 and SRI `algo-<base64>` (where Nix also takes a missing `=` padding). Upper-case hex is accepted, as Nix
-does; output is always lower case. Every bad input raises `UsageError` (a `ValueError`) saying what was
+does; output is always lower case. Every bad input raises `InvalidHashError` (a `ValueError`) saying what was
 wrong with which text.
 """
 
@@ -27,7 +27,7 @@ import enum
 import hashlib
 from typing import NamedTuple
 
-from xstore.errors import UsageError
+from xstore.errors import InvalidHashError
 
 __all__ = [
     "NIX32_ALPHABET",
@@ -62,12 +62,12 @@ class HashAlgorithm(enum.StrEnum):
 
     @classmethod
     def parse(cls, name: str) -> HashAlgorithm:
-        """The algorithm called `name` (exact, lower case as Nix spells it); `UsageError` otherwise."""
+        """The algorithm called `name` (exact, lower case as Nix spells it); `InvalidHashError` otherwise."""
         try:
             return cls(name)
         except ValueError:
             choices = ", ".join(a.value for a in cls)
-            raise UsageError(
+            raise InvalidHashError(
                 f"unknown hash algorithm {_show(name)} (expected one of: {choices})", value=name
             ) from None
 
@@ -90,14 +90,14 @@ class HashFormat(enum.StrEnum):
 
     @classmethod
     def parse(cls, name: str) -> HashFormat:
-        """The format called `name` (`base32` means nix32); `UsageError` otherwise."""
+        """The format called `name` (`base32` means nix32); `InvalidHashError` otherwise."""
         if name == "base32":
             return cls.NIX32
         try:
             return cls(name)
         except ValueError:
             choices = ", ".join([*(f.value for f in cls), "base32"])
-            raise UsageError(
+            raise InvalidHashError(
                 f"unknown hash format {_show(name)} (expected one of: {choices})", value=name
             ) from None
 
@@ -149,28 +149,28 @@ def decode_nix32(text: str, size: int | None = None) -> bytes:
     """The bytes whose nix32 form is `text`.
 
     `size` is the expected length in bytes; without it, the one size whose nix32 form has `text`'s
-    length. Raises `UsageError` for a character outside the alphabet, a length that does not fit
+    length. Raises `InvalidHashError` for a character outside the alphabet, a length that does not fit
     `size` (or no size), and bits set beyond the digest in the first character (which Nix rejects).
     """
     if size is None:
         found = _size_for_nix32_len(len(text))
         if found is None:
-            raise UsageError(
+            raise InvalidHashError(
                 f"invalid nix32 hash {_show(text)}: no digest has a nix32 form of {len(text)} characters",
                 value=text,
             )
         size = found
     elif size < 0:
-        raise UsageError(f"invalid digest size {size}", value=text)
+        raise InvalidHashError(f"invalid digest size {size}", value=text)
     expected = nix32_len(size)
     if len(text) != expected:
-        raise UsageError(
+        raise InvalidHashError(
             f"invalid nix32 hash {_show(text)}: {len(text)} characters, expected {expected} for {size} bytes",
             value=text,
         )
     if not _NIX32_CHARS.issuperset(text):
         pos, char = next((i, c) for i, c in enumerate(text) if c not in _NIX32_CHARS)
-        raise UsageError(
+        raise InvalidHashError(
             f"invalid nix32 hash {_show(text)}: character {char!r} at position {pos} is not in the "
             f"nix32 alphabet {NIX32_ALPHABET}",
             value=text,
@@ -179,7 +179,7 @@ def decode_nix32(text: str, size: int | None = None) -> bytes:
         return b""
     x = int(text.translate(_TO_INT32), 32)
     if x >> (8 * size):
-        raise UsageError(
+        raise InvalidHashError(
             f"invalid nix32 hash {_show(text)}: its first character {text[0]!r} sets bits beyond "
             f"a {size}-byte digest",
             value=text,
@@ -193,7 +193,7 @@ def decode_nix32(text: str, size: int | None = None) -> bytes:
 
 def _check_digest(algorithm: HashAlgorithm, digest: bytes) -> None:
     if len(digest) != algorithm.digest_size:
-        raise UsageError(
+        raise InvalidHashError(
             f"{algorithm.value} digest must be {algorithm.digest_size} bytes, not {len(digest)}",
             algorithm=algorithm,
         )
@@ -203,7 +203,7 @@ def format_digest(algorithm: HashAlgorithm, digest: bytes, fmt: HashFormat) -> s
     """`digest` as text in `fmt`.
 
     SRI carries the algorithm (`sha256-<base64>`); nix32, base16 and base64 are bare, as
-    `nix hash path --base32` and friends print them. Raises `UsageError` if `digest` is not
+    `nix hash path --base32` and friends print them. Raises `InvalidHashError` if `digest` is not
     `algorithm`'s size.
     """
     _check_digest(algorithm, digest)
@@ -216,7 +216,7 @@ def format_digest(algorithm: HashAlgorithm, digest: bytes, fmt: HashFormat) -> s
         return base64.b64encode(digest).decode("ascii")
     if fmt == HashFormat.SRI:
         return f"{algorithm.value}-{base64.b64encode(digest).decode('ascii')}"
-    raise UsageError(f"unknown hash format {fmt!r}", value=fmt)
+    raise InvalidHashError(f"unknown hash format {fmt!r}", value=fmt)
 
 
 def format_nix_hash(algorithm: HashAlgorithm, digest: bytes) -> str:
@@ -228,19 +228,19 @@ def format_nix_hash(algorithm: HashAlgorithm, digest: bytes) -> str:
 def parse_digest(algorithm: HashAlgorithm, text: str) -> bytes:
     """A bare digest of `algorithm` in base16, nix32 or base64, told apart by length as Nix does.
 
-    Raises `UsageError` if the length fits no form or the text is not valid in the form it fits.
+    Raises `InvalidHashError` if the length fits no form or the text is not valid in the form it fits.
     """
     size = algorithm.digest_size
     if len(text) == 2 * size:
         # bytes.fromhex would also skip whitespace; a hash has none.
         if _HEX_CHARS.issuperset(text):
             return bytes.fromhex(text)
-        raise UsageError(f"invalid base16 {algorithm.value} hash {_show(text)}", value=text)
+        raise InvalidHashError(f"invalid base16 {algorithm.value} hash {_show(text)}", value=text)
     if len(text) == nix32_len(size):
         return decode_nix32(text, size)
     if len(text) == _base64_len(size):
         return _decode_base64(algorithm, text, text)
-    raise UsageError(
+    raise InvalidHashError(
         f"invalid {algorithm.value} hash {_show(text)}: {len(text)} characters, expected "
         f"{2 * size} (base16), {nix32_len(size)} (nix32) or {_base64_len(size)} (base64)",
         value=text,
@@ -252,7 +252,7 @@ def parse_hash(text: str, algorithm: HashAlgorithm | None = None) -> ParsedHash:
 
     Accepts `algo:<base16|nix32|base64>` and SRI `algo-<base64>` (padding optional, as in Nix). With
     `algorithm` given, a bare digest is accepted too, and a prefixed one must name that algorithm.
-    Raises `UsageError` for an unknown algorithm, a mismatch, a missing prefix, or a bad digest.
+    Raises `InvalidHashError` for an unknown algorithm, a mismatch, a missing prefix, or a bad digest.
     """
     name, sep, rest = text.partition(":")
     sri = False
@@ -261,14 +261,14 @@ def parse_hash(text: str, algorithm: HashAlgorithm | None = None) -> ParsedHash:
         sri = bool(sep)
     if not sep:
         if algorithm is None:
-            raise UsageError(
+            raise InvalidHashError(
                 f"hash {_show(text)} does not say its algorithm (expected 'algo:...' or SRI 'algo-...')",
                 value=text,
             )
         return ParsedHash(algorithm, parse_digest(algorithm, text))
     found = HashAlgorithm.parse(name)
     if algorithm is not None and found is not algorithm:
-        raise UsageError(
+        raise InvalidHashError(
             f"hash {_show(text)} should have type {algorithm.value!r}, not {found.value!r}", value=text
         )
     if sri:
@@ -284,9 +284,9 @@ def _decode_base64(algorithm: HashAlgorithm, b64: str, text: str) -> bytes:
     try:
         digest = base64.b64decode(b64, validate=True)
     except (binascii.Error, ValueError):
-        raise UsageError(f"invalid base64 {algorithm.value} hash {_show(text)}", value=text) from None
+        raise InvalidHashError(f"invalid base64 {algorithm.value} hash {_show(text)}", value=text) from None
     if len(digest) != algorithm.digest_size:
-        raise UsageError(
+        raise InvalidHashError(
             f"invalid base64 {algorithm.value} hash {_show(text)}: {len(digest)} bytes, expected "
             f"{algorithm.digest_size}",
             value=text,

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, NoReturn
 
-from xstore.errors import XstoreError
+from xstore.errors import MountError, UnsupportedPlatformError, XstoreError
 
 MS_RDONLY: Final = 1
 MS_NOSUID: Final = 2
@@ -53,14 +53,6 @@ _KEPT_FLAGS: Final = {
     "relatime": MS_RELATIME,
     "strictatime": MS_STRICTATIME,
 }
-
-
-class MountError(XstoreError, OSError):
-    """A mount operation failed; the message says what to do."""
-
-
-class UnsupportedPlatformError(MountError):
-    """Mount namespaces and bind mounts exist only on Linux."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,8 +16,10 @@ xstore's own per-store settings (whether the case hack is on, and with which fol
 schema, in `ROOT/nix/var/xstore/settings.json`: decided once when the store is created, honoured by
 every later import, export and verify (what NixOS/nix#9318 asks of Nix).
 
-Nix: local-store.cc (`openDB`, `registerValidPaths`, `queryPathInfo`), pathlocks.cc,
-posix-fs-canonicalise.cc, schema.sql.
+`LocalStore` implements the store interface (`storeapi.Store`); paths come in through one transaction
+(`store_add.py`) whatever brought them.
+
+Nix: local-store.cc (`openDB`, `registerValidPaths`, `queryPathInfo`), pathlocks.cc, schema.sql.
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ import json
 import os
 import secrets
 import sqlite3
-import stat
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -37,9 +39,12 @@ from pathlib import Path
 from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 
 from xstore.casehack import CaseHackMode, Fold, probe, probe_read_only
-from xstore.errors import XstoreError
-from xstore.hashing import HashAlgorithm, HashFormat, HashSink, format_digest, parse_hash
-from xstore.storepath import STORE_DIR, StorePath, parse_store_path
+from xstore.errors import HashMismatchError, InputError, InvalidPathError, StoreError
+from xstore.fsops import remove_tree
+from xstore.hashing import HashAlgorithm, HashFormat, HashSink, parse_hash
+from xstore.notices import notice
+from xstore.storeapi import PathInfo, Read, Sink, Store, batched
+from xstore.storepath import HASH_PART_LEN, STORE_DIR, StorePath, parse_store_path
 
 SCHEMA_VERSION: Final = 10
 SETTINGS_VERSION: Final = 1
@@ -83,14 +88,6 @@ create index if not exists IndexDerivationOutputs on DerivationOutputs(path);
 TEMP_PREFIX: Final = ".xstore-tmp-"
 
 
-class StoreError(XstoreError, OSError):
-    """The store cannot be opened or used: wrong layout, unsupported schema, ..."""
-
-
-class InvalidPathError(XstoreError, LookupError):
-    """A store path is not valid in this store."""
-
-
 @dataclass(frozen=True, slots=True)
 class StoreSettings:
     """xstore's own settings for one store, outside Nix's schema."""
@@ -100,24 +97,6 @@ class StoreSettings:
 
     def to_json(self) -> dict[str, Any]:
         return {"version": SETTINGS_VERSION, "caseHack": self.case_hack, "caseFold": self.fold.value}
-
-
-@dataclass(frozen=True, slots=True)
-class PathInfo:
-    """One row of ValidPaths with its references."""
-
-    path: StorePath
-    nar_hash: bytes  # sha256 digest of the NAR
-    nar_size: int
-    references: tuple[StorePath, ...]  # sorted
-    deriver: StorePath | None = None
-    registration_time: int = 0
-    ultimate: bool = False
-    sigs: tuple[str, ...] = ()
-    ca: str | None = None
-
-    def nar_hash_sri(self) -> str:
-        return format_digest(HashAlgorithm.SHA256, self.nar_hash, HashFormat.SRI)
 
 
 def default_store_root() -> Path:
@@ -183,59 +162,18 @@ class PathLock:
         self.release()
 
 
-def canonicalise(real_path: bytes) -> None:
-    """Make a tree read-only and timeless as Nix does: files 0444 (0555 if the owner could execute),
-    directories 0555, setuid/setgid/sticky dropped, mtime 1 on everything including symlinks."""
-    st = os.lstat(real_path)
-    if stat.S_ISDIR(st.st_mode):
-        with os.scandir(real_path) as it:
-            children = [os.fsencode(e.path) for e in it]
-        for child in children:
-            canonicalise(child)
-    if not stat.S_ISLNK(st.st_mode):
-        mode = 0o555 if stat.S_ISDIR(st.st_mode) or st.st_mode & stat.S_IXUSR else 0o444
-        if stat.S_IMODE(st.st_mode) != mode:
-            os.chmod(real_path, mode)
-    if st.st_mtime != 1:
-        os.utime(real_path, (st.st_atime, 1), follow_symlinks=False)
-
-
-def make_writable(real_path: bytes) -> None:
-    """Give the owner write permission on every directory of a tree (so it can be removed)."""
-    st = os.lstat(real_path)
-    if stat.S_ISDIR(st.st_mode):
-        os.chmod(real_path, 0o755)  # noqa: S103 (only to delete it: the tree is being removed)
-        with os.scandir(real_path) as it:
-            children = [os.fsencode(e.path) for e in it if e.is_dir(follow_symlinks=False)]
-        for child in children:
-            make_writable(child)
-
-
-def remove_tree(real_path: bytes) -> None:
-    """Delete a (possibly read-only, canonicalised) tree; missing is fine."""
-    import shutil
-
-    try:
-        st = os.lstat(real_path)
-    except FileNotFoundError:
-        return
-    if stat.S_ISDIR(st.st_mode):
-        make_writable(real_path)
-        shutil.rmtree(real_path)
-    else:
-        os.unlink(real_path)
-
-
 P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def _db_errors(method: Callable[Concatenate[Store, P], R]) -> Callable[Concatenate[Store, P], R]:
-    """Report SQLite failures (a corrupt or locked-up database) as `StoreError`, not as bugs."""
+def _db_errors(method: Callable[Concatenate[LocalStore, P], R]) -> Callable[Concatenate[LocalStore, P], R]:
+    """One database user at a time (the connection is shared by the threads of a copy), and SQLite
+    failures (a corrupt or locked-up database) reported as `StoreError`, not as bugs."""
 
-    def wrapper(self: Store, /, *args: P.args, **kwargs: P.kwargs) -> R:
+    def wrapper(self: LocalStore, /, *args: P.args, **kwargs: P.kwargs) -> R:
         try:
-            return method(self, *args, **kwargs)
+            with self._db_lock:
+                return method(self, *args, **kwargs)
         except sqlite3.Error as e:
             raise StoreError(f"the store database '{self.db_dir / 'db.sqlite'}' cannot be used: {e}") from e
 
@@ -244,20 +182,22 @@ def _db_errors(method: Callable[Concatenate[Store, P], R]) -> Callable[Concatena
     return wrapper
 
 
-class Store:
-    """An open store. Use as a context manager, or call `close()`.
+class LocalStore(Store):
+    """An open local store. Use as a context manager, or call `close()`.
 
-    Holds the big lock shared and one SQLite connection. Not safe to share between threads.
+    Holds the big lock shared and one SQLite connection, which threads take turns to use.
     """
 
     def __init__(self, root: Path | str, *, _create: bool = False) -> None:
         self.root = Path(root).absolute()
+        self.url = str(self.root)
         self.real_store_dir = self.root / "nix" / "store"
         self.state_dir = self.root / "nix" / "var" / "nix"
         self.db_dir = self.state_dir / "db"
         self.xstore_dir = self.root / "nix" / "var" / "xstore"
         self._big_lock = -1
         self._db: sqlite3.Connection | None = None
+        self._db_lock = threading.RLock()
         if not (self.db_dir / "db.sqlite").exists() and not _create:
             raise StoreError(
                 f"no store at '{self.root}' (no nix/var/nix/db/db.sqlite); "
@@ -275,14 +215,14 @@ class Store:
     # -- opening -------------------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, root: Path | str) -> Store:
+    def open(cls, root: Path | str) -> LocalStore:
         """Open an existing store (made by xstore or by Nix). Raises `StoreError` if there is none."""
         return cls(root)
 
     @classmethod
     def create(
         cls, root: Path | str, *, case_hack: CaseHackMode = CaseHackMode.AUTO, fold: Fold | None = None
-    ) -> Store:
+    ) -> LocalStore:
         """Create a store at `root` (or open it if it exists, keeping its settings).
 
         The case-hack setting is decided now: `auto` probes `ROOT/nix/store`; `fold` defaults to what
@@ -309,7 +249,7 @@ class Store:
         big_lock = self.db_dir / "big-lock"
         fd = _lock_file(big_lock, shared=True, blocking=False)
         if fd is None:
-            sys.stderr.write("waiting for the big store lock...\n")
+            notice(f"waiting for the big lock of the store at '{self.root}', which another process holds")
             fd = _lock_file(big_lock, shared=True)
         assert fd is not None
         self._big_lock = fd
@@ -334,7 +274,9 @@ class Store:
             self._create_schema(schema_file)
 
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.db_dir / "db.sqlite", isolation_level=None, timeout=3600.0)
+        db = sqlite3.connect(
+            self.db_dir / "db.sqlite", isolation_level=None, timeout=3600.0, check_same_thread=False
+        )
         db.execute("pragma foreign_keys = 1")
         db.execute("pragma synchronous = normal")
         if db.execute("pragma main.journal_mode").fetchone()[0] != "wal":
@@ -417,11 +359,11 @@ class Store:
             os.close(self._big_lock)
             self._big_lock = -1
 
-    def __enter__(self) -> Store:
+    def __enter__(self) -> LocalStore:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def describe(self) -> str:
+        return f"the store at '{self.root}'"
 
     # -- paths ---------------------------------------------------------------------------------------
 
@@ -429,12 +371,9 @@ class Store:
         return os.fsencode(self.real_store_dir / path.base)
 
     @_db_errors
-    def is_valid(self, path: StorePath) -> bool:
-        return self.db.execute("select 1 from ValidPaths where path = ?", (path.path,)).fetchone() is not None
-
-    @_db_errors
-    def query(self, path: StorePath) -> PathInfo | None:
-        """The path's registration, or None if it is not valid."""
+    def query_path_info(self, path: StorePath) -> PathInfo | None:
+        """The path's registration, or None if it is not valid. A row that cannot be read (a corrupt
+        hash, a bad reference) raises `StoreError` naming the path."""
         row = self.db.execute(
             "select id, hash, registrationTime, deriver, narSize, ultimate, sigs, ca "
             "from ValidPaths where path = ?",
@@ -443,46 +382,84 @@ class Store:
         if row is None:
             return None
         rid, hash_text, reg_time, deriver, nar_size, ultimate, sigs, ca = row
-        refs = sorted(
-            parse_store_path(r)
-            for (r,) in self.db.execute(
-                "select path from Refs join ValidPaths on reference = id where referrer = ?", (rid,)
+        try:
+            refs = sorted(
+                parse_store_path(r)
+                for (r,) in self.db.execute(
+                    "select path from Refs join ValidPaths on reference = id where referrer = ?", (rid,)
+                )
             )
-        )
-        parsed = parse_hash(hash_text, HashAlgorithm.SHA256)
-        return PathInfo(
-            path=path,
-            nar_hash=parsed.digest,
-            nar_size=nar_size or 0,
-            references=tuple(refs),
-            deriver=parse_store_path(deriver) if deriver else None,
-            registration_time=reg_time or 0,
-            ultimate=bool(ultimate),
-            sigs=tuple(sigs.split()) if sigs else (),
-            ca=ca,
-        )
+            return PathInfo(
+                path=path,
+                nar_hash=parse_hash(str(hash_text), HashAlgorithm.SHA256).digest,
+                nar_size=int(nar_size or 0),
+                references=tuple(refs),
+                deriver=parse_store_path(deriver) if deriver else None,
+                registration_time=int(reg_time or 0),
+                ultimate=bool(ultimate),
+                sigs=tuple(sorted(str(sigs).split())) if sigs else (),
+                ca=ca or None,
+            )
+        except (InputError, TypeError, ValueError) as e:
+            raise StoreError(
+                f"the database of the store at '{self.root}' has a corrupt row for '{path}': {e}",
+                path=path.path,
+            ) from e
 
-    def require(self, path: StorePath) -> PathInfo:
-        info = self.query(path)
-        if info is None:
-            raise InvalidPathError(f"path '{path}' is not valid in the store at '{self.root}'")
-        return info
+    @_db_errors
+    def query_valid_paths(self, paths: Iterable[StorePath]) -> set[StorePath]:
+        found: set[StorePath] = set()
+        for batch in batched(paths):
+            by_text = {p.path: p for p in batch}
+            marks = ",".join("?" * len(by_text))
+            rows = self.db.execute(f"select path from ValidPaths where path in ({marks})", list(by_text))  # noqa: S608 (placeholders only)
+            found.update(by_text[p] for (p,) in rows)
+        return found
+
+    @_db_errors
+    def query_path_from_hash_part(self, hash_part: str) -> StorePath | None:
+        if len(hash_part) != HASH_PART_LEN:
+            return None
+        prefix = f"{STORE_DIR}/{hash_part}"
+        row = self.db.execute(
+            "select path from ValidPaths where path >= ? order by path limit 1", (prefix,)
+        ).fetchone()
+        if row is None or not str(row[0]).startswith(prefix + "-"):
+            return None
+        return parse_store_path(row[0])
+
+    def is_valid(self, path: StorePath) -> bool:
+        return bool(self.query_valid_paths([path]))
 
     @_db_errors
     def all_paths(self) -> list[StorePath]:
         return sorted(parse_store_path(p) for (p,) in self.db.execute("select path from ValidPaths"))
 
-    def closure(self, paths: Iterable[StorePath]) -> set[StorePath]:
-        """`paths` and everything they reference, transitively. Raises `InvalidPathError`."""
-        seen: set[StorePath] = set()
-        todo = list(paths)
-        while todo:
-            p = todo.pop()
-            if p in seen:
-                continue
-            seen.add(p)
-            todo.extend(r for r in self.require(p).references if r not in seen)
-        return seen
+    def nar_from_path(self, path: StorePath, sink: Sink) -> int:
+        """The path's NAR, dumped with the store's case-hack setting (original names), hashed on the way:
+        `HashMismatchError` when it no longer matches the registration."""
+        from xstore.nar.dump import dump_path
+
+        info = self.require(path)
+        hasher = HashSink(HashAlgorithm.SHA256)
+
+        def write(block: bytes) -> None:
+            hasher.update(block)
+            sink(block)
+
+        size = dump_path(self.real_path(path), write, case_hack=self.settings.case_hack)
+        if hasher.digest() != info.nar_hash or size != info.nar_size:
+            raise HashMismatchError(
+                f"path '{path}' was modified: registered NAR hash {info.nar_hash_sri()} "
+                f"({info.nar_size} bytes), now {hasher.format(HashFormat.SRI)} ({size} bytes)",
+                path=path.path,
+            )
+        return size
+
+    def add_to_store(self, info: PathInfo, read: Read, *, check_sigs: bool = True) -> bool:
+        from xstore.store_add import add_nar
+
+        return add_nar(self, info, read)
 
     @_db_errors
     def register(self, info: PathInfo) -> None:
@@ -578,77 +555,6 @@ class Store:
         if self.is_valid(path):
             raise StoreError(f"'{path}' is valid; refusing to remove it")
         remove_tree(real)
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """Something `verify` found wrong with a valid path."""
-
-    path: StorePath
-    kind: str  # "missing" | "modified" | "unreadable"
-    detail: str
-
-
-def verify(
-    store: Store, *, check_contents: bool = False, progress: Callable[[int], None] | None = None
-) -> list[Problem]:
-    """Check that every valid path exists and, with `check_contents`, that its NAR (dumped with the
-    store's case-hack setting) still has the registered hash and size. Changes nothing: unlike Nix
-    2.8, a missing path's row is reported, never deleted."""
-    from xstore.nar.dump import dump_path
-
-    problems = []
-    case_hack = store.settings.case_hack
-    for n, path in enumerate(store.all_paths()):
-        real = store.real_path(path)
-        try:
-            os.lstat(real)
-        except FileNotFoundError:
-            problems.append(Problem(path, "missing", f"path '{path}' is registered but missing"))
-            continue
-        if check_contents:
-            info = store.require(path)
-            hasher = HashSink(HashAlgorithm.SHA256)
-            try:
-                size = dump_path(real, hasher.update, case_hack=case_hack)
-            except (OSError, XstoreError) as e:
-                problems.append(Problem(path, "unreadable", f"path '{path}' cannot be read: {e}"))
-                continue
-            if hasher.digest() != info.nar_hash or size != info.nar_size:
-                problems.append(
-                    Problem(
-                        path,
-                        "modified",
-                        f"path '{path}' was modified: expected {info.nar_hash_sri()} "
-                        f"({info.nar_size} bytes), got {hasher.format(HashFormat.SRI)} ({size} bytes)",
-                    )
-                )
-        if progress is not None:
-            progress(n + 1)
-    return problems
-
-
-def path_info_json(
-    infos: Iterable[PathInfo], *, closure_sizes: dict[StorePath, int] | None = None
-) -> dict[str, Any]:
-    """`nix path-info --json` as current Nix prints it by default: an object keyed by store path, every
-    field present (null when absent), keys sorted."""
-    out: dict[str, Any] = {}
-    for info in infos:
-        entry: dict[str, Any] = {
-            "ca": info.ca,
-            "deriver": info.deriver.path if info.deriver else None,
-            "narHash": info.nar_hash_sri(),
-            "narSize": info.nar_size,
-            "references": [r.path for r in info.references],
-            "registrationTime": info.registration_time or None,
-            "signatures": list(info.sigs),
-            "ultimate": info.ultimate,
-        }
-        if closure_sizes is not None:
-            entry["closureSize"] = closure_sizes[info.path]
-        out[info.path.path] = entry
-    return out
 
 
 def store_path_of(store_dir_entry: str) -> StorePath | None:

@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
-from xstore.errors import UsageError, XstoreError
+from xstore.errors import InvalidArgumentError, InvalidStorePathError
 from xstore.hashing import NIX32_ALPHABET, HashAlgorithm, encode_nix32, parse_hash
 
 __all__ = [
@@ -61,16 +61,6 @@ _NIX32_CHARS = frozenset(NIX32_ALPHABET)
 _NAME_RE = re.compile(r"[0-9a-zA-Z+\-._?=]+")
 _BAD_NAME_CHAR_RE = re.compile(r"[^0-9a-zA-Z+\-._?=]")
 _NAME_CHARS_HINT = "letters, digits and + - . _ ? ="
-
-
-class InvalidStorePathError(XstoreError, ValueError):
-    """Text that is not a valid store path, or a name that is not a valid store path name.
-
-    `path` is the text as given (bytes shown with escapes), `reason` what is wrong with it.
-    """
-
-    path: str
-    reason: str
 
 
 def _show(text: str | bytes) -> str:
@@ -168,7 +158,7 @@ class StorePath:
 
 def _check_store_dir(store_dir: str) -> None:
     if not store_dir.startswith("/") or store_dir.endswith("/") or "//" in store_dir:
-        raise UsageError(
+        raise InvalidArgumentError(
             f"store directory {store_dir!r} must be an absolute path without a trailing '/'",
             store_dir=store_dir,
         )
@@ -217,7 +207,7 @@ def parse_store_path(text: str | bytes, store_dir: str = STORE_DIR) -> StorePath
 
     Bytes must be ASCII (decoded strictly). Nothing is canonicalised: a trailing `/`, a doubled `/`
     or a path below a store object is refused. Raises `InvalidStorePathError` saying which rule the
-    text breaks (for the name: current Nix's rules, see the module docstring), and `UsageError` if
+    text breaks (for the name: current Nix's rules, see the module docstring), and `InvalidArgumentError` if
     `store_dir` is not an absolute path without a trailing `/`.
     """
     _check_store_dir(store_dir)
@@ -238,10 +228,10 @@ def parse_store_path(text: str | bytes, store_dir: str = STORE_DIR) -> StorePath
 def compress_hash(digest: bytes, size: int) -> bytes:
     """`digest` XOR-folded to `size` bytes: byte `i` goes into `i % size` (Nix: `compressHash`).
 
-    Raises `UsageError` if `size` is not positive.
+    Raises `InvalidArgumentError` if `size` is not positive.
     """
     if size <= 0:
-        raise UsageError(f"cannot compress a hash to {size} bytes", size=size)
+        raise InvalidArgumentError(f"cannot compress a hash to {size} bytes", size=size)
     out = bytearray(size)
     for i, byte in enumerate(digest):
         out[i % size] ^= byte
@@ -250,7 +240,7 @@ def compress_hash(digest: bytes, size: int) -> bytes:
 
 def _check_sha256(digest: bytes, what: str) -> None:
     if len(digest) != HashAlgorithm.SHA256.digest_size:
-        raise UsageError(
+        raise InvalidArgumentError(
             f"{what} must be a {HashAlgorithm.SHA256.digest_size}-byte SHA-256 digest, not "
             f"{len(digest)} bytes"
         )
@@ -262,7 +252,7 @@ def make_store_path(kind: str, digest: bytes, name: str, store_dir: str = STORE_
     `kind` is the path type (`"source"`, `"text:/nix/store/...-a"`, `"output:out"`), `digest` a
     SHA-256 digest. The hash part is the nix32 form of the SHA-256 of
     `<kind>:sha256:<base16 digest>:<store_dir>:<name>`, folded to 20 bytes. Raises
-    `InvalidStorePathError` for an invalid name, `UsageError` for a digest that is not 32 bytes or a
+    `InvalidStorePathError` for an invalid name, `InvalidArgumentError` for a digest that is not 32 bytes or a
     bad `store_dir`.
     """
     check_name(name)
@@ -318,11 +308,11 @@ def make_fixed_output_path(
     `digest` is the `algo` hash of the NAR (`recursive`) or of the file's bytes (flat). Recursive
     SHA-256 is a source path (`nix-store --add`); anything else has type `output:out` and, as digest,
     the SHA-256 of `fixed:out:[r:]<algo>:<base16 digest>:` (`nix-store --add-fixed`). Raises
-    `UsageError` if `digest` is not `algo`'s size, else errors as for `make_store_path`.
+    `InvalidArgumentError` if `digest` is not `algo`'s size, else errors as for `make_store_path`.
     """
     algo = HashAlgorithm.parse(algo)
     if len(digest) != algo.digest_size:
-        raise UsageError(
+        raise InvalidArgumentError(
             f"{algo.value} digest must be {algo.digest_size} bytes, not {len(digest)}", algorithm=algo
         )
     if algo is HashAlgorithm.SHA256 and recursive:
@@ -342,12 +332,12 @@ def signature_fingerprint(
 
     `1;<path>;<algo>:<nix32 NAR hash>;<NAR size>;<references, comma-separated, in order>`.
     `nar_hash` may be in any form Nix reads (`sha256:<base16>` as in the database, `sha256:<nix32>`,
-    SRI); the fingerprint always has the nix32 form. Raises `UsageError` for an unreadable hash or a
+    SRI); the fingerprint always has the nix32 form. Raises `InvalidArgumentError` for an unreadable hash or a
     size that is not positive (Nix cannot fingerprint a path whose size it does not know).
     """
     algo, digest = parse_hash(nar_hash)
     if nar_size <= 0:
-        raise UsageError(
+        raise InvalidArgumentError(
             f"cannot compute the fingerprint of {path.path_in(store_dir)!r}: its NAR size {nar_size} "
             "is not known",
             nar_size=nar_size,

@@ -1,25 +1,55 @@
-"""Nix's wire framing: the building blocks of NARs and export streams.
+"""Nix's wire framing, both directions: the building blocks of NARs, export streams and Nix's protocols.
 
 Integers are unsigned 64-bit little endian. A string is its length as such an integer, its bytes, and
-zero bytes up to the next multiple of 8. Nothing here does I/O; readers that need to wait for bytes live
-in the parsers (`nar/parser.py`, `import_export.py`).
+zero bytes up to the next multiple of 8. A list of strings is a count and the strings. A framed stream
+(the daemon protocol from 1.23) is any number of frames, each a length and that many bytes without
+padding, closed by an empty frame.
 
-Nix: serialise.hh / serialise.cc (`writeString`, `writePadding`, `readString`, `readPadding`).
+Writing is a handful of pure functions. Reading is `WireBuffer`, a sans-IO buffer every protocol machine
+(export stream, serve, daemon) shares: it takes bytes with `feed()` and hands out whole items. A read of
+an item that has not fully arrived raises the internal `Incomplete`; `attempt()` wraps a group of reads
+so that either all of them succeed or none consumed anything, and turns `Incomplete` into `NEED_DATA`
+(or, after end of input, into the caller's truncation error). Machines therefore read whole messages
+and never keep half-parsed state. Every string and list has a caller-given bound, so a hostile length
+never makes a reader buffer more than the bound.
+
+The NAR parser keeps its own buffer (contents pass through it without a copy) but reads its strings
+with the same `parse_string`. Nix: serialise.hh / serialise.cc (`readNum`, `readString`,
+`readPadding`, `FramedSource`, `FramedSink`).
 """
 
 from __future__ import annotations
 
+import enum
 import struct
+from collections.abc import Callable, Iterable
+from typing import Final, TypeVar
 
-U64 = struct.Struct("<Q")
-ZEROS = bytes(8)
+from xstore.errors import InputError, WireError
+
+U64: Final = struct.Struct("<Q")
+ZEROS: Final = bytes(8)
 
 # Bounds of current Nix's NAR parser (archive.cc `parse`): format-defined, independent of the host's
 # NAME_MAX/PATH_MAX.
-NAR_MAX_TAG = 32
-NAR_MAX_NAME = 255
-NAR_MAX_TARGET = 4095
-NAR_MAX_DEPTH = 64
+NAR_MAX_TAG: Final = 32
+NAR_MAX_NAME: Final = 255
+NAR_MAX_TARGET: Final = 4095
+NAR_MAX_DEPTH: Final = 64
+
+
+class Signal(enum.Enum):
+    """Sentinels a sans-IO machine returns instead of an event."""
+
+    NEED_DATA = enum.auto()
+
+
+NEED_DATA: Final = Signal.NEED_DATA
+
+T = TypeVar("T")
+
+
+# -- writing -----------------------------------------------------------------------------------------
 
 
 def encode_u64(n: int) -> bytes:
@@ -34,3 +64,196 @@ def encode_bytes(data: bytes) -> bytes:
 def encode_strings(*items: bytes) -> bytes:
     """Several framed strings back to back (one allocation instead of many)."""
     return b"".join([U64.pack(len(s)) + s + ZEROS[: -len(s) & 7] for s in items])
+
+
+def encode_string_list(items: Iterable[bytes]) -> bytes:
+    """A count, then each string framed (Nix: `writeStrings`; a StorePathSet is sent sorted)."""
+    items = list(items)
+    return U64.pack(len(items)) + encode_strings(*items)
+
+
+def encode_frame(data: bytes) -> bytes:
+    """One frame of a framed stream: its length and the bytes, unpadded. `b""` ends the stream."""
+    return U64.pack(len(data)) + data
+
+
+# -- reading -----------------------------------------------------------------------------------------
+
+
+class Incomplete(Exception):  # noqa: N818 (a control-flow signal inside this module's readers, not an error)
+    """The item being read has not fully arrived. Never escapes `WireBuffer.attempt`."""
+
+
+def parse_string(buf: bytes, pos: int, max_len: int, what: str = "string") -> tuple[bytes, int] | None:
+    """The string framed at `buf[pos:]` and the position after its padding; None if it has not fully
+    arrived. Raises `WireError` (its offset relative to `buf`) when the length exceeds `max_len` or the
+    padding is not zero; `what` names the item in the message."""
+    if len(buf) - pos < 8:
+        return None
+    (n,) = U64.unpack_from(buf, pos)
+    if n > max_len:
+        raise WireError(f"{what} of {n} bytes is too long (at most {max_len} allowed)", offset=pos)
+    end = pos + 8 + n
+    padded = end + (-n & 7)
+    if len(buf) < padded:
+        return None
+    if buf[end:padded] != ZEROS[: padded - end]:
+        raise WireError("non-zero padding", offset=pos)
+    return buf[pos + 8 : end], padded
+
+
+class WireBuffer:
+    """Received bytes of one stream, read as Nix's wire items.
+
+    `feed(data)` appends; `b""` marks the end of input. The typed readers (`u64`, `string`,
+    `strings`, `exact`) raise `Incomplete` when the item has not fully arrived; call them inside
+    `attempt()`. `offset` is the stream offset of the next unread byte. Errors are raised as `error`
+    (a subclass of `InputError` taking `offset=`), with "(at byte N of the <where>)" appended.
+    """
+
+    __slots__ = ("_buf", "_error", "_pos", "_where", "base", "eof")
+
+    def __init__(self, *, error: type[InputError] = WireError, where: str = "stream") -> None:
+        self._buf = b""
+        self._pos = 0
+        self.base = 0  # stream offset of self._buf[0]
+        self.eof = False
+        self._error = error
+        self._where = where
+
+    # -- input ---------------------------------------------------------------------------------------
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        if not data:
+            self.eof = True
+            return
+        if self.eof:
+            raise RuntimeError("feed() after end of input")
+        if self._pos >= len(self._buf):
+            self.base += len(self._buf)
+            self._buf = bytes(data)
+        else:
+            self.base += self._pos
+            self._buf = self._buf[self._pos :] + bytes(data)
+        self._pos = 0
+
+    @property
+    def offset(self) -> int:
+        return self.base + self._pos
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet read."""
+        return len(self._buf) - self._pos
+
+    def peek_buffered(self) -> bytes:
+        """The received, unread bytes, left unread."""
+        return self._buf[self._pos :]
+
+    def take_buffered(self, limit: int | None = None) -> bytes:
+        """Up to `limit` (default: all) of the received, unread bytes, consumed."""
+        end = len(self._buf) if limit is None else min(len(self._buf), self._pos + limit)
+        data = self._buf[self._pos : end]
+        self._pos = end
+        return data
+
+    def push_back(self, data: bytes) -> None:
+        """Put bytes that another reader received beyond its end (a NAR parser's `unused_data`) back in
+        front of what is buffered."""
+        if data:
+            self.base += self._pos - len(data)
+            self._buf = data + self._buf[self._pos :]
+            self._pos = 0
+
+    # -- errors --------------------------------------------------------------------------------------
+
+    def fail(self, reason: str, offset: int | None = None) -> InputError:
+        """The error to raise for `reason` at `offset` (default: the next unread byte)."""
+        at = self.offset if offset is None else offset
+        return self._error(f"{reason} (at byte {at} of the {self._where})", offset=at)
+
+    def attempt(self, read: Callable[[], T], what: str) -> T | Signal:
+        """Run `read()`, a group of item reads: its result, or `NEED_DATA` with nothing consumed when
+        the items have not all arrived. After end of input an incomplete group raises the truncation
+        error, naming `what`."""
+        mark = self._pos
+        try:
+            return read()
+        except Incomplete:
+            self._pos = mark
+            if self.eof:
+                raise self.fail(f"unexpected end of file while reading {what}") from None
+            return NEED_DATA
+
+    # -- items ---------------------------------------------------------------------------------------
+
+    def exact(self, n: int) -> bytes:
+        buf, pos = self._buf, self._pos
+        if len(buf) - pos < n:
+            raise Incomplete
+        self._pos = pos + n
+        return buf[pos : pos + n]
+
+    def u64(self) -> int:
+        buf, pos = self._buf, self._pos
+        if len(buf) - pos < 8:
+            raise Incomplete
+        self._pos = pos + 8
+        return int(U64.unpack_from(buf, pos)[0])
+
+    def bounded(self, limit: int, what: str) -> int:
+        """A u64 that must not exceed `limit` (a count or a size)."""
+        at = self.offset
+        n = self.u64()
+        if n > limit:
+            raise self.fail(f"{what} {n} is out of range (at most {limit} allowed)", at)
+        return n
+
+    def string(self, max_len: int, what: str = "string") -> bytes:
+        try:
+            parsed = parse_string(self._buf, self._pos, max_len, what)
+        except WireError as e:
+            reason = f"non-zero padding after {what}" if e.message == "non-zero padding" else e.message
+            raise self.fail(reason, self.base + e.offset) from None
+        if parsed is None:
+            raise Incomplete
+        value, self._pos = parsed
+        return value
+
+    def strings(self, max_count: int, max_len: int, what: str = "string list") -> list[bytes]:
+        count = self.bounded(max_count, f"the number of items in {what}")
+        return [self.string(max_len, what) for _ in range(count)]
+
+
+class FrameDecoder:
+    """The reading side of a framed stream over a `WireBuffer`: `next_chunk()` gives the bytes of the
+    frames in order (up to `limit` at a time), `b""` once the closing empty frame has been read, or
+    `NEED_DATA`. Nix: `FramedSource`."""
+
+    __slots__ = ("_buf", "_left", "done")
+
+    def __init__(self, buf: WireBuffer) -> None:
+        self._buf = buf
+        self._left = 0  # bytes of the current frame still to come
+        self.done = False
+
+    def next_chunk(self, limit: int = 1 << 20) -> bytes | Signal:
+        buf = self._buf
+        while True:
+            if self.done:
+                return b""
+            if self._left:
+                if not buf.buffered:
+                    if buf.eof:
+                        raise buf.fail("unexpected end of file inside a frame")
+                    return NEED_DATA
+                data = buf.take_buffered(min(self._left, limit))
+                self._left -= len(data)
+                return data
+            n = buf.attempt(buf.u64, "a frame's length")
+            if n is NEED_DATA:
+                return NEED_DATA
+            assert isinstance(n, int)
+            if n == 0:
+                self.done = True
+            self._left = n

@@ -35,7 +35,8 @@ EXIT_TIMEOUT = 30.0
 
 def require_fuse() -> None:
     """Skip (in CI: fail) unless FUSE mounts can be made here."""
-    from xstore.fuse.lifecycle import FuseUnavailableError, check_fuse
+    from xstore.errors import FuseUnavailableError
+    from xstore.fuse.lifecycle import check_fuse
 
     try:
         check_fuse()

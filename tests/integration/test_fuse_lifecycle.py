@@ -28,6 +28,7 @@ from tests.integration.fusehelpers import (
     xstore,
 )
 from tests.narbuild import archive, directory, regular, symlink
+from xstore.errors import FuseUnavailableError
 
 pytestmark = pytest.mark.fuse
 
@@ -341,7 +342,7 @@ def test_without_dev_fuse(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(lifecycle, "FUSE_DEVICE", "/nonexistent/fuse")
     monkeypatch.setattr(sys, "platform", "linux")
-    with pytest.raises(lifecycle.FuseUnavailableError, match=r"no /nonexistent/fuse \(load the module"):
+    with pytest.raises(FuseUnavailableError, match=r"no /nonexistent/fuse \(load the module"):
         lifecycle.check_fuse()
 
 
@@ -350,7 +351,7 @@ def test_on_macos_without_macfuse(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(lifecycle, "MACFUSE_BUNDLE", "/nonexistent/macfuse.fs")
     monkeypatch.setattr(lifecycle, "PLATFORM", "darwin")
-    with pytest.raises(lifecycle.FuseUnavailableError, match="macFUSE is not installed"):
+    with pytest.raises(FuseUnavailableError, match="macFUSE is not installed"):
         lifecycle.check_fuse()
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from xstore.import_export import trailer
+from xstore.exportstream import trailer
 from xstore.storepath import parse_store_path
 from xstore.wire import U64, encode_strings, encode_u64
 

@@ -33,7 +33,7 @@ import pytest
 
 from tests.helpers import CASE_NAR_HACKED
 from xstore.casehack import Fold, fold_key, probe
-from xstore.import_export import trailer
+from xstore.exportstream import trailer
 from xstore.storepath import parse_store_path
 from xstore.wire import encode_u64
 

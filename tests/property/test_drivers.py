@@ -35,10 +35,11 @@ from tests.strategies import (
 from xstore.casehack import CaseHackMode, Fold
 from xstore.errors import TrailingDataError
 from xstore.nar import aio
+from xstore.nar.drive import iter_events
 from xstore.nar.dump import dump_path
 from xstore.nar.events import Event
 from xstore.nar.parser import NarParser
-from xstore.nar.restore import RestoreResult, iter_events, restore_path
+from xstore.nar.restore import RestoreResult, restore_path
 
 StreamKind = Literal["lockstep", "memory"]
 STREAM_KINDS: tuple[StreamKind, ...] = ("lockstep", "memory")

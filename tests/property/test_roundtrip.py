@@ -40,8 +40,9 @@ from xstore.casehack import CaseHackMode
 from xstore.errors import NarError, TrailingDataError, TruncatedError
 from xstore.nar.dump import dump_path
 from xstore.nar.events import NEED_DATA, ArchiveEnd, Event, FileChunk, RegularFile
-from xstore.nar.parser import NarParser, name_problem, target_problem
+from xstore.nar.parser import NarParser
 from xstore.nar.restore import restore_path
+from xstore.nar.rules import name_problem, target_problem
 
 # Hypothesis keys its caches by tuples of raw choices, where b"" and 0 (or "ab" and b"ab") hash alike;
 # a lookup then compares bytes with int or str, which `python -bb` turns into an error inside Hypothesis

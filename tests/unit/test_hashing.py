@@ -15,7 +15,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from xstore.errors import UsageError, XstoreError
+from xstore.errors import InvalidHashError, XstoreError
 from xstore.hashing import (
     NIX32_ALPHABET,
     HashAlgorithm,
@@ -209,7 +209,7 @@ def test_decode_matches_reference(algo: HashAlgorithm, data: st.DataObject) -> N
     text = data.draw(st.text(alphabet=NIX32_ALPHABET, min_size=nix32_len(size), max_size=nix32_len(size)))
     expected = ref_parse_hash32(text, size)
     if expected is None:
-        with pytest.raises(UsageError, match="sets bits beyond"):
+        with pytest.raises(InvalidHashError, match="sets bits beyond"):
             decode_nix32(text, size)
     else:
         assert decode_nix32(text, size) == expected
@@ -224,7 +224,7 @@ def test_overflow_first_character(algo: HashAlgorithm) -> None:
         text = char + tail
         assert (ref_parse_hash32(text, size) is None) == (digit >= 1 << (5 - spare))
         if digit >= 1 << (5 - spare):
-            with pytest.raises(UsageError) as info:
+            with pytest.raises(InvalidHashError) as info:
                 decode_nix32(text, size)
             assert str(info.value) == (
                 f"invalid nix32 hash {text!r}: its first character {char!r} sets bits beyond a "
@@ -307,14 +307,14 @@ SHA256_EMPTY = "0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73"
     ],
 )
 def test_decode_nix32_invalid(text: str, size: int | None, message: str) -> None:
-    with pytest.raises(UsageError) as info:
+    with pytest.raises(InvalidHashError) as info:
         decode_nix32(text, size)
     assert str(info.value) == message
     assert info.value.context == {"value": text}
 
 
 def test_long_input_is_shortened_in_messages() -> None:
-    with pytest.raises(UsageError) as info:
+    with pytest.raises(InvalidHashError) as info:
         decode_nix32("x" * 10_000, 32)
     assert len(str(info.value)) < 300
     assert "..." in str(info.value)
@@ -329,7 +329,7 @@ def test_algorithm_parse() -> None:
     assert [HashAlgorithm.parse(a.value) for a in ALGORITHMS] == ALGORITHMS
     assert f"{HashAlgorithm.SHA1}" == "sha1"
     for bad in ("SHA256", "sha-256", "", "blake3", "sha256 "):
-        with pytest.raises(UsageError) as info:
+        with pytest.raises(InvalidHashError) as info:
             HashAlgorithm.parse(bad)
         assert str(info.value) == (
             f"unknown hash algorithm {bad!r} (expected one of: md5, sha1, sha256, sha512)"
@@ -340,7 +340,7 @@ def test_format_parse() -> None:
     assert HashFormat.parse("base32") is HashFormat.NIX32
     assert HashFormat.parse("nix32") is HashFormat.NIX32
     assert [HashFormat.parse(f.value) for f in HashFormat] == list(HashFormat)
-    with pytest.raises(UsageError) as info:
+    with pytest.raises(InvalidHashError) as info:
         HashFormat.parse("hex")
     assert (
         str(info.value) == "unknown hash format 'hex' (expected one of: sri, nix32, base16, base64, base32)"
@@ -348,14 +348,14 @@ def test_format_parse() -> None:
 
 
 def test_errors_are_value_errors_and_pickle() -> None:
-    with pytest.raises(UsageError) as info:
+    with pytest.raises(InvalidHashError) as info:
         parse_hash("sha256:nope")
     err = info.value
     assert isinstance(err, XstoreError)
     assert isinstance(err, ValueError)
     # Errors cross process boundaries (FUSE daemons, namespace children) by pickle.
     again = pickle.loads(pickle.dumps(err))  # noqa: S301 (our own bytes)
-    assert type(again) is UsageError
+    assert type(again) is InvalidHashError
     assert str(again) == str(err)
     assert again.context == err.context
 
@@ -369,23 +369,23 @@ B64 = "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="
 
 
 def test_format_checks_digest_size() -> None:
-    with pytest.raises(UsageError, match=r"^sha256 digest must be 32 bytes, not 20$"):
+    with pytest.raises(InvalidHashError, match=r"^sha256 digest must be 32 bytes, not 20$"):
         format_digest(HashAlgorithm.SHA256, bytes(20), HashFormat.SRI)
-    with pytest.raises(UsageError, match=r"^md5 digest must be 16 bytes, not 0$"):
+    with pytest.raises(InvalidHashError, match=r"^md5 digest must be 16 bytes, not 0$"):
         format_nix_hash(HashAlgorithm.MD5, b"")
 
 
 def test_format_accepts_plain_strings() -> None:
     # HashFormat is a StrEnum: a CLI layer may pass the value through.
     assert format_digest(HashAlgorithm.SHA256, DIGEST, "nix32") == SHA256_EMPTY  # type: ignore[arg-type]
-    with pytest.raises(UsageError, match=r"^unknown hash format 'hex'$"):
+    with pytest.raises(InvalidHashError, match=r"^unknown hash format 'hex'$"):
         format_digest(HashAlgorithm.SHA256, DIGEST, "hex")  # type: ignore[arg-type]
 
 
 def test_sri_padding_optional() -> None:
     # Nix accepts an SRI hash without its '=' padding (only in SRI form).
     assert parse_hash("sha256-" + B64.rstrip("=")) == (HashAlgorithm.SHA256, DIGEST)
-    with pytest.raises(UsageError):
+    with pytest.raises(InvalidHashError):
         parse_hash("sha256:" + B64.rstrip("="))
 
 
@@ -423,7 +423,7 @@ def test_sri_padding_optional() -> None:
     ],
 )
 def test_parse_hash_invalid(text: str, message: str) -> None:
-    with pytest.raises(UsageError) as info:
+    with pytest.raises(InvalidHashError) as info:
         parse_hash(text)
     assert str(info.value) == message
 
@@ -431,13 +431,14 @@ def test_parse_hash_invalid(text: str, message: str) -> None:
 def test_parse_hash_expected_algorithm() -> None:
     sha256 = HashAlgorithm.SHA256
     assert parse_hash(f"sha256:{HEX}", sha256) == (sha256, DIGEST)
-    with pytest.raises(UsageError) as info:
+    with pytest.raises(InvalidHashError) as info:
         parse_hash(f"sha256:{HEX}", HashAlgorithm.SHA512)
     assert str(info.value) == f"hash {'sha256:' + HEX!r} should have type 'sha512', not 'sha256'"
-    with pytest.raises(UsageError, match="should have type 'md5', not 'sha256'"):
+    with pytest.raises(InvalidHashError, match="should have type 'md5', not 'sha256'"):
         parse_hash(f"sha256-{B64}", HashAlgorithm.MD5)
     # A bare digest is read in the expected algorithm's sizes.
-    with pytest.raises(UsageError, match=r"^invalid sha1 hash .*: 64 characters, expected 40 \(base16\)"):
+    expected = r"^invalid sha1 hash .*: 64 characters, expected 40 \(base16\)"
+    with pytest.raises(InvalidHashError, match=expected):
         parse_hash(HEX, HashAlgorithm.SHA1)
 
 

@@ -1,7 +1,7 @@
 """The local store without Nix: layout and schema, settings, opening, locks, canonicalisation, the export
 order, the export/import pipeline on small synthetic stores, temporary directories, verify.
 
-Synthetic paths are registered directly (`Store.register`) over real trees written into the store
+Synthetic paths are registered directly (`LocalStore.register`) over real trees written into the store
 directory, canonicalised and hashed with xstore's own dump. Everything compared with Nix itself is in
 `tests/compat/test_store_compat.py`.
 """
@@ -26,27 +26,14 @@ from typer.testing import CliRunner
 import xstore.store as store_module
 from xstore.casehack import CaseHackMode, Fold, probe
 from xstore.cli.app import app
-from xstore.errors import XstoreError
-from xstore.import_export import (
-    HashMismatchError,
-    export_order,
-    export_paths,
-    import_stream,
-    list_stream,
-)
+from xstore.errors import HashMismatchError, InvalidPathError, StoreError, XstoreError
+from xstore.fsops import canonicalise, remove_tree
+from xstore.import_export import export_order, export_paths, import_stream, list_stream
 from xstore.nar.dump import dump_path
-from xstore.store import (
-    TEMP_PREFIX,
-    InvalidPathError,
-    PathInfo,
-    PathLock,
-    Store,
-    StoreError,
-    canonicalise,
-    path_info_json,
-    verify,
-)
+from xstore.store import TEMP_PREFIX, LocalStore, PathLock
+from xstore.storeapi import PathInfo, path_info_json
 from xstore.storepath import StorePath, parse_store_path
+from xstore.verify import verify
 from xstore.wire import encode_strings
 
 # Nix 2.8's sqlite_master, in order, for a new database (type, name, table): the issue's fact sheet.
@@ -78,7 +65,7 @@ def dummy(path: StorePath, *references: StorePath) -> PathInfo:
 
 
 def add_path(
-    store: Store,
+    store: LocalStore,
     path: StorePath,
     files: dict[bytes, bytes],
     *references: StorePath,
@@ -108,7 +95,7 @@ def add_path(
     return info
 
 
-def export_bytes(store: Store, paths: list[StorePath]) -> bytes:
+def export_bytes(store: LocalStore, paths: list[StorePath]) -> bytes:
     parts: list[bytes] = []
     export_paths(store, paths, parts.append)
     return b"".join(parts)
@@ -125,7 +112,7 @@ def read_from(data: bytes) -> Callable[[int], bytes]:
     return lambda _n: next(chunks, b"")
 
 
-def rows(store: Store) -> list[tuple[object, ...]]:
+def rows(store: LocalStore) -> list[tuple[object, ...]]:
     """Registrations without the registration time, and references by path."""
     valid = store.db.execute(
         "select path, hash, deriver, narSize, ultimate, sigs, ca from ValidPaths order by path"
@@ -137,15 +124,15 @@ def rows(store: Store) -> list[tuple[object, ...]]:
     return [*valid, *refs]
 
 
-def leftovers(store: Store) -> list[str]:
+def leftovers(store: LocalStore) -> list[str]:
     return sorted(
         n for n in os.listdir(store.real_store_dir) if n.startswith(".xstore") or n.endswith(".lock")
     )
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    with Store.create(tmp_path / "root", case_hack=CaseHackMode.OFF) as s:
+def store(tmp_path: Path) -> Iterator[LocalStore]:
+    with LocalStore.create(tmp_path / "root", case_hack=CaseHackMode.OFF) as s:
         yield s
 
 
@@ -154,7 +141,7 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 def test_create_layout(tmp_path: Path) -> None:
     root = tmp_path / "root"
-    with Store.create(root, case_hack=CaseHackMode.OFF):
+    with LocalStore.create(root, case_hack=CaseHackMode.OFF):
         pass
     db_dir = root / "nix" / "var" / "nix" / "db"
     assert (root / "nix" / "store").is_dir()
@@ -181,13 +168,13 @@ def test_create_layout(tmp_path: Path) -> None:
 
 
 def test_create_records_settings(tmp_path: Path) -> None:
-    with Store.create(tmp_path / "a", case_hack=CaseHackMode.ON, fold=Fold.APFS) as s:
+    with LocalStore.create(tmp_path / "a", case_hack=CaseHackMode.ON, fold=Fold.APFS) as s:
         assert (s.settings.case_hack, s.settings.fold) == (True, Fold.APFS)
-    with Store.open(tmp_path / "a") as s:
+    with LocalStore.open(tmp_path / "a") as s:
         assert (s.settings.case_hack, s.settings.fold) == (True, Fold.APFS)
     # Creating again without saying anything keeps them; saying the same is fine too.
     for mode in (CaseHackMode.AUTO, CaseHackMode.ON):
-        with Store.create(tmp_path / "a", case_hack=mode) as s:
+        with LocalStore.create(tmp_path / "a", case_hack=mode) as s:
             assert (s.settings.case_hack, s.settings.fold) == (True, Fold.APFS)
 
 
@@ -203,10 +190,10 @@ def test_create_twice_with_other_settings(
     tmp_path: Path, first: tuple[CaseHackMode, Fold | None], second: tuple[CaseHackMode, Fold | None]
 ) -> None:
     root = tmp_path / "root"
-    Store.create(root, case_hack=first[0], fold=first[1]).close()
+    LocalStore.create(root, case_hack=first[0], fold=first[1]).close()
     settings = (root / "nix" / "var" / "xstore" / "settings.json").read_bytes()
     with pytest.raises(StoreError, match="already exists with case hack"):
-        Store.create(root, case_hack=second[0], fold=second[1])
+        LocalStore.create(root, case_hack=second[0], fold=second[1])
     assert (root / "nix" / "var" / "xstore" / "settings.json").read_bytes() == settings
 
 
@@ -225,7 +212,7 @@ def test_init_twice_with_other_case_hack(tmp_path: Path) -> None:
 def test_open_missing_store(tmp_path: Path) -> None:
     root = tmp_path / "nothing"
     with pytest.raises(StoreError, match="no store at") as info:
-        Store.open(root)
+        LocalStore.open(root)
     assert str(root) in str(info.value)
     assert "xstore store init" in str(info.value)
     assert isinstance(info.value, OSError)
@@ -241,14 +228,14 @@ def test_open_missing_store_cli(tmp_path: Path) -> None:
 
 def test_open_newer_schema(tmp_path: Path) -> None:
     root = tmp_path / "root"
-    Store.create(root).close()
+    LocalStore.create(root).close()
     (root / "nix" / "var" / "nix" / "db" / "schema").write_text("11")
     with pytest.raises(StoreError, match="schema version 11"):
-        Store.open(root)
+        LocalStore.open(root)
 
 
 def test_closed_store(tmp_path: Path) -> None:
-    s = Store.create(tmp_path / "root")
+    s = LocalStore.create(tmp_path / "root")
     s.close()
     s.close()
     with pytest.raises(StoreError, match="closed"):
@@ -258,12 +245,12 @@ def test_closed_store(tmp_path: Path) -> None:
 # -- registering and querying ----------------------------------------------------------------------------
 
 
-def test_register_and_query(store: Store) -> None:
+def test_register_and_query(store: LocalStore) -> None:
     a, b = sp("a", "a"), sp("b", "b")
     store.register(dummy(a))
     info = PathInfo(b, bytes(range(32)), 4096, (a, b), deriver=sp("d", "x.drv"), sigs=("k2:x", "k1:y"))
     store.register(info)
-    got = store.query(b)
+    got = store.query_path_info(b)
     assert got is not None
     assert (got.nar_hash, got.nar_size, got.references, got.deriver) == (
         info.nar_hash,
@@ -277,20 +264,20 @@ def test_register_and_query(store: Store) -> None:
         "select hash, deriver, ultimate, ca from ValidPaths where path = ?", (a.path,)
     ).fetchone()
     assert row == ("sha256:" + dummy(a).nar_hash.hex(), None, None, None)
-    assert store.query(sp("c", "c")) is None
-    assert store.closure([b]) == {a, b}
+    assert store.query_path_info(sp("c", "c")) is None
+    assert set(store.query_closure([b])) == {a, b}
     with pytest.raises(InvalidPathError, match="is not valid"):
         store.require(sp("c", "c"))
 
 
-def test_register_with_invalid_reference_registers_nothing(store: Store) -> None:
+def test_register_with_invalid_reference_registers_nothing(store: LocalStore) -> None:
     with pytest.raises(InvalidPathError, match="is not valid"):
         store.register(dummy(sp("b", "b"), sp("a", "a")))
     assert store.all_paths() == []
     assert store.db.execute("select count(*) from Refs").fetchone() == (0,)
 
 
-def test_path_info_json(store: Store) -> None:
+def test_path_info_json(store: LocalStore) -> None:
     a = sp("a", "a")
     store.register(PathInfo(a, bytes(32), 120, (), registration_time=17))
     assert path_info_json([store.require(a)], closure_sizes={a: 120}) == {
@@ -408,7 +395,7 @@ def test_path_lock_waiter_gets_fresh_file(tmp_path: Path) -> None:
     assert not os.path.lexists(lock_path)
 
 
-def test_store_lock_is_beside_the_path(store: Store) -> None:
+def test_store_lock_is_beside_the_path(store: LocalStore) -> None:
     path = sp("a", "a")
     with store.lock(path):
         assert os.path.exists(store.real_path(path) + b".lock")
@@ -474,7 +461,7 @@ def test_canonicalise_single_file(tmp_path: Path) -> None:
 # -- export order ----------------------------------------------------------------------------------------
 
 
-def test_export_order_follows_references_inside_the_set(store: Store) -> None:
+def test_export_order_follows_references_inside_the_set(store: LocalStore) -> None:
     """The fact sheet's observed Nix orders: depth-first post-order over the set in base-name order."""
     u, x, q, r = sp("7lm", "u"), sp("78i", "x"), sp("7xd", "q"), sp("8md", "r")
     for info in (dummy(u), dummy(q), dummy(r), dummy(x, q, r)):
@@ -489,7 +476,7 @@ def test_export_order_follows_references_inside_the_set(store: Store) -> None:
     assert export_order(store, [w, p, s]) == [p, s, w]
 
 
-def test_export_order_ignores_self_references_and_finds_cycles(store: Store) -> None:
+def test_export_order_ignores_self_references_and_finds_cycles(store: LocalStore) -> None:
     a = sp("a", "a")
     store.register(PathInfo(a, bytes(32), 120, (a,)))
     assert export_order(store, [a]) == [a]
@@ -497,7 +484,7 @@ def test_export_order_ignores_self_references_and_finds_cycles(store: Store) -> 
         export_order(store, [sp("b", "b")])
 
 
-def test_export_order_of_a_long_chain(store: Store) -> None:
+def test_export_order_of_a_long_chain(store: LocalStore) -> None:
     """Thousands of paths deep (each referencing the previous): no recursion limit applies."""
     alphabet = "0123456789abcdfghijklmnpqrsvwxyz"
     chain = [
@@ -509,7 +496,7 @@ def test_export_order_of_a_long_chain(store: Store) -> None:
     assert export_order(store, reversed(chain)) == chain
 
 
-def test_export_order_cycle(store: Store) -> None:
+def test_export_order_cycle(store: LocalStore) -> None:
     # Cycles cannot be registered one path at a time; make one in the database as Nix could have.
     a, b = sp("a", "a"), sp("b", "b")
     store.register(dummy(a))
@@ -524,7 +511,7 @@ def test_export_order_cycle(store: Store) -> None:
 
 
 @pytest.fixture
-def filled(store: Store) -> list[StorePath]:
+def filled(store: LocalStore) -> list[StorePath]:
     """Four real paths in `store`: lib <- app (which refers to itself too), doc, and a file."""
     lib, app_, doc, single = sp("9a", "lib"), sp("3b", "app"), sp("zz", "doc"), sp("00", "file")
     add_path(store, lib, {b"lib/": b"", b"lib/libx.so": b"\x7fELF" + bytes(300)})
@@ -551,7 +538,7 @@ def filled(store: Store) -> list[StorePath]:
     return [lib, app_, doc, single]
 
 
-def test_export_import_round_trip(store: Store, filled: list[StorePath], tmp_path: Path) -> None:
+def test_export_import_round_trip(store: LocalStore, filled: list[StorePath], tmp_path: Path) -> None:
     stream = export_bytes(store, filled)
     entries = list_stream(read_from(stream))
     assert [e.path for e in entries] == export_order(store, filled)
@@ -561,7 +548,7 @@ def test_export_import_round_trip(store: Store, filled: list[StorePath], tmp_pat
     app_entry = next(e for e in entries if e.path == filled[1])
     assert app_entry.references == tuple(sorted([filled[0], filled[1]]))
     assert app_entry.deriver == sp("dd", "app.drv")
-    with Store.create(tmp_path / "other", case_hack=CaseHackMode.OFF) as other:
+    with LocalStore.create(tmp_path / "other", case_hack=CaseHackMode.OFF) as other:
         results = import_stream(other, read_from(stream))
         assert [(r.path, r.imported) for r in results] == [(e.path, True) for e in entries]
         assert rows(other) == rows(store)
@@ -575,17 +562,17 @@ def test_export_import_round_trip(store: Store, filled: list[StorePath], tmp_pat
         assert other.db.execute("select path, registrationTime, id from ValidPaths").fetchall() == times
 
 
-def test_import_path_twice_in_one_stream(store: Store, filled: list[StorePath], tmp_path: Path) -> None:
+def test_import_path_twice_in_one_stream(store: LocalStore, filled: list[StorePath], tmp_path: Path) -> None:
     """As Nix: imported once, reported twice."""
     one = export_bytes(store, [filled[3]])
-    with Store.create(tmp_path / "other", case_hack=CaseHackMode.OFF) as other:
+    with LocalStore.create(tmp_path / "other", case_hack=CaseHackMode.OFF) as other:
         results = import_stream(other, read_from(one[:-8] + one))
         assert [(r.path, r.imported) for r in results] == [(filled[3], True), (filled[3], False)]
         assert other.all_paths() == [filled[3]]
         assert leftovers(other) == []
 
 
-def test_import_other_nar_for_valid_path(store: Store, filled: list[StorePath]) -> None:
+def test_import_other_nar_for_valid_path(store: LocalStore, filled: list[StorePath]) -> None:
     stream = export_bytes(store, [filled[3]])
     tag = encode_strings(b"contents") + (6).to_bytes(8, "little")
     at = stream.index(tag) + len(tag)
@@ -600,10 +587,10 @@ def test_import_other_nar_for_valid_path(store: Store, filled: list[StorePath]) 
 
 
 def test_import_missing_reference_leaves_nothing(
-    store: Store, filled: list[StorePath], tmp_path: Path
+    store: LocalStore, filled: list[StorePath], tmp_path: Path
 ) -> None:
     stream = export_bytes(store, [filled[1]])  # app without lib
-    with Store.create(tmp_path / "other", case_hack=CaseHackMode.OFF) as other:
+    with LocalStore.create(tmp_path / "other", case_hack=CaseHackMode.OFF) as other:
         with pytest.raises(InvalidPathError, match="is not valid"):
             import_stream(other, read_from(stream))
         assert other.all_paths() == []
@@ -611,9 +598,9 @@ def test_import_missing_reference_leaves_nothing(
 
 
 @pytest.mark.case_sensitive_tmp  # the `filled` store holds README and Readme side by side
-def test_case_hacked_store_round_trip(store: Store, filled: list[StorePath], tmp_path: Path) -> None:
+def test_case_hacked_store_round_trip(store: LocalStore, filled: list[StorePath], tmp_path: Path) -> None:
     stream = export_bytes(store, filled)
-    with Store.create(tmp_path / "hacked", case_hack=CaseHackMode.ON) as hacked:
+    with LocalStore.create(tmp_path / "hacked", case_hack=CaseHackMode.ON) as hacked:
         import_stream(hacked, read_from(stream))
         doc = hacked.real_path(filled[2])
         assert sorted(os.listdir(doc)) == [b"README", b"Readme~nix~case~hack~1"]
@@ -621,7 +608,7 @@ def test_case_hacked_store_round_trip(store: Store, filled: list[StorePath], tmp
         assert verify(hacked, check_contents=True) == []
 
 
-def test_export_refuses_modified_path(store: Store, filled: list[StorePath]) -> None:
+def test_export_refuses_modified_path(store: LocalStore, filled: list[StorePath]) -> None:
     real = store.real_path(filled[3])
     os.chmod(real, 0o644)
     with open(real, "wb") as f:
@@ -633,8 +620,8 @@ def test_export_refuses_modified_path(store: Store, filled: list[StorePath]) -> 
     assert [(p.path, p.kind) for p in problems] == [(filled[3], "modified")]
 
 
-def test_verify_missing_keeps_row(store: Store, filled: list[StorePath]) -> None:
-    store_module.remove_tree(store.real_path(filled[2]))
+def test_verify_missing_keeps_row(store: LocalStore, filled: list[StorePath]) -> None:
+    remove_tree(store.real_path(filled[2]))
     problems = verify(store)
     assert [(p.path, p.kind) for p in problems] == [(filled[2], "missing")]
     assert filled[2].path in problems[0].detail
@@ -646,7 +633,7 @@ def test_verify_missing_keeps_row(store: Store, filled: list[StorePath]) -> None
 
 def test_clean_temp_removes_only_dead_temporaries(tmp_path: Path) -> None:
     root = tmp_path / "root"
-    with Store.create(root, case_hack=CaseHackMode.OFF) as first, first.temp_dir() as live:
+    with LocalStore.create(root, case_hack=CaseHackMode.OFF) as first, first.temp_dir() as live:
         (Path(os.fsdecode(live)) / "partial").write_bytes(b"x")
         # What a killed import leaves: a temporary directory (read-only inside, as after
         # canonicalisation) with or without its lock file, nobody holding the lock.
@@ -660,7 +647,7 @@ def test_clean_temp_removes_only_dead_temporaries(tmp_path: Path) -> None:
             if with_lock:
                 (root / "nix" / "var" / "xstore" / "locks" / token).write_bytes(b"")
             dead.append(name)
-        with Store.open(root) as second:
+        with LocalStore.open(root) as second:
             assert sorted(second.clean_temp()) == sorted(dead)
             assert second.clean_temp() == []
         names = os.listdir(root / "nix" / "store")

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from xstore.errors import UsageError, XstoreError
+from xstore.errors import InvalidArgumentError, InvalidHashError, XstoreError
 from xstore.hashing import NIX32_ALPHABET, HashAlgorithm, decode_nix32, encode_nix32
 from xstore.storepath import (
     HASH_PART_LEN,
@@ -127,9 +127,9 @@ def test_other_store_dir() -> None:
 
 @pytest.mark.parametrize("store_dir", ["", "nix/store", "/nix/store/", "//nix/store", "/nix//store"])
 def test_bad_store_dir_is_a_usage_error(store_dir: str) -> None:
-    with pytest.raises(UsageError, match="must be an absolute path without a trailing '/'"):
+    with pytest.raises(InvalidArgumentError, match="must be an absolute path without a trailing '/'"):
         parse_store_path(f"/nix/store/{H}-x", store_dir=store_dir)
-    with pytest.raises(UsageError, match="must be an absolute path"):
+    with pytest.raises(InvalidArgumentError, match="must be an absolute path"):
         make_store_path("source", bytes(32), "x", store_dir=store_dir)
 
 
@@ -393,7 +393,7 @@ def test_compress_hash_examples() -> None:
     assert compress_hash(bytes(range(32)), 20) == bytes(i ^ (i + 20) if i < 12 else i for i in range(20))
     assert compress_hash(b"\x01\x02", 4) == b"\x01\x02\x00\x00"
     assert compress_hash(b"", 3) == bytes(3)
-    with pytest.raises(UsageError, match="cannot compress a hash to 0 bytes"):
+    with pytest.raises(InvalidArgumentError, match="cannot compress a hash to 0 bytes"):
         compress_hash(b"x", 0)
 
 
@@ -466,18 +466,18 @@ def test_store_dir_enters_the_hash() -> None:
 
 @pytest.mark.parametrize("size", [0, 20, 31, 33, 64])
 def test_digest_size_is_checked(size: int) -> None:
-    with pytest.raises(UsageError, match=f"must be a 32-byte SHA-256 digest, not {size} bytes"):
+    with pytest.raises(InvalidArgumentError, match=f"must be a 32-byte SHA-256 digest, not {size} bytes"):
         make_store_path("source", bytes(size), "x")
-    with pytest.raises(UsageError, match=f"not {size} bytes"):
+    with pytest.raises(InvalidArgumentError, match=f"not {size} bytes"):
         make_text_path("x", bytes(size))
-    with pytest.raises(UsageError, match=f"not {size} bytes"):
+    with pytest.raises(InvalidArgumentError, match=f"not {size} bytes"):
         make_source_path("x", bytes(size))
-    with pytest.raises(UsageError, match=f"sha256 digest must be 32 bytes, not {size}"):
+    with pytest.raises(InvalidArgumentError, match=f"sha256 digest must be 32 bytes, not {size}"):
         make_fixed_output_path("x", HashAlgorithm.SHA256, bytes(size), True)
 
 
 def test_fixed_output_unknown_algorithm() -> None:
-    with pytest.raises(UsageError, match="unknown hash algorithm 'sha3'"):
+    with pytest.raises(InvalidHashError, match="unknown hash algorithm 'sha3'"):
         make_fixed_output_path("x", "sha3", bytes(32), False)  # type: ignore[arg-type]
 
 
@@ -516,7 +516,7 @@ def test_signature_fingerprint() -> None:
 
 def test_signature_fingerprint_errors() -> None:
     a = parse_store_path(TEXT_A)
-    with pytest.raises(UsageError, match="its NAR size 0 is not known"):
+    with pytest.raises(InvalidArgumentError, match="its NAR size 0 is not known"):
         signature_fingerprint(a, "sha256:" + "00" * 32, 0, [])
-    with pytest.raises(UsageError, match="does not say its algorithm"):
+    with pytest.raises(InvalidHashError, match="does not say its algorithm"):
         signature_fingerprint(a, "00" * 32, 1, [])

@@ -11,11 +11,13 @@ import contextlib
 import enum
 import os
 import secrets
+import shutil
 import stat
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import BinaryIO
+from typing import BinaryIO, Final
 
 import typer
 
@@ -47,11 +49,15 @@ def _describe_os_error(e: OSError) -> str:
 @contextlib.contextmanager
 def cli_errors() -> Iterator[None]:
     """Turn expected failures into `error: ...` and exit 1 (130 for Ctrl-C)."""
+    from xstore.notices import listening
+
     if os.environ.get("XSTORE_DEBUG") == "1":
-        yield
+        with listening(err):
+            yield
         return
     try:
-        yield
+        with listening(err):
+            yield
     except UsageError as e:
         err(f"error: {e}")
         raise typer.Exit(2) from None
@@ -119,31 +125,115 @@ def atomic_output(path: str | None) -> Iterator[Callable[[bytes], object]]:
 
 
 class Progress:
-    """A byte counter on stderr, only when stderr is a terminal; redrawn at most ten times a second."""
+    """A progress line on stderr, drawn only when stderr is a terminal.
 
-    def __init__(self, label: str, total: int | None = None) -> None:
+    `update(done)` sets the bytes done (`total`, when known, adds a percentage), `item()` names what is
+    being worked on and counts it, and `echo()` prints a line of other output: the progress line is
+    cleared first, so the two never run together. While active, a ticker thread redraws the line a few
+    times a second, so the elapsed time keeps moving through long steps that report nothing (a
+    canonicalisation, a wait for a lock). Use as a context manager; `close()` clears the line.
+    Notices from the library (`xstore.notices`) are shown through `echo()` while it is open.
+    """
+
+    _SPIN: Final = "|/-\\"
+
+    def __init__(self, label: str, total: int | None = None, *, unit: str = "bytes") -> None:
         self.label = label
         self.total = total
+        self.unit = unit
         self.enabled = sys.stderr.isatty()
-        self._last = 0.0
+        self.done = 0
+        self.items = 0
+        self.current = ""
+        self._start = time.monotonic()
+        self._drawn = False
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
+        self._listening: contextlib.ExitStack | None = None
+
+    def __enter__(self) -> Progress:
+        from xstore.notices import listening
+
+        self._listening = contextlib.ExitStack()
+        self._listening.enter_context(listening(lambda message: self.echo(message, err=True)))
+        if self.enabled:
+            self._ticker = threading.Thread(target=self._tick, name="xstore-progress", daemon=True)
+            self._ticker.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def __call__(self, done: int) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if now - self._last < 0.1:
-            return
-        self._last = now
-        text = f"\r{self.label}: {_mib(done)}"
-        if self.total:
-            text += f" of {_mib(self.total)} ({100 * done // self.total}%)"
-        sys.stderr.write(text + "\x1b[K")
-        sys.stderr.flush()
+        self.update(done)
 
-    def close(self) -> None:
-        if self.enabled and self._last:
+    def update(self, done: int) -> None:
+        self.done = done
+
+    def item(self, name: str, done: int | None = None) -> None:
+        """One more item (a store path) is being worked on."""
+        self.items += 1
+        self.current = name
+        if done is not None:
+            self.done = done
+
+    def echo(self, line: str, *, err: bool = False) -> None:
+        """Print `line` (to stdout, or stderr with `err`) without mixing it into the progress line."""
+        with self._lock:
+            self._clear()
+            stream = sys.stderr if err else sys.stdout
+            stream.write(line + "\n")
+            stream.flush()
+
+    def _text(self) -> str:
+        elapsed = time.monotonic() - self._start
+        spin = self._SPIN[int(elapsed * 4) % len(self._SPIN)]
+        details = []
+        if self.items:
+            details.append(f"{self.items} path{'s' if self.items != 1 else ''}")
+        if self.unit == "bytes":
+            amount = _mib(self.done)
+            if self.total:
+                amount += f" of {_mib(self.total)} ({min(100, 100 * self.done // self.total)}%)"
+            if elapsed >= 1 and self.done:
+                amount += f", {_mib(int(self.done / elapsed))}/s"
+            details.append(amount)
+        else:
+            details.append(f"{self.done}" + (f" of {self.total}" if self.total else "") + f" {self.unit}")
+        details.append(f"{int(elapsed)}s")
+        text = f"{spin} {self.label}: " + ", ".join(details)
+        if self.current:
+            text += f" {self.current}"
+        width = shutil.get_terminal_size((100, 20)).columns
+        return text[: max(20, width - 1)]
+
+    def _draw(self) -> None:
+        sys.stderr.write("\r" + self._text() + "\x1b[K")
+        sys.stderr.flush()
+        self._drawn = True
+
+    def _clear(self) -> None:
+        if self._drawn:
             sys.stderr.write("\r\x1b[K")
             sys.stderr.flush()
+            self._drawn = False
+
+    def _tick(self) -> None:
+        while not self._stop.wait(0.25):
+            with self._lock:
+                self._draw()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join()
+            self._ticker = None
+        with self._lock:
+            self._clear()
+        if self._listening is not None:
+            self._listening.close()
+            self._listening = None
 
 
 def _mib(n: int) -> str:

@@ -3,16 +3,30 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from xstore.cli.common import CaseHackOpt, Progress, cli_errors
 
+if TYPE_CHECKING:
+    from xstore.hashing import HashAlgorithm, HashFormat
+
 app = typer.Typer(help="Compute hashes the way Nix does.", no_args_is_help=True)
 
 TYPE_HELP = "Hash algorithm: sha256, sha512, sha1 or md5."
 FORMAT_HELP = "Output: sri (sha256-...), nix32 (Nix's base-32; 'base32' is accepted too), base16 or base64."
+
+
+def _choices(type_: str, format_: str) -> tuple[HashAlgorithm, HashFormat]:
+    """The --type and --format options, parsed; a bad value is command-line misuse (exit 2)."""
+    from xstore.errors import InvalidHashError, UsageError
+    from xstore.hashing import HashAlgorithm, HashFormat
+
+    try:
+        return HashAlgorithm.parse(type_), HashFormat.parse(format_)
+    except InvalidHashError as e:
+        raise UsageError(str(e)) from None
 
 
 @app.command("path")
@@ -29,17 +43,15 @@ def path(
 
     Example: xstore hash path ./result --format nix32
     """
-    from xstore.hashing import HashAlgorithm, HashFormat, HashSink
+    from xstore.hashing import HashSink
     from xstore.nar.dump import dump_path
 
     with cli_errors():
-        algorithm = HashAlgorithm.parse(type_)
-        fmt = HashFormat.parse(format_)
+        algorithm, fmt = _choices(type_, format_)
         for p in paths:
             sink = HashSink(algorithm)
-            progress = Progress(f"hashing {p}")
-            dump_path(p, sink.update, case_hack=case_hack is not CaseHackOpt.off, progress=progress)
-            progress.close()
+            with Progress(f"hashing {p}") as progress:
+                dump_path(p, sink.update, case_hack=case_hack is not CaseHackOpt.off, progress=progress)
             sys.stdout.write(sink.format(fmt) + "\n")
 
 
@@ -53,11 +65,10 @@ def file(
 
     Example: xstore hash file closure.nar --format base16
     """
-    from xstore.hashing import HashAlgorithm, HashFormat, HashSink
+    from xstore.hashing import HashSink
 
     with cli_errors():
-        algorithm = HashAlgorithm.parse(type_)
-        fmt = HashFormat.parse(format_)
+        algorithm, fmt = _choices(type_, format_)
         for p in paths:
             sink = HashSink(algorithm)
             with open(p, "rb") as f:

@@ -100,10 +100,10 @@ def mount_store(
         check_fuse()
         check_mountpoint(mountpoint)
         from xstore.fuse.storefs import StoreOperations
-        from xstore.store import Store
+        from xstore.store import LocalStore
 
         path = os.path.abspath(root)
-        with Store.open(path) as s:  # refuse a missing or unreadable store before mounting
+        with LocalStore.open(path) as s:  # refuse a missing or unreadable store before mounting
             _ = s.settings
         mount_filesystem(
             lambda: StoreOperations(path),
@@ -133,13 +133,8 @@ def mount_casefold(
     Example: xstore mount casefold /tmp/backing /mnt/folded --model apfs
     """
     with cli_errors():
-        from xstore.fuse.lifecycle import (
-            PLATFORM,
-            FuseMountError,
-            check_fuse,
-            check_mountpoint,
-            mount_filesystem,
-        )
+        from xstore.errors import FuseMountError
+        from xstore.fuse.lifecycle import PLATFORM, check_fuse, check_mountpoint, mount_filesystem
 
         check_fuse()
         check_mountpoint(mountpoint)

@@ -55,17 +55,14 @@ def dump(
     """
     from xstore.nar.dump import dump_path
 
-    with cli_errors():
-        progress = Progress("dumping")
-        with atomic_output(output) as sink:
-            dump_path(
-                path,
-                sink,
-                case_hack=case_hack is not CaseHackOpt.off,
-                exclude=exclude or (),
-                progress=progress,
-            )
-        progress.close()
+    with cli_errors(), Progress("dumping") as progress, atomic_output(output) as sink:
+        dump_path(
+            path,
+            sink,
+            case_hack=case_hack is not CaseHackOpt.off,
+            exclude=exclude or (),
+            progress=progress,
+        )
 
 
 @app.command("restore")
@@ -95,6 +92,7 @@ def restore(
 
     Example: xstore nar restore ./out -i closure.nar --case-hack on
     """
+    from xstore import sniff
     from xstore.casehack import CaseHackMode, Fold
     from xstore.errors import UsageError
     from xstore.nar.restore import restore_path
@@ -103,15 +101,16 @@ def restore(
         with open_input(input_) as f:
             if f.isatty():
                 raise UsageError("no archive on stdin: pipe one in or use -i FILE")
-            progress = Progress("restoring", file_size(f))
-            result = restore_path(
-                dest,
-                f.read,
-                case_hack=CaseHackMode(case_hack.value),
-                fold=None if case_fold is FoldOpt.auto else Fold(case_fold.value),
-                progress=progress,
-            )
-            progress.close()
+            kind, method, read = sniff.open_input(f.read)
+            sniff.expect(kind, sniff.Kind.NAR, input_ or "the input")
+            with Progress("restoring", file_size(f) if method.value == "none" else None) as progress:
+                result = restore_path(
+                    dest,
+                    read,
+                    case_hack=CaseHackMode(case_hack.value),
+                    fold=None if case_fold is FoldOpt.auto else Fold(case_fold.value),
+                    progress=progress,
+                )
         summary = {
             "destination": os.path.abspath(dest),
             "narSize": result.nar_size,
@@ -149,13 +148,13 @@ def ls(
     Example: xstore nar ls closure.nar /share/terminfo -R --json
     """
     from xstore.errors import UsageError
-    from xstore.nar.listing import dump_json, index_file, listing_json, listing_lines
+    from xstore.nar.listing import NarFile, dump_json, listing_json, listing_lines
 
     with cli_errors():
         if json_ and directory:
             raise UsageError("'--directory' is useless with '--json'")
         with open(nar, "rb") as f:
-            index = index_file(f)
+            index = NarFile(f, nar).index
         node = index.lookup(path)
         out = sys.stdout.buffer
         if json_:
@@ -177,14 +176,14 @@ def cat(
     Example: xstore nar cat closure.nar /bin/hello > hello
     """
     from xstore.errors import XstoreError
-    from xstore.nar.listing import RegularNode, index_file, iter_regular_contents
+    from xstore.nar.listing import NarFile, RegularNode
 
     with cli_errors(), open(nar, "rb") as f:
-        index = index_file(f)
-        node = index.lookup(path)
+        archive = NarFile(f, nar)
+        node = archive.index.lookup(path)
         if not isinstance(node, RegularNode):
             raise XstoreError(f"path '{path}' is not a regular file in the NAR")
         out = stdout_binary() if node.size else sys.stdout.buffer
-        for block in iter_regular_contents(f, node):
+        for block in archive.contents(node):
             out.write(block)
         out.flush()

@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Final
 
-from xstore.errors import XstoreError
+from xstore.errors import FuseMountError, FuseUnavailableError, XstoreError
 
 # The platform as a plain string: the branches for Linux and for macOS are both checked by mypy,
 # whichever platform it checks for.
@@ -60,14 +60,6 @@ LOG_ENV: Final = "XSTORE_FUSE_LOG"
 
 # SIGHUP too: a foreground mount whose terminal goes away unmounts instead of leaving a dead mount.
 _STOP_SIGNALS: Final = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
-
-
-class FuseUnavailableError(XstoreError, OSError):
-    """FUSE cannot be used here; the message says what is missing and how to get it."""
-
-
-class FuseMountError(XstoreError, OSError):
-    """A mount or an unmount failed, or the mount point cannot be used."""
 
 
 # -- what is available --------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from xstore.casehack import unhack_entries
 from xstore.errors import XstoreError
 from xstore.fuse.common import entry_from_stat, wrap_handlers
 from xstore.fuse.narfs import ReadOnlyOperations, check_open_flags, pread_exactly
-from xstore.store import Store, store_path_of
+from xstore.store import LocalStore, store_path_of
 
 log = logging.getLogger("xstore.fuse")
 
@@ -75,7 +75,7 @@ class StoreOperations(ReadOnlyOperations):
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         super().__init__()
-        self._store = Store.open(Path(root))
+        self._store = LocalStore.open(Path(root))
         try:
             self._case_hack = self._store.settings.case_hack
         except BaseException:

@@ -25,7 +25,7 @@ from typing import Final
 
 from xstore.casehack import unhack_entries
 from xstore.errors import DumpError
-from xstore.nar.parser import NAR_MAGIC
+from xstore.nar import tokens
 from xstore.wire import NAR_MAX_DEPTH, U64, ZEROS, encode_strings
 
 CHUNK: Final = 1 << 20
@@ -33,15 +33,6 @@ _DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # No O_NOATIME: open(2) refuses it (EPERM) on files the caller does not own, such as a root-owned store.
 _FILE_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 
-_HEADER: Final = encode_strings(NAR_MAGIC, b"(", b"type")
-_REGULAR: Final = encode_strings(b"regular", b"contents")
-_REGULAR_EXEC: Final = encode_strings(b"regular", b"executable", b"", b"contents")
-_SYMLINK: Final = encode_strings(b"symlink", b"target")
-_DIRECTORY: Final = encode_strings(b"directory")
-_CLOSE: Final = encode_strings(b")")
-_CLOSE_CLOSE: Final = _CLOSE + _CLOSE
-_ENTRY_NAME: Final = encode_strings(b"entry", b"(", b"name")
-_NODE: Final = encode_strings(b"node", b"(", b"type")
 
 PathArg = str | bytes | os.PathLike[str] | os.PathLike[bytes]
 
@@ -128,16 +119,16 @@ class _Dumper:
     def run(self) -> None:
         root = self.root
         st = os.lstat(root)
-        self.emit(_HEADER)
+        self.emit(tokens.HEADER)
         if stat.S_ISLNK(st.st_mode):
-            self.emit(_SYMLINK + encode_strings(os.readlink(root)) + _CLOSE)
+            self.emit(tokens.SYMLINK_TARGET + encode_strings(os.readlink(root)) + tokens.CLOSE)
         elif stat.S_ISREG(st.st_mode):
             fd = os.open(root, _FILE_FLAGS)
             try:
                 self.regular(fd, ())
             finally:
                 os.close(fd)
-            self.emit(_CLOSE)
+            self.emit(tokens.CLOSE)
         elif stat.S_ISDIR(st.st_mode):
             fd = os.open(root, _DIR_FLAGS)
             try:
@@ -153,7 +144,7 @@ class _Dumper:
         if not stat.S_ISREG(st.st_mode):
             raise DumpError(f"'{_show(self.root, path)}' changed type while being dumped")
         size = st.st_size
-        header = _REGULAR_EXEC if st.st_mode & stat.S_IXUSR else _REGULAR
+        header = tokens.REGULAR_EXEC_CONTENTS if st.st_mode & stat.S_IXUSR else tokens.REGULAR_CONTENTS
         left = size
         data = os.read(fd, min(left, self.chunk_size)) if left else b""
         if len(data) == size:  # the common case, a small file: one piece
@@ -174,7 +165,7 @@ class _Dumper:
         self.emit(ZEROS[: -size & 7])
 
     def directory(self, fd: int, path: tuple[bytes, ...]) -> None:
-        self.emit(_DIRECTORY)
+        self.emit(tokens.DIRECTORY)
         with os.scandir(fd) as it:
             entries = {os.fsencode(e.name): e for e in it}
         where = b"/".join((self.root, *path))
@@ -188,16 +179,17 @@ class _Dumper:
                     f"(at most {NAR_MAX_DEPTH - 1} levels)"
                 )
             entry = entries[disk_name]
-            self.emit(_ENTRY_NAME + encode_strings(nar_name) + _NODE)
+            self.emit(tokens.ENTRY_NAME + encode_strings(nar_name) + tokens.NODE_OPEN_TYPE)
             if entry.is_symlink():
-                self.emit(_SYMLINK + encode_strings(os.readlink(disk_name, dir_fd=fd)) + _CLOSE_CLOSE)
+                target = os.readlink(disk_name, dir_fd=fd)
+                self.emit(tokens.SYMLINK_TARGET + encode_strings(target) + tokens.CLOSE_CLOSE)
             elif entry.is_dir(follow_symlinks=False):
                 sub = os.open(disk_name, _DIR_FLAGS, dir_fd=fd)
                 try:
                     self.directory(sub, child)
                 finally:
                     os.close(sub)
-                self.emit(_CLOSE)
+                self.emit(tokens.CLOSE)
             elif entry.is_file(follow_symlinks=False):
                 try:
                     sub = os.open(disk_name, _FILE_FLAGS, dir_fd=fd)
@@ -209,11 +201,11 @@ class _Dumper:
                     self.regular(sub, child)
                 finally:
                     os.close(sub)
-                self.emit(_CLOSE_CLOSE)
+                self.emit(tokens.CLOSE_CLOSE)
             else:
                 mode = entry.stat(follow_symlinks=False).st_mode
                 raise DumpError(f"file '{_show(self.root, child)}' has an unsupported type ({_kind(mode)})")
-        self.emit(_CLOSE)
+        self.emit(tokens.CLOSE)
 
 
 class BufferedSink:

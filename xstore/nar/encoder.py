@@ -11,9 +11,8 @@ Contents are returned as the very object passed in (no copy); headers of small n
 
 from __future__ import annotations
 
-from typing import Final
-
 from xstore.errors import NarEncodeError
+from xstore.nar import tokens
 from xstore.nar.events import (
     ArchiveEnd,
     DirectoryEnd,
@@ -24,20 +23,8 @@ from xstore.nar.events import (
     RegularFile,
     Symlink,
 )
-from xstore.nar.parser import NAR_MAGIC, name_problem, show, target_problem
+from xstore.nar.rules import name_problem, show, target_problem
 from xstore.wire import NAR_MAX_DEPTH, U64, ZEROS, encode_strings
-
-_HEADER: Final = encode_strings(NAR_MAGIC)
-_OPEN_TYPE: Final = encode_strings(b"(", b"type")
-_REGULAR: Final = encode_strings(b"regular")
-_EXECUTABLE: Final = encode_strings(b"executable", b"")
-_CONTENTS: Final = encode_strings(b"contents")
-_DIRECTORY: Final = encode_strings(b"directory")
-_SYMLINK_TARGET: Final = encode_strings(b"symlink", b"target")
-_CLOSE: Final = encode_strings(b")")
-_ENTRY_NAME: Final = encode_strings(b"entry", b"(", b"name")
-_NODE: Final = encode_strings(b"node")
-_CLOSE_CLOSE: Final = _CLOSE + _CLOSE  # end of a node, then end of the entry holding it
 
 
 class NarEncoder:
@@ -104,18 +91,18 @@ class NarEncoder:
                     raise NarEncodeError(f"file size {event.size} out of range")
                 self._file = event.path
                 self._file_left = self._file_size = event.size
-                parts = [prefix, _OPEN_TYPE, _REGULAR]
+                parts = [prefix, tokens.OPEN_TYPE, tokens.REGULAR]
                 if event.executable:
-                    parts.append(_EXECUTABLE)
-                parts += (_CONTENTS, U64.pack(event.size))
+                    parts.append(tokens.EXECUTABLE)
+                parts += (tokens.CONTENTS, U64.pack(event.size))
                 return b"".join(parts)
             if isinstance(event, DirectoryStart):
                 self._dirs.append((event.path, []))
-                return prefix + _OPEN_TYPE + _DIRECTORY
+                return prefix + tokens.OPEN_TYPE + tokens.DIRECTORY
             problem = target_problem(event.target)
             if problem is not None:
                 raise NarEncodeError(f"{problem} at /{show(b'/'.join(event.path))}")
-            out = prefix + _OPEN_TYPE + _SYMLINK_TARGET + encode_strings(event.target)
+            out = prefix + tokens.OPEN_TYPE + tokens.SYMLINK_TARGET + encode_strings(event.target)
             return out + self._close_node()
         raise NarEncodeError(f"not a NAR event: {event!r}")
 
@@ -125,7 +112,7 @@ class NarEncoder:
             if path:
                 raise NarEncodeError("the first node of an archive must be its root")
             self._started = True
-            return _HEADER
+            return tokens.MAGIC
         if not self._dirs or path[:-1] != self._dirs[-1][0] or not path:
             raise NarEncodeError(f"node /{show(b'/'.join(path))} is not inside the open directory")
         if len(path) >= NAR_MAX_DEPTH:
@@ -143,10 +130,10 @@ class NarEncoder:
             last[0] = name
         else:
             last.append(name)
-        return _ENTRY_NAME + encode_strings(name) + _NODE
+        return tokens.ENTRY_NAME + encode_strings(name) + tokens.NODE
 
     def _close_node(self) -> bytes:
         """Bytes that end a node: ")" and, inside a directory, the ")" of its entry."""
         if self._dirs:
-            return _CLOSE_CLOSE
-        return _CLOSE
+            return tokens.CLOSE_CLOSE
+        return tokens.CLOSE

@@ -8,17 +8,23 @@ A directory is `DirectoryStart`, its entries, `DirectoryEnd`. The archive closes
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 
+from xstore.wire import NEED_DATA, Signal
 
-class Signal(enum.Enum):
-    """Sentinels returned by `next_event()` instead of an event."""
-
-    NEED_DATA = enum.auto()
-
-
-NEED_DATA = Signal.NEED_DATA
+__all__ = [
+    "NEED_DATA",
+    "ArchiveEnd",
+    "DirectoryEnd",
+    "DirectoryStart",
+    "Event",
+    "FileChunk",
+    "FileEnd",
+    "NodeEvent",
+    "RegularFile",
+    "Signal",
+    "Symlink",
+]
 
 
 @dataclass(frozen=True, slots=True)

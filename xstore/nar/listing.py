@@ -17,9 +17,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Final
 
-from xstore.errors import PathNotFoundError, TruncatedError, XstoreError
-from xstore.nar.events import NEED_DATA, ArchiveEnd, DirectoryEnd, DirectoryStart, RegularFile, Symlink
-from xstore.nar.parser import NarParser, show
+from xstore.errors import PathNotFoundError, TrailingDataError, TruncatedError, XstoreError
+from xstore.nar.drive import iter_events
+from xstore.nar.events import ArchiveEnd, DirectoryEnd, DirectoryStart, FileChunk, RegularFile, Symlink
+from xstore.nar.parser import NarParser
+from xstore.nar.rules import show
 
 CHUNK: Final = 1 << 20
 
@@ -69,7 +71,8 @@ def _display(path: str | bytes) -> str:
 
 
 def build_index(read: Callable[[int], bytes], skip: Callable[[int], None] | None = None) -> NarIndex:
-    """Index the archive read from `read(n)`; validates all of it.
+    """Index the archive read from `read(n)`; validates all of it, and refuses bytes after its end
+    (`TrailingDataError`), as a restore does.
 
     `skip(n)`, if given, advances the source by n bytes without reading them (a seek); contents are
     then never read. Raises `NarError` for an invalid archive.
@@ -77,24 +80,12 @@ def build_index(read: Callable[[int], bytes], skip: Callable[[int], None] | None
     parser = NarParser()
     stack: list[DirectoryNode] = []
     root: Node | None = None
-    while True:
-        event = parser.next_event()
-        if event is NEED_DATA:
-            parser.receive_data(read(CHUNK))
-            continue
+    for event in iter_events(read, parser, contents=False, skip=skip):
         kind = type(event)
         node: Node
         if kind is RegularFile:
             assert isinstance(event, RegularFile)
             node = RegularNode(event.size, event.executable, event.contents_offset)
-            if skip is not None:
-                left = parser.skip_contents()
-                if left:
-                    skip(left)
-            else:
-                while parser.contents_remaining:
-                    if parser.next_event() is NEED_DATA:
-                        parser.receive_data(read(CHUNK))
         elif kind is DirectoryStart:
             node = DirectoryNode()
         elif kind is Symlink:
@@ -104,9 +95,14 @@ def build_index(read: Callable[[int], bytes], skip: Callable[[int], None] | None
             stack.pop()
             continue
         elif kind is ArchiveEnd:
+            assert isinstance(event, ArchiveEnd)
             assert root is not None
-            return NarIndex(root, parser.offset)
-        else:  # FileChunk, FileEnd
+            if parser.unused_data or read(1):
+                raise TrailingDataError(
+                    f"unexpected data after the end of the archive (at byte {event.size})"
+                )
+            return NarIndex(root, event.size)
+        else:  # FileEnd
             continue
         assert isinstance(event, RegularFile | DirectoryStart | Symlink)
         if stack:
@@ -115,6 +111,7 @@ def build_index(read: Callable[[int], bytes], skip: Callable[[int], None] | None
             root = node
         if isinstance(node, DirectoryNode):
             stack.append(node)
+    raise AssertionError("the driver ends with ArchiveEnd")
 
 
 def index_file(f: BinaryIO) -> NarIndex:
@@ -232,3 +229,46 @@ def iter_regular_contents(f: BinaryIO, node: RegularNode, chunk: int = CHUNK) ->
         pos += len(data)
         left -= len(data)
         yield data
+
+
+# -- archives in files, compressed or not ----------------------------------------------------------------
+
+
+class NarFile:
+    """A NAR in a file, indexed once: plain (contents read with pread at their offsets) or compressed
+    with any method `xstore.compression` reads (contents found by reading the archive again). Raises
+    `WrongFormatError` when the file holds something else (an export stream, a narinfo...)."""
+
+    def __init__(self, f: BinaryIO, name: str) -> None:
+        from xstore import sniff
+        from xstore.compression import Method
+
+        self._f = f
+        kind, self.method, read = sniff.open_input(f.read)
+        sniff.expect(kind, sniff.Kind.NAR, f"'{name}'")
+        if self.method is Method.NONE and f.seekable():
+            f.seek(0)
+            self.index = index_file(f)
+            self._plain = True
+        else:
+            self.index = build_index(read)
+            self._plain = False
+
+    def contents(self, node: RegularNode) -> Iterator[bytes]:
+        """The contents of the regular file `node` of this archive's index."""
+        if self._plain:
+            yield from iter_regular_contents(self._f, node)
+            return
+        from xstore.compression import open_reader
+
+        self._f.seek(0)
+        inside = False
+        for event in iter_events(open_reader(self._f.read, self.method)):
+            if type(event) is RegularFile:
+                assert isinstance(event, RegularFile)
+                inside = event.contents_offset == node.offset
+            elif inside and type(event) is FileChunk:
+                assert isinstance(event, FileChunk)
+                yield event.data
+            elif inside:
+                return

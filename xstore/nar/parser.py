@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from typing import Final, NoReturn
+from typing import Final, NoReturn, Protocol
 
-from xstore.errors import NarError, TruncatedError
+from xstore.errors import NarError, TruncatedError, WireError
+from xstore.nar import tokens
 from xstore.nar.events import (
-    NEED_DATA,
     ArchiveEnd,
     DirectoryEnd,
     DirectoryStart,
@@ -33,16 +33,27 @@ from xstore.nar.events import (
     FileChunk,
     FileEnd,
     RegularFile,
-    Signal,
     Symlink,
 )
-from xstore.wire import NAR_MAX_DEPTH, NAR_MAX_NAME, NAR_MAX_TAG, NAR_MAX_TARGET, U64, ZEROS
-
-NAR_MAGIC: Final = b"nix-archive-1"
-CASE_HACK_SUFFIX: Final = b"~nix~case~hack~"
+from xstore.nar.rules import NAR_MAGIC, name_problem, show, target_problem
+from xstore.wire import (
+    NAR_MAX_DEPTH,
+    NAR_MAX_NAME,
+    NAR_MAX_TAG,
+    NAR_MAX_TARGET,
+    NEED_DATA,
+    U64,
+    ZEROS,
+    Signal,
+    parse_string,
+)
 
 # Upper bound on one FileChunk's size when contents come out of the buffer (not when passed through).
 MAX_CHUNK: Final = 1 << 20
+
+
+class _Hasher(Protocol):
+    def update(self, data: bytes, /) -> object: ...
 
 
 class _State(enum.Enum):
@@ -68,50 +79,6 @@ class _State(enum.Enum):
     DONE = enum.auto()
 
 
-def _framed(s: bytes) -> bytes:
-    return U64.pack(len(s)) + s + ZEROS[: -len(s) & 7]
-
-
-# Tags pre-framed, so the common case is one comparison of raw bytes.
-_F_OPEN: Final = _framed(b"(")
-_F_CLOSE: Final = _framed(b")")
-_F_TYPE: Final = _framed(b"type")
-_F_CONTENTS: Final = _framed(b"contents")
-_F_TARGET: Final = _framed(b"target")
-_F_ENTRY: Final = _framed(b"entry")
-_F_NAME: Final = _framed(b"name")
-_F_NODE: Final = _framed(b"node")
-
-
-def show(data: bytes, limit: int = 64) -> str:
-    """Bytes from an archive as they appear in a message: decoded where possible, cut when long."""
-    text = data[:limit].decode("utf-8", "backslashreplace")
-    text = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
-    return text + "..." if len(data) > limit else text
-
-
-def name_problem(name: bytes) -> str | None:
-    """Why `name` may not be a NAR entry name, or None if it may (the parser's and encoder's rule)."""
-    if not name or name in (b".", b"..") or b"/" in name or b"\0" in name:
-        return f"NAR contains invalid file name '{show(name)}'"
-    if len(name) > NAR_MAX_NAME:
-        return f"file name of {len(name)} bytes is too long (at most {NAR_MAX_NAME} allowed)"
-    if CASE_HACK_SUFFIX in name:
-        return (
-            f"NAR contains file name '{show(name)}' with the case-hack suffix '{CASE_HACK_SUFFIX.decode()}'"
-        )
-    return None
-
-
-def target_problem(target: bytes) -> str | None:
-    """Why `target` may not be a symlink target in a NAR, or None if it may."""
-    if not target or b"\0" in target:
-        return "NAR contains invalid symlink target"
-    if len(target) > NAR_MAX_TARGET:
-        return f"symlink target of {len(target)} bytes is too long (at most {NAR_MAX_TARGET} allowed)"
-    return None
-
-
 class _Frame:
     """An open directory: its path and the last entry name seen (for the ordering check)."""
 
@@ -129,9 +96,15 @@ class NarParser:
     `NEED_DATA` when more input is needed, or raises `NarError` (`TruncatedError` when the input ended
     early). After `ArchiveEnd` it keeps returning `ArchiveEnd`; bytes that followed the archive are in
     `unused_data`. The parser holds no resources, so abandoning it (on cancellation) needs no cleanup.
+
+    With a `hasher` (anything with `update(bytes)`, such as `hashlib.sha256()`), exactly the archive's
+    bytes go into it as they are consumed, never the bytes after the end: once `ArchiveEnd` has been
+    returned, the hasher holds the NAR hash. Hashing and `skip_contents` exclude each other.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, hasher: _Hasher | None = None) -> None:
+        self._hasher = hasher
+        self._hashed = 0  # self._buf[:self._hashed] has gone into the hasher
         self._buf = b""
         self._pos = 0
         self._base = 0  # archive offset of self._buf[0]
@@ -157,6 +130,10 @@ class NarParser:
             raise RuntimeError("receive_data() after end of input")
         if not isinstance(data, bytes):
             data = bytes(data)
+        if self._hasher is not None:
+            if self._pos > self._hashed:
+                self._hasher.update(self._buf[self._hashed : self._pos])
+            self._hashed = 0
         if self._pos >= len(self._buf):
             self._base += len(self._buf)
             self._buf = data
@@ -230,21 +207,16 @@ class NarParser:
         return NEED_DATA
 
     def _string(self, max_len: int, what: str) -> bytes | None:
-        buf, pos = self._buf, self._pos
-        if len(buf) - pos < 8:
-            return None
-        (n,) = U64.unpack_from(buf, pos)
+        pos = self._pos
         self._token_offset = self._base + pos
-        if n > max_len:
-            self._fail(f"{what} of {n} bytes is too long (at most {max_len} allowed)")
-        end = pos + 8 + n
-        padded = end + (-n & 7)
-        if len(buf) < padded:
+        try:
+            parsed = parse_string(self._buf, pos, max_len, what)
+        except WireError as e:
+            self._fail(e.message)
+        if parsed is None:
             return None
-        if buf[end:padded] != ZEROS[: padded - end]:
-            self._fail("non-zero padding")
-        self._pos = padded
-        return buf[pos + 8 : end]
+        value, self._pos = parsed
+        return value
 
     def _expect(self, framed: bytes, tag: str) -> bool:
         """Consume the tag `tag` (pre-framed as `framed`); False when more data is needed."""
@@ -279,13 +251,13 @@ class NarParser:
         return None
 
     def _node_open(self) -> Event | Signal | None:
-        if not self._expect(_F_OPEN, "("):
+        if not self._expect(tokens.OPEN, "("):
             return self._need()
         self._state = _State.TYPE_TAG
         return None
 
     def _type_tag(self) -> Event | Signal | None:
-        if not self._expect(_F_TYPE, "type"):
+        if not self._expect(tokens.TYPE, "type"):
             return self._need()
         self._state = _State.TYPE
         return None
@@ -310,7 +282,7 @@ class NarParser:
         self._fail(f"unknown file type '{show(kind)}'")
 
     def _regular_tag(self) -> Event | Signal | None:
-        if self._expect_quiet(_F_CONTENTS):
+        if self._expect_quiet(tokens.CONTENTS):
             self._state = _State.SIZE
             return None
         tag = self._string(NAR_MAX_TAG, "tag")
@@ -340,7 +312,7 @@ class NarParser:
         return None
 
     def _contents_tag(self) -> Event | Signal | None:
-        if not self._expect(_F_CONTENTS, "contents"):
+        if not self._expect(tokens.CONTENTS, "contents"):
             return self._need()
         self._state = _State.SIZE
         return None
@@ -387,7 +359,7 @@ class NarParser:
         return None
 
     def _target_tag(self) -> Event | Signal | None:
-        if not self._expect(_F_TARGET, "target"):
+        if not self._expect(tokens.TARGET, "target"):
             return self._need()
         self._state = _State.TARGET
         return None
@@ -403,7 +375,7 @@ class NarParser:
         return Symlink(self._path, target)
 
     def _node_close(self) -> Event | Signal | None:
-        if not self._expect(_F_CLOSE, ")"):
+        if not self._expect(tokens.CLOSE, ")"):
             return self._need()
         # NODE_CLOSE closes a regular file or a symlink; only files get an end event.
         path = self._path
@@ -411,7 +383,7 @@ class NarParser:
         return FileEnd(path) if self._is_file else None
 
     def _directory_tag(self) -> Event | Signal | None:
-        if self._expect_quiet(_F_ENTRY):
+        if self._expect_quiet(tokens.ENTRY):
             self._state = _State.ENTRY_OPEN
             return None
         tag = self._string(NAR_MAX_TAG, "tag")
@@ -424,13 +396,13 @@ class NarParser:
         return DirectoryEnd(frame.path)
 
     def _entry_open(self) -> Event | Signal | None:
-        if not self._expect(_F_OPEN, "("):
+        if not self._expect(tokens.OPEN, "("):
             return self._need()
         self._state = _State.NAME_TAG
         return None
 
     def _name_tag(self) -> Event | Signal | None:
-        if not self._expect(_F_NAME, "name"):
+        if not self._expect(tokens.NAME, "name"):
             return self._need()
         self._state = _State.NAME
         return None
@@ -452,7 +424,7 @@ class NarParser:
         return None
 
     def _node_tag(self) -> Event | Signal | None:
-        if not self._expect(_F_NODE, "node"):
+        if not self._expect(tokens.NODE, "node"):
             return self._need()
         if len(self._path) >= NAR_MAX_DEPTH:
             self._fail(f"NAR directory nesting exceeds maximum depth of {NAR_MAX_DEPTH}")
@@ -460,7 +432,7 @@ class NarParser:
         return None
 
     def _entry_close(self) -> Event | Signal | None:
-        if not self._expect(_F_CLOSE, ")"):
+        if not self._expect(tokens.CLOSE, ")"):
             return self._need()
         self._state = _State.DIRECTORY_TAG
         self._path = self._stack[-1].path
@@ -476,6 +448,9 @@ class NarParser:
         else:
             self._state = _State.DONE
             self._end_offset = self._base + self._pos
+            if self._hasher is not None:
+                self._hasher.update(self._buf[self._hashed : self._pos])
+                self._hashed = self._pos
 
 
 _WHAT: Final[dict[_State, str]] = {

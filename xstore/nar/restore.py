@@ -24,7 +24,7 @@ import os
 import secrets
 import shutil
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -36,8 +36,8 @@ from xstore.errors import (
     TrailingDataError,
     XstoreError,
 )
+from xstore.nar.drive import iter_events
 from xstore.nar.events import (
-    NEED_DATA,
     ArchiveEnd,
     DirectoryEnd,
     DirectoryStart,
@@ -47,7 +47,8 @@ from xstore.nar.events import (
     RegularFile,
     Symlink,
 )
-from xstore.nar.parser import NarParser, show
+from xstore.nar.parser import NarParser
+from xstore.nar.rules import show
 
 CHUNK: Final = 1 << 20
 PREALLOCATE_STEP: Final = 64 << 20  # reserve disk space this far ahead of the data written
@@ -307,24 +308,6 @@ class TreeWriter:
 
     def result(self, nar_size: int) -> RestoreResult:
         return RestoreResult(nar_size, self.case_hack, self.fold, self._renamed, self.probed)
-
-
-def iter_events(read: Callable[[int], bytes], parser: NarParser | None = None) -> Iterator[Event]:
-    """Drive `parser` (a new one by default) over `read(n)` until the archive ends.
-
-    `read(n)` returns up to n bytes, `b""` at end of input. Bytes read beyond the archive are left in
-    `parser.unused_data`. The last event yielded is `ArchiveEnd`.
-    """
-    if parser is None:
-        parser = NarParser()
-    while True:
-        event = parser.next_event()
-        if event is NEED_DATA:
-            parser.receive_data(read(CHUNK))
-            continue
-        yield event
-        if type(event) is ArchiveEnd:
-            return
 
 
 def restore_path(

@@ -1,0 +1,229 @@
+"""Streaming compression and decompression, for every method Nix uses on NARs.
+
+`none`, `xz`, `bzip2` and `gzip` come from the standard library, `zstd` from `pyzstd` (a dependency)
+and `br` from `brotli` (the `cache` extra), each imported only when used. Every codec works on streams
+of any length in bounded memory: a reader gives out at most what is asked for, however well the input
+compresses (a small hostile input cannot expand into memory), and concatenated streams (several xz
+streams, gzip members or zstd frames, as parallel compressors write them) are read as one.
+
+`open_reader(read, method)` wraps a read function; `open_writer(sink, method)` gives a sink and a
+`finish()` that flushes the end of the compressed stream. Nix: libutil/compression.cc (where `Compression:
+gzip` is read too, and a missing method means bzip2 in a narinfo).
+"""
+
+from __future__ import annotations
+
+import enum
+import zlib
+from collections.abc import Callable
+from typing import Any, Final
+
+from xstore.errors import CompressionError, UnsupportedError
+
+Read = Callable[[int], bytes]
+Sink = Callable[[bytes], object]
+
+CHUNK: Final = 1 << 20
+
+
+class Method(enum.StrEnum):
+    NONE = "none"
+    XZ = "xz"
+    BZIP2 = "bzip2"
+    GZIP = "gzip"
+    ZSTD = "zstd"
+    BR = "br"
+
+    @property
+    def suffix(self) -> str:
+        """The file name suffix Nix gives a NAR compressed this way (`gzip` gets none, as in Nix)."""
+        return _SUFFIXES.get(self, "")
+
+    @classmethod
+    def parse(cls, name: str) -> Method:
+        try:
+            return cls(name)
+        except ValueError:
+            known = ", ".join(m.value for m in cls)
+            raise UnsupportedError(f"unknown compression method '{name}' (known: {known})") from None
+
+
+_SUFFIXES: Final = {Method.XZ: ".xz", Method.BZIP2: ".bz2", Method.ZSTD: ".zst", Method.BR: ".br"}
+
+# Magic numbers at the start of a compressed stream (brotli has none).
+MAGIC: Final = {
+    Method.XZ: b"\xfd7zXZ\x00",
+    Method.ZSTD: b"\x28\xb5\x2f\xfd",
+    Method.GZIP: b"\x1f\x8b",
+    Method.BZIP2: b"BZh",
+}
+
+
+def detect(head: bytes) -> Method | None:
+    """The method whose magic number `head` starts with, or None (uncompressed, or brotli)."""
+    for method, magic in MAGIC.items():
+        if head.startswith(magic) and (method is not Method.BZIP2 or head[3:4].isdigit()):
+            return method
+    return None
+
+
+def _need(module: str, method: Method) -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise UnsupportedError(
+            f"{method.value} compression needs the Python package '{module}': pip install 'xstore[cache]'"
+        ) from None
+
+
+# -- reading -----------------------------------------------------------------------------------------
+
+
+class _IncrementalReader:
+    """xz, bzip2 and gzip through the standard library's incremental decompressors, zstd through
+    pyzstd's, which has the same interface: output bounded per call, restarts for concatenated streams,
+    truncation detected at the end of input."""
+
+    def __init__(self, read: Read, method: Method) -> None:
+        self._read = read
+        self._method = method
+        self._errors: tuple[type[BaseException], ...] = (OSError, EOFError, ValueError, zlib.error)
+        self._dec = self._new()
+        self._in = b""
+
+    def _new(self) -> Any:
+        method = self._method
+        if method is Method.XZ:
+            import lzma
+
+            self._errors = (*self._errors, lzma.LZMAError)
+            return lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+        if method is Method.BZIP2:
+            import bz2
+
+            return bz2.BZ2Decompressor()
+        if method is Method.ZSTD:
+            pyzstd = _need("pyzstd", method)
+            self._errors = (*self._errors, pyzstd.ZstdError)
+            return pyzstd.EndlessZstdDecompressor()  # frames one after another, as one stream
+        return zlib.decompressobj(wbits=31)
+
+    def __call__(self, n: int) -> bytes:
+        gzip = self._method is Method.GZIP
+        zstd = self._method is Method.ZSTD
+        while True:
+            dec = self._dec
+            if not zstd and dec.eof:
+                # Everything after the stream's end, whatever was still queued as input (zlib keeps
+                # it in both `unused_data` and `unconsumed_tail`).
+                rest = dec.unused_data
+                if not rest:
+                    rest = self._read(CHUNK)
+                    if not rest:
+                        return b""  # the end, after a complete stream
+                self._dec = dec = self._new()
+                self._in = rest
+            if not self._in and (gzip or dec.needs_input):
+                self._in = self._read(CHUNK)
+                if not self._in:
+                    if zstd and dec.at_frame_edge:
+                        return b""  # the end, after complete frames
+                    raise CompressionError(f"{self._method.value} data ends before its stream does")
+            try:
+                out = dec.decompress(self._in, n)
+            except self._errors as e:
+                raise CompressionError(f"corrupt {self._method.value} data: {e}") from e
+            self._in = dec.unconsumed_tail if gzip else b""
+            if out:
+                return bytes(out)
+
+
+class _BrotliReader:
+    def __init__(self, read: Read) -> None:
+        brotli = _need("brotli", Method.BR)
+        self._dec = brotli.Decompressor()
+        self._error = brotli.error
+        self._read = read
+        self._out = b""
+        self._input_ended = False
+
+    def __call__(self, n: int) -> bytes:
+        while not self._out:
+            if self._dec.is_finished():
+                return b""
+            data = self._read(CHUNK) if not self._input_ended else b""
+            if not data:
+                self._input_ended = True
+            try:
+                self._out = self._dec.process(data, output_buffer_limit=max(n, CHUNK))
+            except self._error as e:
+                raise CompressionError(f"corrupt br data: {e}") from e
+            if not self._out and self._input_ended and not self._dec.is_finished():
+                raise CompressionError("br data ends before its stream does")
+        out, self._out = self._out[:n], self._out[n:]
+        return bytes(out)
+
+
+def open_reader(read: Read, method: Method | str) -> Read:
+    """A read function giving the decompressed bytes of the stream read with `read`. Raises
+    `CompressionError` for corrupt or truncated input, `UnsupportedError` for a method whose package
+    is missing."""
+    method = Method.parse(method)
+    if method is Method.NONE:
+        return read
+    if method is Method.BR:
+        return _BrotliReader(read)
+    return _IncrementalReader(read, method)
+
+
+# -- writing -----------------------------------------------------------------------------------------
+
+
+class Writer:
+    """A sink that compresses into another sink; call `finish()` once at the end."""
+
+    def __init__(self, sink: Sink, method: Method, level: int | None = None) -> None:
+        self._sink = sink
+        self.method = method
+        self._enc: Any = None
+        if method is Method.XZ:
+            import lzma
+
+            self._enc = lzma.LZMACompressor(format=lzma.FORMAT_XZ, preset=6 if level is None else level)
+        elif method is Method.BZIP2:
+            import bz2
+
+            self._enc = bz2.BZ2Compressor(9 if level is None else level)
+        elif method is Method.GZIP:
+            self._enc = zlib.compressobj(-1 if level is None else level, wbits=31)
+        elif method is Method.ZSTD:
+            pyzstd = _need("pyzstd", method)
+            options = {
+                pyzstd.CParameter.compressionLevel: 3 if level is None else level,
+                pyzstd.CParameter.checksumFlag: 1,  # corruption shows as an error, not as other bytes
+            }
+            self._enc = pyzstd.ZstdCompressor(options)
+        elif method is Method.BR:
+            brotli = _need("brotli", method)
+            self._enc = brotli.Compressor(quality=11 if level is None else level)
+
+    def __call__(self, data: bytes) -> None:
+        if self._enc is None:
+            self._sink(data)
+            return
+        out = self._enc.process(data) if self.method is Method.BR else self._enc.compress(data)
+        if out:
+            self._sink(out)
+
+    def finish(self) -> None:
+        if self._enc is None:
+            return
+        out = self._enc.finish() if self.method is Method.BR else self._enc.flush()
+        if out:
+            self._sink(out)
+
+
+def open_writer(sink: Sink, method: Method | str, level: int | None = None) -> Writer:
+    return Writer(sink, Method.parse(method), level)

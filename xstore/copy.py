@@ -1,0 +1,97 @@
+"""Copying closures between any two stores, through the store interface.
+
+`copy_paths(src, dst, paths)`: the closure is computed on the source (when asked), the paths the
+destination has already are skipped after one batched query, the rest go dependencies first, and each
+path's NAR streams from the source's `nar_from_path` into the destination's `add_to_store` through a
+small bounded queue (`storeapi.pipe_nar`), so memory stays flat whatever the sizes. Each path lands
+atomically or not at all; a failure stops the copy with the paths before it in place.
+
+Nix: store-api.cc (`copyPaths`, `copyStorePath`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from xstore.storeapi import PathInfo, Read, Sink, Store, pipe_nar, topo_sort
+from xstore.storepath import StorePath
+
+
+@dataclass(frozen=True, slots=True)
+class CopyResult:
+    path: StorePath
+    copied: bool  # False: the destination had it already
+    nar_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class CopyPlan:
+    """What a copy will do: every path considered (in order) and those the destination lacks."""
+
+    order: list[StorePath]
+    missing: list[StorePath]
+    infos: dict[StorePath, PathInfo]
+
+    @property
+    def bytes_to_copy(self) -> int:
+        return sum(self.infos[p].nar_size for p in self.missing)
+
+
+def plan_copy(src: Store, dst: Store, paths: Iterable[StorePath], *, recursive: bool = True) -> CopyPlan:
+    """Which of `paths` (with their closure when `recursive`) `dst` lacks, dependencies first. Raises
+    `InvalidPathError` for a path the source does not have."""
+    wanted = set(paths)
+    infos = src.query_closure(wanted) if recursive else {p: src.require(p) for p in wanted}
+    order = topo_sort(infos)
+    have = dst.query_valid_paths(order)
+    return CopyPlan(order, [p for p in order if p not in have], infos)
+
+
+def copy_one(src: Store, dst: Store, info: PathInfo, *, check_sigs: bool = True) -> bool:
+    """Stream one path from `src` into `dst`. True when it was added, False when `dst` had it."""
+
+    def produce(sink: Sink) -> None:
+        src.nar_from_path(info.path, sink)
+
+    # As Nix's copyStorePath: a copied path was not built where it lands.
+    landed = info.replace(ultimate=False) if info.ultimate else info
+
+    def consume(read: Read) -> bool:
+        return dst.add_to_store(landed, read, check_sigs=check_sigs)
+
+    return bool(pipe_nar(produce, consume))
+
+
+def copy_paths(
+    src: Store,
+    dst: Store,
+    paths: Iterable[StorePath],
+    *,
+    recursive: bool = True,
+    check_sigs: bool = True,
+    on_path: Callable[[CopyResult], None] | None = None,
+    plan: CopyPlan | None = None,
+) -> list[CopyResult]:
+    """Copy `paths` (and, when `recursive`, everything they refer to) from `src` to `dst`.
+
+    Returns one result per path considered, in the order handled. `on_path` is called after each. A
+    path the destination refuses (a hash mismatch, a missing signature) raises, with the paths before
+    it copied and nothing of it left. `plan`, from `plan_copy`, saves computing it again.
+    """
+    if plan is None:
+        plan = plan_copy(src, dst, paths, recursive=recursive)
+    missing = set(plan.missing)
+    results = []
+    for path in plan.order:
+        info = plan.infos[path]
+        if path in missing:
+            dst.add_temp_root(path)
+            copied = copy_one(src, dst, info, check_sigs=check_sigs)
+        else:
+            copied = False
+        result = CopyResult(path, copied, info.nar_size)
+        results.append(result)
+        if on_path is not None:
+            on_path(result)
+    return results

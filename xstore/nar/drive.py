@@ -1,0 +1,59 @@
+"""The blocking driver around the NAR parser: a read function in, events out.
+
+Every blocking consumer of an archive (restore, listing, indexing, `nar cat`, the store's add
+transaction) iterates `iter_events`; the trio twin is `aio.receive_events`. Input comes from `read(n)`,
+which returns up to about n bytes and `b""` at the end, like `BinaryIO.read`. The driver stops exactly at
+the end of the archive: bytes read beyond it stay in `parser.unused_data` for the caller (an export
+stream, a protocol) to go on with.
+
+Consumers that never look at file contents say so (`contents=False`): the parser still checks every byte
+but no `FileChunk` events are made, and with `skip` (a seek) the contents are not even read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Final
+
+from xstore.nar.events import NEED_DATA, ArchiveEnd, Event, FileChunk, RegularFile
+from xstore.nar.parser import NarParser
+
+CHUNK: Final = 1 << 20
+
+
+def iter_events(
+    read: Callable[[int], bytes],
+    parser: NarParser | None = None,
+    *,
+    contents: bool = True,
+    skip: Callable[[int], None] | None = None,
+) -> Iterator[Event]:
+    """Drive `parser` (a new one by default) over `read(n)` until the archive ends.
+
+    Yields every event up to and including `ArchiveEnd`; raises `NarError` (`TruncatedError` when the
+    input ends early). With `contents` off, `FileChunk` events are not yielded; `skip(n)`, given with
+    `contents` off, advances the source by n bytes instead of reading them (the parser cannot then
+    check the padding's neighbours until it reads on, and cannot hash). Closing the generator early
+    leaves the source wherever it was.
+    """
+    if parser is None:
+        parser = NarParser()
+    receive = parser.receive_data
+    next_event = parser.next_event
+    while True:
+        event = next_event()
+        if event is NEED_DATA:
+            receive(read(CHUNK))
+            continue
+        kind = type(event)
+        if kind is FileChunk:
+            if contents:
+                yield event
+            continue
+        yield event
+        if kind is RegularFile and not contents and skip is not None:
+            left = parser.skip_contents()
+            if left:
+                skip(left)
+        elif kind is ArchiveEnd:
+            return

@@ -1,0 +1,113 @@
+"""The pre-flight scan: which names of a tree, a NAR or an export stream a case-insensitive filesystem
+cannot keep apart, before anything is restored.
+
+Each source is walked directory by directory into `casehack.NameScanner`: a tree on disk (its
+case-hack suffixes removed, so a tree Nix restored with the hack reports what its archive would), a NAR
+(plain or compressed, through the one NAR parser), or an export stream, which gets one report per store
+path. Findings come out sorted by directory, so the same archive gives the same report however it was
+read.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from xstore.casehack import NameScanner, unhack_name
+from xstore.exportstream import ExportParser, PathEnd, PathStart, StreamEnd
+from xstore.nar.drive import iter_events
+from xstore.nar.events import NEED_DATA, DirectoryEnd, DirectoryStart, Event, RegularFile, Symlink
+from xstore.sniff import Kind, Read, expect, open_input
+from xstore.storepath import StorePath
+
+Directory = tuple[tuple[bytes, ...], list[bytes]]
+
+
+def tree_directories(root: bytes) -> Iterator[Directory]:
+    """Each directory of the tree at `root` (top down) with its entries' names, suffixes removed."""
+
+    def fail(e: OSError) -> None:
+        raise e
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=fail):
+        rel = os.path.relpath(dirpath, root)
+        parts = () if rel == b"." else tuple(rel.split(b"/"))
+        yield tuple(unhack_name(p) for p in parts), [unhack_name(n) for n in dirnames + filenames]
+
+
+class _Collector:
+    """Turns a NAR's events into (directory, names) pairs as each directory closes."""
+
+    def __init__(self) -> None:
+        self.open: list[tuple[tuple[bytes, ...], list[bytes]]] = []
+
+    def feed(self, event: Event) -> Directory | None:
+        if isinstance(event, DirectoryStart | RegularFile | Symlink):
+            path = event.path
+            if path and self.open:
+                self.open[-1][1].append(path[-1])
+            if isinstance(event, DirectoryStart):
+                self.open.append((path, []))
+        elif isinstance(event, DirectoryEnd):
+            return self.open.pop()
+        return None
+
+
+def nar_directories(read: Read) -> Iterator[Directory]:
+    """Each directory of the NAR read with `read` with its entries' names."""
+    collector = _Collector()
+    for event in iter_events(read, contents=False):
+        found = collector.feed(event)
+        if found is not None:
+            yield found
+
+
+@dataclass(slots=True)
+class PathScan:
+    """The scan of one store path of an export stream."""
+
+    path: StorePath
+    scanner: NameScanner
+
+
+def scan_export(read: Read) -> list[PathScan]:
+    """One scan per store path of the export stream read with `read`."""
+    parser = ExportParser()
+    results: list[PathScan] = []
+    scanner = NameScanner()
+    collector = _Collector()
+    while True:
+        event = parser.next_event()
+        if event is NEED_DATA:
+            parser.receive_data(read(1 << 20))
+        elif isinstance(event, PathStart):
+            scanner, collector = NameScanner(), _Collector()
+        elif isinstance(event, PathEnd):
+            results.append(PathScan(event.path, scanner))
+        elif isinstance(event, StreamEnd):
+            return results
+        else:
+            found = collector.feed(event)
+            if found is not None:
+                scanner.add_directory(*found)
+
+
+def scan_file(read: Read, name: str) -> tuple[Kind, NameScanner | list[PathScan]]:
+    """Scan a NAR or an export stream (either possibly compressed): one scanner for a NAR, one per
+    store path for an export stream. Raises `WrongFormatError` for anything else."""
+    kind, _, read = open_input(read)
+    if kind is Kind.EXPORT:
+        return kind, scan_export(read)
+    expect(kind, Kind.NAR, name)
+    scanner = NameScanner()
+    for where, names in nar_directories(read):
+        scanner.add_directory(where, names)
+    return Kind.NAR, scanner
+
+
+def scan_tree(root: bytes) -> NameScanner:
+    scanner = NameScanner()
+    for where, names in tree_directories(root):
+        scanner.add_directory(where, names)
+    return scanner

@@ -1,0 +1,184 @@
+"""The one way into a local store: a NAR unpacked into a private directory, checked, moved, registered.
+
+Every source of paths goes through `PathAdder`: an export stream (metadata after the NAR), a binary
+cache's narinfo, the serve and daemon protocols and `copy` (metadata before it). The steps:
+
+1. A private temporary directory inside the real store directory, locked so that a later clean-up can
+   tell it from one a killed process left (`LocalStore.temp_dir`).
+2. The NAR's events go into a `TreeWriter` there, with the store's case hack; the caller's parser hashes
+   the NAR on the way (one read of every byte).
+3. `commit(info)`: the NAR hash and size must equal the metadata announced before the NAR, when there
+   was any; every reference must be valid or be the path itself. Nothing is valid before these checks.
+4. Under the path's lock: a path that became valid meanwhile is left alone (its hash must agree);
+   anything occupying the path's place that is not valid is removed (a killed earlier import); the tree
+   is renamed into place, canonicalised and registered in one SQLite transaction. A failure after the
+   rename removes the tree again.
+
+An error or an interrupt at any point leaves nothing: no temporary directory, no lock file, no row.
+
+Nix: local-store.cc (`addToStore(info, source)`, `registerValidPaths`), export-import.cc.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from typing import TYPE_CHECKING
+
+from xstore.casehack import CaseHackMode
+from xstore.errors import HashMismatchError, InvalidPathError, TrailingDataError
+from xstore.fsops import canonicalise, remove_tree
+from xstore.hashing import HashAlgorithm, HashFormat, format_digest
+from xstore.nar.drive import iter_events
+from xstore.nar.events import Event
+from xstore.nar.parser import NarParser
+from xstore.nar.restore import TreeWriter
+from xstore.storeapi import PathInfo, Read
+
+if TYPE_CHECKING:
+    from xstore.store import LocalStore
+
+
+def _sri(digest: bytes) -> str:
+    return format_digest(HashAlgorithm.SHA256, digest, HashFormat.SRI)
+
+
+class PathAdder:
+    """One path on its way into `store`.
+
+    Feed the NAR's events to `handle()`, then call `commit(info)` with the path's final metadata (its
+    `nar_hash` and `nar_size` as measured), or `abort()`. `expected`, when the metadata came before
+    the NAR, is checked against the measured hash and size at commit, and its references up front, so
+    a path that cannot be registered fails before its NAR is read. Raises `InvalidPathError` for a
+    missing reference, `HashMismatchError`, `RestoreError` for filesystem failures.
+    """
+
+    def __init__(self, store: LocalStore, expected: PathInfo | None = None) -> None:
+        self.store = store
+        self.expected = expected
+        if expected is not None:
+            self._check_references(expected)
+        self._exit = contextlib.ExitStack()
+        try:
+            tmp = self._exit.enter_context(store.temp_dir())
+            settings = store.settings
+            self._dest = tmp + b"/nar"
+            self.writer = TreeWriter(
+                self._dest,
+                case_hack=CaseHackMode.ON if settings.case_hack else CaseHackMode.OFF,
+                fold=settings.fold,
+            )
+        except BaseException:
+            self._exit.close()
+            raise
+        self._exit.callback(self.writer.abort)
+
+    def handle(self, event: Event) -> None:
+        self.writer.handle(event)
+
+    def _check_references(self, info: PathInfo) -> None:
+        missing = sorted(set(info.references) - {info.path} - self.store.query_valid_paths(info.references))
+        if missing:
+            raise InvalidPathError(
+                f"cannot add '{info.path}': its reference '{missing[0]}' is not valid in "
+                f"{self.store.describe()} (add its closure, dependencies first)",
+                path=missing[0].path,
+            )
+
+    def _check_same(self, existing: PathInfo, info: PathInfo) -> None:
+        if existing.nar_hash != info.nar_hash or (existing.nar_size and existing.nar_size != info.nar_size):
+            raise HashMismatchError(
+                f"path '{info.path}' is already valid with NAR hash {existing.nar_hash_sri()}, but the "
+                f"NAR received has {info.nar_hash_sri()}",
+                path=info.path.path,
+            )
+
+    def commit(self, info: PathInfo) -> bool:
+        """Check `info` (the measured hash and size) against what was announced, then move the path into
+        place and register it. Returns False when the path was valid already (its NAR must match), True
+        when added. The adder is finished either way."""
+        with self._exit:
+            expected = self.expected
+            if expected is not None:
+                if expected.path != info.path:
+                    raise InvalidPathError(f"the NAR received is for '{info.path}', not '{expected.path}'")
+                if expected.nar_hash != info.nar_hash or (
+                    expected.nar_size and expected.nar_size != info.nar_size
+                ):
+                    raise HashMismatchError(
+                        f"hash mismatch importing path '{info.path}': expected {expected.nar_hash_sri()} "
+                        f"({expected.nar_size} bytes), got {info.nar_hash_sri()} ({info.nar_size} bytes)",
+                        path=info.path.path,
+                    )
+                info = expected.replace(nar_size=info.nar_size)
+            self.writer.commit()
+            store = self.store
+            existing = store.query_path_info(info.path)
+            if existing is not None:
+                self._check_same(existing, info)
+                return False
+            self._check_references(info)
+            with store.lock(info.path):
+                existing = store.query_path_info(info.path)  # another process may have added it meanwhile
+                if existing is not None:
+                    self._check_same(existing, info)
+                    return False
+                store.remove_invalid_leftover(info.path)
+                real = store.real_path(info.path)
+                # Move first, make read-only after: moving a directory to another parent needs write
+                # permission on it (to update its ".."), which only root has once it is 0555.
+                os.rename(self._dest, real)
+                try:
+                    canonicalise(real)
+                    store.register(info)
+                except BaseException:
+                    remove_tree(real)
+                    raise
+            return True
+
+    def abort(self) -> None:
+        """Remove everything this adder made. Idempotent."""
+        self._exit.close()
+
+
+def add_nar(store: LocalStore, info: PathInfo, read: Read) -> bool:
+    """Add the path `info` describes from the NAR read with `read(n)` (metadata first). See
+    `Store.add_to_store`. A NAR longer than `info.nar_size` is refused as soon as it is."""
+    hasher = hashlib.sha256()
+    parser = NarParser(hasher=hasher)
+    limit = info.nar_size or None
+    if store.query_path_info(info.path) is not None:
+        for _ in iter_events(read, parser, contents=False):
+            _check_limit(info, parser, limit)
+        _check_end(parser, read)
+        existing = store.require(info.path)
+        if existing.nar_hash != hasher.digest():
+            raise HashMismatchError(
+                f"path '{info.path}' is already valid with NAR hash {existing.nar_hash_sri()}, but the NAR "
+                f"received has {_sri(hasher.digest())}",
+                path=info.path.path,
+            )
+        return False
+    adder = PathAdder(store, info)
+    try:
+        for event in iter_events(read, parser):
+            adder.handle(event)
+            _check_limit(info, parser, limit)
+        _check_end(parser, read)
+    except BaseException:
+        adder.abort()
+        raise
+    return adder.commit(info.replace(nar_hash=hasher.digest(), nar_size=parser.offset))
+
+
+def _check_limit(info: PathInfo, parser: NarParser, limit: int | None) -> None:
+    if limit is not None and parser.offset > limit:
+        raise HashMismatchError(
+            f"the NAR of '{info.path}' is longer than the {limit} bytes announced", path=info.path.path
+        )
+
+
+def _check_end(parser: NarParser, read: Read) -> None:
+    if parser.unused_data or read(1):
+        raise TrailingDataError(f"unexpected data after the end of the NAR (at byte {parser.offset})")

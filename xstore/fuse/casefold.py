@@ -20,10 +20,10 @@ descriptors, so a tree of any size can be walked with the usual descriptor limit
 known name goes away is detached from its inode number, so a new file that the backing filesystem gives
 the same number never inherits the kernel's inode of the old one.
 
-Names are found in two steps: the exact spelling first (one `fstatat`), then, on a miss, the directory's
-listing folded into key -> stored names, cached per directory, kept up to date by this layer's own
-changes, and read again when the directory's mtime shows that someone else changed it. Creating a name
-whose key is taken fails with EEXIST; opening or creating without O_EXCL opens the existing entry.
+Names are found by the name index (`casefold_names`): the exact spelling first, then the directory's
+folded listing, cached per directory, kept up to date by this layer's own changes, and read again when
+the directory's mtime shows that someone else changed it. Creating a name whose key is taken fails with
+EEXIST; opening or creating without O_EXCL opens the existing entry.
 
 Inode numbers. The kernel's `vfs_rename` does nothing at all when source and target are the same inode,
 so if every spelling of a name led to one inode a case-only rename (`foo` -> `FOO`) would never reach the
@@ -47,7 +47,6 @@ posix_fallocate falls back to writing).
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import errno
 import os
@@ -60,7 +59,8 @@ from typing import Final
 import pyfuse3
 import trio
 
-from xstore.casehack import Fold, fold_key
+from xstore.casehack import Fold
+from xstore.fuse.casefold_names import NameIndex
 from xstore.fuse.common import entry_from_stat, wrap_handlers
 
 # Linux only (O_PATH, xattrs, fdatasync): a Mac's own volumes already fold case. The CLI says so before
@@ -74,7 +74,6 @@ __all__ = ["CasefoldOperations"]
 # O_DIRECT would need aligned buffers.
 _OPEN_STRIP: Final = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_APPEND | os.O_DIRECT | os.O_DIRECTORY
 _DIR_FLAGS: Final = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_LISTINGS_KEPT: Final = 256  # folded directory listings cached at once
 _PLACES_KEPT: Final = 8  # known names of one object (hard links)
 _STATVFS_FIELDS: Final = (
     "f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files", "f_ffree", "f_favail", "f_namemax"
@@ -112,14 +111,6 @@ class _Node:
     lookups: int = 0
 
 
-@dataclass(slots=True)
-class _Listing:
-    """One directory's names grouped by fold key, and the directory mtime they were read at."""
-
-    stamp: int
-    by_key: dict[bytes, list[bytes]] = field(default_factory=dict)
-
-
 @dataclass(eq=False, slots=True)
 class _DirHandle:
     obj: _Object
@@ -142,6 +133,7 @@ class CasefoldOperations(pyfuse3.Operations):
     def __init__(self, backing: bytes, model: Fold) -> None:
         super().__init__()
         self.model = model
+        self._names = NameIndex(model)
         self._dir_fds: set[int] = set()
         fd = self._open_dir(backing, follow=True)  # the backing directory may be reached by a symlink
         st = os.fstat(fd)
@@ -151,7 +143,6 @@ class CasefoldOperations(pyfuse3.Operations):
         self._objects: dict[Ident, _Object] = {root.ident: root}
         self._nodes: dict[int, _Node] = {self._root.inode: self._root}
         self._next_inode = pyfuse3.ROOT_INODE + 1
-        self._listings: collections.OrderedDict[Ident, _Listing] = collections.OrderedDict()
         self._dirs: dict[int, _DirHandle] = {}
         self._next_dir = 1
         self._files: dict[int, _Object] = {}
@@ -171,7 +162,7 @@ class CasefoldOperations(pyfuse3.Operations):
         self._files.clear()
         self._objects.clear()
         self._nodes.clear()
-        self._listings.clear()
+        self._names.clear()
 
     def _open_dir(self, name: bytes, dir_fd: int | None = None, *, follow: bool = False) -> int:
         fd = os.open(name, _DIR_FLAGS & ~os.O_NOFOLLOW if follow else _DIR_FLAGS, dir_fd=dir_fd)
@@ -248,7 +239,7 @@ class CasefoldOperations(pyfuse3.Operations):
         """Make `obj` unfindable by identity (its last name is gone, or its number was reused)."""
         if self._objects.get(obj.ident) is obj:
             del self._objects[obj.ident]
-        self._listings.pop(obj.ident, None)
+        self._names.forget(obj.ident)
         self._release(obj)
 
     def _release(self, obj: _Object) -> None:
@@ -257,7 +248,7 @@ class CasefoldOperations(pyfuse3.Operations):
             return
         if self._objects.get(obj.ident) is obj:
             del self._objects[obj.ident]
-        self._listings.pop(obj.ident, None)
+        self._names.forget(obj.ident)
         if obj.fd is not None:
             self._close_dir(obj.fd)
         places, obj.places = obj.places, []
@@ -358,91 +349,6 @@ class CasefoldOperations(pyfuse3.Operations):
 
     # -- names -------------------------------------------------------------------------------------
 
-    def _check_new_name(self, name: bytes) -> None:
-        """Refuse a name the model cannot store: not UTF-8 under APFS (EILSEQ, as APFS answers)."""
-        if self.model is Fold.APFS and not name.isascii():
-            try:
-                name.decode("utf-8")
-            except UnicodeDecodeError:
-                raise pyfuse3.FUSEError(errno.EILSEQ) from None
-
-    def _listing(self, directory: _Object, *, fresh: bool = False) -> _Listing:
-        assert directory.fd is not None
-        stamp = os.stat(directory.fd).st_mtime_ns
-        listing = self._listings.get(directory.ident)
-        if listing is not None and listing.stamp == stamp and not fresh:
-            self._listings.move_to_end(directory.ident)
-            return listing
-        fd = os.open(b".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=directory.fd)
-        try:
-            names = os.listdir(fd)
-        finally:
-            os.close(fd)
-        listing = _Listing(stamp)
-        model = self.model
-        for name in names:
-            encoded = os.fsencode(name)
-            listing.by_key.setdefault(fold_key(encoded, model), []).append(encoded)
-        self._listings[directory.ident] = listing
-        self._listings.move_to_end(directory.ident)
-        while len(self._listings) > _LISTINGS_KEPT:
-            self._listings.popitem(last=False)
-        return listing
-
-    def _noted(self, directory: _Object, *, added: bytes | None = None, removed: bytes | None = None) -> None:
-        """Record a change this layer made in `directory` in its cached listing, if there is one."""
-        listing = self._listings.get(directory.ident)
-        if listing is None:
-            return
-        if removed is not None:
-            key = fold_key(removed, self.model)
-            names = listing.by_key.get(key)
-            if names is not None and removed in names:
-                names.remove(removed)
-                if not names:
-                    del listing.by_key[key]
-        if added is not None:
-            listing.by_key.setdefault(fold_key(added, self.model), []).append(added)
-        assert directory.fd is not None
-        listing.stamp = os.stat(directory.fd).st_mtime_ns
-
-    def _resolve(self, directory: _Object, name: bytes) -> bytes | None:
-        """The stored name in `directory` that `name` designates, or None. Raises EILSEQ for a name
-        the model cannot hold (unless it is stored exactly so)."""
-        assert directory.fd is not None
-        try:
-            os.stat(name, dir_fd=directory.fd, follow_symlinks=False)
-        except FileNotFoundError:
-            pass
-        else:
-            return name
-        self._check_new_name(name)
-        key = fold_key(name, self.model)
-        for fresh in (False, True):
-            candidates = self._listing(directory, fresh=fresh).by_key.get(key)
-            if not candidates:
-                return None
-            for candidate in sorted(candidates):
-                if candidate == name:
-                    continue
-                try:
-                    os.stat(candidate, dir_fd=directory.fd, follow_symlinks=False)
-                except FileNotFoundError:
-                    continue  # the listing is stale: read it again
-                return candidate
-        return None
-
-    def _require(self, directory: _Object, name: bytes) -> bytes:
-        stored = self._resolve(directory, name)
-        if stored is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
-        return stored
-
-    def _require_free(self, directory: _Object, name: bytes) -> None:
-        self._check_new_name(name)
-        if self._resolve(directory, name) is not None:
-            raise pyfuse3.FUSEError(errno.EEXIST)
-
     def _own(self, directory: _Object, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         """Give a new entry to the caller, as the kernel would (only possible, and only needed, when
         the daemon runs as root and serves other users)."""
@@ -474,7 +380,7 @@ class CasefoldOperations(pyfuse3.Operations):
             if directory is self._root.obj:
                 return self._reply(self._root, self._stat(directory))
             return self._entry_for(directory, b"..", b"..")
-        stored = self._require(directory, name)
+        stored = self._names.require(directory, name)
         return self._entry_for(directory, stored, name)
 
     async def forget(self, inode_list: Sequence[tuple[pyfuse3.InodeT, int]]) -> None:
@@ -546,9 +452,9 @@ class CasefoldOperations(pyfuse3.Operations):
         ctx: pyfuse3.RequestContext,
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         directory = self._dir(parent_inode)
-        self._check_new_name(name)
+        self._names.check_new_name(name)
         open_flags = (flags & ~_OPEN_STRIP) | os.O_CLOEXEC | os.O_NOFOLLOW
-        stored = self._resolve(directory, name)
+        stored = self._names.resolve(directory, name)
         if stored is not None:
             # The kernel saw no entry, but another request made one since: open it, as open(2) would.
             if flags & os.O_EXCL:
@@ -559,7 +465,7 @@ class CasefoldOperations(pyfuse3.Operations):
             created = True
             stored = name
             fd = os.open(name, open_flags | os.O_CREAT | os.O_EXCL, stat.S_IMODE(mode), dir_fd=directory.fd)
-            self._noted(directory, added=name)
+            self._names.noted(directory, added=name)
         try:
             if created:
                 self._own(directory, name, ctx)
@@ -583,9 +489,9 @@ class CasefoldOperations(pyfuse3.Operations):
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
         directory = self._dir(parent_inode)
-        self._require_free(directory, name)
+        self._names.require_free(directory, name)
         os.mkdir(name, stat.S_IMODE(mode), dir_fd=directory.fd)
-        self._noted(directory, added=name)
+        self._names.noted(directory, added=name)
         self._own(directory, name, ctx)
         return self._entry_for(directory, name, name)
 
@@ -598,9 +504,9 @@ class CasefoldOperations(pyfuse3.Operations):
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
         directory = self._dir(parent_inode)
-        self._require_free(directory, name)
+        self._names.require_free(directory, name)
         os.mknod(name, mode, rdev, dir_fd=directory.fd)
-        self._noted(directory, added=name)
+        self._names.noted(directory, added=name)
         self._own(directory, name, ctx)
         return self._entry_for(directory, name, name)
 
@@ -612,9 +518,9 @@ class CasefoldOperations(pyfuse3.Operations):
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
         directory = self._dir(parent_inode)
-        self._require_free(directory, name)
+        self._names.require_free(directory, name)
         os.symlink(target, name, dir_fd=directory.fd)
-        self._noted(directory, added=name)
+        self._names.noted(directory, added=name)
         self._own(directory, name, ctx)
         return self._entry_for(directory, name, name)
 
@@ -629,7 +535,7 @@ class CasefoldOperations(pyfuse3.Operations):
         if obj.fd is not None:
             raise pyfuse3.FUSEError(errno.EPERM)  # no hard links to directories
         directory = self._dir(new_parent_inode)
-        self._require_free(directory, new_name)
+        self._names.require_free(directory, new_name)
         found = self._locate(obj)
         if found is not None:
             src_dir, src_name, _ = found
@@ -640,27 +546,27 @@ class CasefoldOperations(pyfuse3.Operations):
             os.link(_proc(next(iter(obj.handles))), new_name, dst_dir_fd=directory.fd, follow_symlinks=True)
         else:
             raise pyfuse3.FUSEError(errno.ENOENT)
-        self._noted(directory, added=new_name)
+        self._names.noted(directory, added=new_name)
         return self._entry_for(directory, new_name, new_name)
 
     async def unlink(
         self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
     ) -> None:
         directory = self._dir(parent_inode)
-        stored = self._require(directory, name)
+        stored = self._names.require(directory, name)
         st = os.stat(stored, dir_fd=directory.fd, follow_symlinks=False)
         os.unlink(stored, dir_fd=directory.fd)
-        self._noted(directory, removed=stored)
+        self._names.noted(directory, removed=stored)
         self._gone(directory, stored, (st.st_dev, st.st_ino))
 
     async def rmdir(
         self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
     ) -> None:
         directory = self._dir(parent_inode)
-        stored = self._require(directory, name)
+        stored = self._names.require(directory, name)
         st = os.stat(stored, dir_fd=directory.fd, follow_symlinks=False)
         os.rmdir(stored, dir_fd=directory.fd)
-        self._noted(directory, removed=stored)
+        self._names.noted(directory, removed=stored)
         self._gone(directory, stored, (st.st_dev, st.st_ino))
 
     async def rename(
@@ -676,20 +582,20 @@ class CasefoldOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EINVAL)  # RENAME_EXCHANGE, RENAME_WHITEOUT
         old_dir = self._dir(parent_inode_old)
         new_dir = self._dir(parent_inode_new)
-        self._check_new_name(name_new)
-        src = self._require(old_dir, name_old)
+        self._names.check_new_name(name_new)
+        src = self._names.require(old_dir, name_old)
         src_st = os.stat(src, dir_fd=old_dir.fd, follow_symlinks=False)
         src_ident = (src_st.st_dev, src_st.st_ino)
-        dst = self._resolve(new_dir, name_new)
+        dst = self._names.resolve(new_dir, name_new)
         if dst is None:
             os.rename(src, name_new, src_dir_fd=old_dir.fd, dst_dir_fd=new_dir.fd)
-            self._noted(old_dir, removed=src)
-            self._noted(new_dir, added=name_new)
+            self._names.noted(old_dir, removed=src)
+            self._names.noted(new_dir, added=name_new)
         elif old_dir.ident == new_dir.ident and dst == src:
             # A case-only rename: the entry itself takes the new spelling.
             if name_new != src:
                 os.rename(src, name_new, src_dir_fd=old_dir.fd, dst_dir_fd=new_dir.fd)
-                self._noted(old_dir, removed=src, added=name_new)
+                self._names.noted(old_dir, removed=src, added=name_new)
             self._retire(src_ident, b"" if name_new == dst else name_new)
         else:
             if flags & pyfuse3.RENAME_NOREPLACE:
@@ -700,10 +606,10 @@ class CasefoldOperations(pyfuse3.Operations):
                 return  # two links to one file: rename(2) does nothing, successfully
             # Replace the entry, then give it the new spelling: macOS keeps the name the rename gave.
             os.rename(src, dst, src_dir_fd=old_dir.fd, dst_dir_fd=new_dir.fd)
-            self._noted(old_dir, removed=src)
+            self._names.noted(old_dir, removed=src)
             if dst != name_new:
                 os.rename(dst, name_new, src_dir_fd=new_dir.fd, dst_dir_fd=new_dir.fd)
-            self._noted(new_dir, removed=dst, added=name_new)
+            self._names.noted(new_dir, removed=dst, added=name_new)
             self._gone(new_dir, dst, dst_ident)
         self._moved(src_ident, old_dir, src, name_old, new_dir, name_new)
 

@@ -15,6 +15,28 @@ from typing import Final
 MIB: Final = 1 << 20
 
 
+def nix_environment(base: Path) -> dict[str, str]:
+    """Environment variables that keep every Nix command of a benchmark under `base`: state, logs,
+    configuration (no substituters, no sandbox), cache, home and the default store, so nothing touches
+    the host's /nix. The store directory stays /nix/store: store path hashes depend on it."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("NIX_")}
+    places = {
+        "NIX_STATE_DIR": "state",
+        "NIX_LOG_DIR": "log",
+        "NIX_CONF_DIR": "conf",
+        "XDG_CACHE_HOME": "cache",
+        "XDG_CONFIG_HOME": "conf",
+        "HOME": "home",
+        "NIX_REMOTE": "default-store",
+    }
+    for variable, name in places.items():
+        (base / name).mkdir(parents=True, exist_ok=True)
+        env[variable] = str(base / name)
+    (base / "conf" / "nix.conf").write_text("sandbox = false\nsubstituters =\n")
+    env["LC_ALL"] = "C"
+    return env
+
+
 def log(message: str) -> None:
     """Progress goes to stderr; stdout carries only the report."""
     sys.stderr.write(message + "\n")

@@ -22,7 +22,7 @@ with `wait4` and prints its `ru_maxrss`. Without GNU time the figures come from 
 the report states the floor they cannot go below.
 
 Nix runs in an environment of its own (state, logs, configuration, cache and default store in the
-working directory, like `tests/helpers.py`'s `nix_environment`), so nothing touches /nix. Inputs are
+working directory, `common.nix_environment`), so nothing touches /nix. Inputs are
 generated from a fixed seed. Everything the benchmark creates is removed at the end, also on Ctrl-C or
 SIGTERM. Targets are reported, never asserted: benchmarks are not tests.
 
@@ -51,8 +51,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Final
 
-from bench.common import MIB, filesystem_of, log, make_big_file, remove, sha256_file
-from tests.helpers import nix_environment
+from bench.common import MIB, filesystem_of, log, make_big_file, nix_environment, remove, sha256_file
 
 SEED: Final = 20240601
 GNU_TIME: Final = "/usr/bin/time"

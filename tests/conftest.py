@@ -21,6 +21,9 @@ from hypothesis import settings
 from tests.helpers import IN_CI, Nix, find_nix
 from xstore.casehack import probe
 
+# Fixtures shared across directories: `store` and `filled` (synthetic local stores).
+pytest_plugins = ("tests.localstores",)
+
 TESTS_DIR = Path(__file__).resolve().parent
 NIX_FIXTURES_DIR = TESTS_DIR / "data" / "nix-fixtures"
 

@@ -158,6 +158,8 @@ class Progress:
         self._listening = contextlib.ExitStack()
         self._listening.enter_context(listening(lambda message: self.echo(message, err=True)))
         if self.enabled:
+            with self._lock:
+                self._draw()
             self._ticker = threading.Thread(target=self._tick, name="xstore-progress", daemon=True)
             self._ticker.start()
         return self

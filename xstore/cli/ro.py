@@ -102,13 +102,3 @@ def run(
     with cli_errors():
         code = mountns.run_writable(store_dir, command)
     raise typer.Exit(code)
-
-
-def ensure_writable(store_dir: Path) -> None:
-    """For commands that write to a store: if its directory is a read-only bind mount, continue in a
-    private mount namespace where it is writable. Must run before any thread starts."""
-    if sys.platform.startswith("linux") and store_dir.is_dir():
-        from xstore import mountns
-
-        if mountns.status(store_dir).read_only:
-            mountns.enter_writable_namespace(store_dir)  # refuses a read-only filesystem clearly

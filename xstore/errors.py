@@ -181,6 +181,11 @@ class InvalidPathError(StateError, LookupError):
     """A store path is not valid in this store."""
 
 
+class StreamClosedError(StateError, OSError):
+    """Standard input or output was closed when xstore started (`<&-`, `>&-`), or went away while it
+    was written to."""
+
+
 class UnsupportedError(StateError, NotImplementedError):
     """xstore cannot do this here (yet): a store kind not supported, a missing optional package."""
 

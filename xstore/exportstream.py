@@ -25,17 +25,19 @@ from xstore.errors import ExportStreamError, InvalidStorePathError
 from xstore.nar.events import ArchiveEnd, Event
 from xstore.nar.parser import NarParser
 from xstore.nar.rules import show
-from xstore.storepath import StorePath, parse_store_path
+from xstore.storepath import HASH_PART_LEN, MAX_NAME_LEN, STORE_DIR, StorePath, parse_store_path
 from xstore.wire import NEED_DATA, Signal, WireBuffer, encode_strings, encode_u64
 
 EXPORT_MAGIC: Final = 0x4558494E
 PATH_MARKER: Final = encode_u64(1)
 STREAM_END: Final = encode_u64(0)
 
-# Bounds on the trailer, so a hostile one cannot make the reader buffer without limit: a store path is
-# at most a few hundred bytes (a 211-character name), and no real path has more than a few thousand
-# references.
-MAX_PATH_STRING: Final = 4096
+# Bounds on the trailer, so a hostile one cannot make the reader hold much: a store path is at most
+# `/nix/store/` + 32 + `-` + a 211-character name (current Nix refuses longer ones when it parses them),
+# and no real path has more than a few thousand references. Current Nix reads the count unbounded and
+# keeps every reference; here the count is bounded and each reference is checked as it arrives, so a
+# trailer holds at most about 17 MiB of references.
+MAX_PATH_STRING: Final = len(STORE_DIR) + 1 + HASH_PART_LEN + 1 + MAX_NAME_LEN
 MAX_REFERENCES: Final = 1 << 16
 MAX_LEGACY_SIGNATURE: Final = 4096
 
@@ -73,7 +75,13 @@ ExportEvent = PathStart | PathEnd | StreamEnd | Event
 class _State(enum.Enum):
     MARKER = enum.auto()
     NAR = enum.auto()
-    TRAILER = enum.auto()
+    MAGIC = enum.auto()  # the trailer, one item at a time
+    PATH = enum.auto()
+    REF_COUNT = enum.auto()
+    REFS = enum.auto()
+    DERIVER = enum.auto()
+    SIG_FLAG = enum.auto()
+    SIG = enum.auto()
     DONE = enum.auto()
 
 
@@ -94,6 +102,11 @@ class ExportParser:
         self._nar_start = 0
         self._nar_size = 0
         self._eof = False
+        self._trailer_at = 0
+        self._path: StorePath | None = None
+        self._refs: set[StorePath] = set()
+        self._ref_count = 0
+        self._deriver: StorePath | None = None
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Append input; `b""` marks its end."""
@@ -124,9 +137,9 @@ class ExportParser:
             return self._next_nar_event()
         if state is _State.MARKER:
             return self._marker()
-        if state is _State.TRAILER:
-            return self._trailer()
-        return StreamEnd(self._buf.offset)
+        if state is _State.DONE:
+            return StreamEnd(self._buf.offset)
+        return self._trailer()
 
     def _marker(self) -> ExportEvent | Signal:
         buf = self._buf
@@ -170,36 +183,86 @@ class ExportParser:
             if self._eof:
                 buf.feed(b"")
             self._nar = None
-            self._state = _State.TRAILER
+            self._state = _State.MAGIC
+            self._trailer_at = buf.offset
         return event
 
     def _trailer(self) -> ExportEvent | Signal:
+        """What follows a NAR, read one item at a time (memory stays bounded by the limits above)."""
         buf = self._buf
-        at = buf.offset
-
-        def read() -> tuple[int, bytes, list[bytes], bytes]:
-            magic = buf.u64()
-            if magic != EXPORT_MAGIC:
-                raise buf.fail(
-                    "Nix archive cannot be imported; wrong format (no 'NIXE' magic after the NAR)", at
+        while True:
+            state = self._state
+            at = buf.offset
+            if state is _State.MAGIC:
+                magic = buf.attempt(buf.u64, "the export magic after the NAR")
+                if magic is NEED_DATA:
+                    return NEED_DATA
+                if magic != EXPORT_MAGIC:
+                    raise buf.fail(
+                        "Nix archive cannot be imported; wrong format (no 'NIXE' magic after the NAR)", at
+                    )
+                self._state = _State.PATH
+            elif state is _State.PATH:
+                raw = buf.attempt(lambda: buf.string(MAX_PATH_STRING, "store path"), "the store path")
+                if raw is NEED_DATA:
+                    return NEED_DATA
+                assert isinstance(raw, bytes)
+                self._path = _parse(raw, "store path", buf, at)
+                self._state = _State.REF_COUNT
+            elif state is _State.REF_COUNT:
+                count = buf.attempt(
+                    lambda: buf.bounded(MAX_REFERENCES, "the number of references"), "the references"
                 )
-            path = buf.string(MAX_PATH_STRING, "store path")
-            refs = buf.strings(MAX_REFERENCES, MAX_PATH_STRING, "references")
-            deriver = buf.string(MAX_PATH_STRING, "deriver")
-            if buf.u64() == 1:
-                buf.string(MAX_LEGACY_SIGNATURE, "legacy signature")
-            return magic, path, refs, deriver
+                if count is NEED_DATA:
+                    return NEED_DATA
+                assert isinstance(count, int)
+                self._ref_count = count
+                self._refs = set()
+                self._state = _State.REFS if count else _State.DERIVER
+            elif state is _State.REFS:
+                raw = buf.attempt(lambda: buf.string(MAX_PATH_STRING, "reference"), "a reference")
+                if raw is NEED_DATA:
+                    return NEED_DATA
+                assert isinstance(raw, bytes)
+                self._refs.add(_parse(raw, "reference", buf, at))
+                self._ref_count -= 1
+                if not self._ref_count:
+                    self._state = _State.DERIVER
+            elif state is _State.DERIVER:
+                raw = buf.attempt(lambda: buf.string(MAX_PATH_STRING, "deriver"), "the deriver")
+                if raw is NEED_DATA:
+                    return NEED_DATA
+                assert isinstance(raw, bytes)
+                self._deriver = _parse(raw, "deriver", buf, at) if raw else None
+                self._state = _State.SIG_FLAG
+            elif state is _State.SIG_FLAG:
+                flag = buf.attempt(buf.u64, "the signature flag")
+                if flag is NEED_DATA:
+                    return NEED_DATA
+                if flag != 1:
+                    return self._path_end()
+                self._state = _State.SIG
+            else:
+                assert state is _State.SIG
+                sig = buf.attempt(
+                    lambda: buf.string(MAX_LEGACY_SIGNATURE, "legacy signature"), "the legacy signature"
+                )
+                if sig is NEED_DATA:
+                    return NEED_DATA
+                return self._path_end()
 
-        got = buf.attempt(read, "the path's metadata after its NAR")
-        if got is NEED_DATA:
-            return NEED_DATA
-        assert isinstance(got, tuple)
-        _, raw_path, raw_refs, raw_deriver = got
-        path = _parse(raw_path, "store path", buf, at)
-        refs = tuple(sorted({_parse(r, "reference", buf, at) for r in raw_refs}))
-        deriver = _parse(raw_deriver, "deriver", buf, at) if raw_deriver else None
+    def _path_end(self) -> PathEnd:
+        assert self._path is not None
         self._state = _State.MARKER
-        return PathEnd(path, refs, deriver, self._hasher.digest(), self._nar_size, self._start, buf.offset)
+        return PathEnd(
+            self._path,
+            tuple(sorted(self._refs)),
+            self._deriver,
+            self._hasher.digest(),
+            self._nar_size,
+            self._start,
+            self._buf.offset,
+        )
 
 
 def _parse(raw: bytes, what: str, buf: WireBuffer, at: int) -> StorePath:

@@ -5,13 +5,23 @@ the owner could execute them), directories 0555, no setuid, setgid or sticky bit
 second after the epoch on everything, symlinks included. Such a tree cannot be deleted as it is, so
 removal first gives the owner write permission on every directory. Nix: posix-fs-canonicalise.cc
 (`canonicalisePathMetaData`), util.cc (`deletePath`).
+
+Restores and atomic outputs build beside their destination in a private staging entry, locked while its
+owner lives; `remove_dead_staging` clears what killed processes left.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import re
+import secrets
 import shutil
 import stat
+import time
+from collections.abc import Callable, Iterator
+from typing import Final
 
 
 def canonicalise(real_path: bytes) -> None:
@@ -52,3 +62,102 @@ def remove_tree(real_path: bytes) -> None:
         shutil.rmtree(real_path)
     else:
         os.unlink(real_path)
+
+
+# -- staging beside a destination -------------------------------------------------------------------
+
+# `.<name>.xstore-<12 hex digits>`: the private sibling a restore builds in, and the temporary file of an
+# atomic `-o`; while its owner lives it holds an exclusive flock on it.
+STAGING_NAME: Final = re.compile(rb"\A\..*\.xstore-[0-9a-f]{12}\Z", re.DOTALL)
+STAGING_GRACE: Final = 30.0  # seconds: never touch a staging entry changed more recently
+
+
+def staging_name(dest_name: bytes) -> bytes:
+    return b"." + dest_name[:200] + b".xstore-" + secrets.token_hex(6).encode()
+
+
+def hold(fd: int) -> None:
+    """Mark the staging entry open at `fd` as alive for as long as this process keeps it open."""
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def remove_dead_staging(parent_fd: int) -> list[bytes]:
+    """Remove the staging entries in the directory open at `parent_fd` that dead processes left (killed
+    by SIGKILL, or a machine that went down): entries named as `staging_name` makes them, owned by this
+    user, unchanged for a while, and whose lock nobody holds. Returns their names."""
+    removed = []
+    with os.scandir(parent_fd) as it:
+        names = [os.fsencode(e.name) for e in it if STAGING_NAME.match(os.fsencode(e.name))]
+    for name in names:
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=parent_fd)
+        except OSError:
+            continue
+        try:
+            st = os.fstat(fd)
+            if st.st_uid != os.geteuid() or time.time() - st.st_mtime < STAGING_GRACE:
+                continue
+            try:
+                hold(fd)
+            except BlockingIOError:
+                continue  # alive
+            if stat.S_ISDIR(st.st_mode):
+                shutil.rmtree(name, dir_fd=parent_fd)
+            else:
+                os.unlink(name, dir_fd=parent_fd)
+            removed.append(name)
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+    return removed
+
+
+def announce_fifo(path: str | bytes, waits_for: str) -> None:
+    """Opening a FIFO blocks until its other end is opened: say so first (Ctrl-C ends the wait)."""
+    from xstore.notices import notice
+
+    with contextlib.suppress(OSError):
+        if stat.S_ISFIFO(os.stat(path).st_mode):
+            notice(f"waiting for {waits_for} on the FIFO '{os.fsdecode(path)}'")
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | bytes) -> Iterator[Callable[[bytes], object]]:
+    """A sink writing the file `path` atomically: into a locked staging file beside it that replaces it
+    only when the block completes, so a failure or a kill leaves no partial file (a later write into the
+    same directory removes what a killed one left). A symlink is written through: its target is
+    replaced, the link stays. A `path` that exists and is not a regular file (`/dev/null`, a FIFO) is
+    written to directly: replacing it would destroy it."""
+    path = os.fsencode(path)
+    if os.path.islink(path):
+        path = os.path.realpath(path)
+    try:
+        special = not stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        special = False
+    if special:
+        announce_fifo(path, "a reader")
+        with open(path, "wb", buffering=0) as f:
+            yield f.write
+        return
+    directory, name = os.path.split(os.path.abspath(path))
+    parent_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        with contextlib.suppress(OSError):
+            remove_dead_staging(parent_fd)
+        tmp = staging_name(name)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+        fd = os.open(tmp, flags, 0o644, dir_fd=parent_fd)
+        try:
+            hold(fd)
+            with os.fdopen(fd, "wb", buffering=0) as f:
+                yield f.write
+                os.fsync(f.fileno())
+            os.replace(tmp, name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=parent_fd)
+            raise
+    finally:
+        os.close(parent_fd)

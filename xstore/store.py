@@ -39,10 +39,11 @@ from pathlib import Path
 from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 
 from xstore.casehack import CaseHackMode, Fold, probe, probe_read_only
-from xstore.errors import HashMismatchError, InputError, InvalidPathError, StoreError
+from xstore.errors import HashMismatchError, InputError, InvalidPathError, InvalidStorePathError, StoreError
 from xstore.fsops import remove_tree
 from xstore.hashing import HashAlgorithm, HashFormat, HashSink, parse_hash
 from xstore.notices import notice
+from xstore.pathlocks import PathLock, flock_fd, lock_file
 from xstore.storeapi import PathInfo, Read, Sink, Store, batched
 from xstore.storepath import HASH_PART_LEN, STORE_DIR, StorePath, parse_store_path
 
@@ -111,69 +112,46 @@ def default_store_root() -> Path:
     return base / "xstore" / "store"
 
 
-def _lock_file(path: Path | bytes, shared: bool, blocking: bool = True) -> int | None:
-    """Open (creating, mode 0600) and flock `path`. None if `blocking` is off and it is taken."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if blocking else fcntl.LOCK_NB))
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-class PathLock:
-    """Nix's lock on a store path being added: `<real path>.lock`, exclusive.
-
-    A lock file with contents is stale (its owner deleted it after use and wrote "d" into it, so a
-    process still waiting on that inode knows to retry): take it again from the start. On release,
-    the file is unlinked first and only then marked "d", so no stale file is ever left linked
-    (Nix 2.8 spins forever on one). Nix: pathlocks.cc `PathLocks::lockPaths`, `deleteLockFile`.
-    """
-
-    def __init__(self, lock_path: bytes) -> None:
-        self.lock_path = lock_path
-        while True:
-            fd = _lock_file(lock_path, shared=False)
-            assert fd is not None
-            if os.fstat(fd).st_size == 0:
-                self._fd = fd
-                return
-            os.close(fd)  # stale: deleted by its last owner; a new file will be made
-
-    def release(self, delete: bool = True) -> None:
-        if self._fd < 0:
-            return
-        if delete:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.lock_path)
-            with contextlib.suppress(OSError):
-                os.write(self._fd, b"d")
-        os.close(self._fd)
-        self._fd = -1
-
-    def __enter__(self) -> PathLock:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-
 P = ParamSpec("P")
 R = TypeVar("R")
 
 
+def _is_busy(e: sqlite3.Error) -> bool:
+    return getattr(e, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or (
+        "database is locked" in str(e)
+    )
+
+
+def _patiently(what: str, attempt: Callable[[], R]) -> R:
+    """Run `attempt` until the database is not busy: SQLite's own wait is kept short (it cannot be
+    interrupted), and between attempts this sleeps in Python, where Ctrl-C and SIGTERM get through. A
+    wait longer than half a second is announced once."""
+    started = time.monotonic()
+    announced = False
+    while True:
+        try:
+            return attempt()
+        except sqlite3.Error as e:
+            if not _is_busy(e):
+                raise
+        if not announced and time.monotonic() - started > 0.5:
+            notice(f"waiting for {what}, which another process holds")
+            announced = True
+        time.sleep(0.05)
+
+
 def _db_errors(method: Callable[Concatenate[LocalStore, P], R]) -> Callable[Concatenate[LocalStore, P], R]:
-    """One database user at a time (the connection is shared by the threads of a copy), and SQLite
-    failures (a corrupt or locked-up database) reported as `StoreError`, not as bugs."""
+    """One database user at a time (the connection is shared by the threads of a copy), waits for a
+    database another process holds (interruptible, announced), and SQLite failures (a corrupt
+    database, a full disk) reported as `StoreError`, not as bugs."""
 
     def wrapper(self: LocalStore, /, *args: P.args, **kwargs: P.kwargs) -> R:
-        try:
+        def attempt() -> R:
             with self._db_lock:
                 return method(self, *args, **kwargs)
+
+        try:
+            return _patiently(f"the database of the store at '{self.root}'", attempt)
         except sqlite3.Error as e:
             raise StoreError(f"the store database '{self.db_dir / 'db.sqlite'}' cannot be used: {e}") from e
 
@@ -188,7 +166,7 @@ class LocalStore(Store):
     Holds the big lock shared and one SQLite connection, which threads take turns to use.
     """
 
-    def __init__(self, root: Path | str, *, _create: bool = False) -> None:
+    def __init__(self, root: Path | str, *, read_only: bool = False, _create: bool = False) -> None:
         self.root = Path(root).absolute()
         self.url = str(self.root)
         self.real_store_dir = self.root / "nix" / "store"
@@ -198,6 +176,7 @@ class LocalStore(Store):
         self._big_lock = -1
         self._db: sqlite3.Connection | None = None
         self._db_lock = threading.RLock()
+        self.read_only = read_only
         if not (self.db_dir / "db.sqlite").exists() and not _create:
             raise StoreError(
                 f"no store at '{self.root}' (no nix/var/nix/db/db.sqlite); "
@@ -215,9 +194,13 @@ class LocalStore(Store):
     # -- opening -------------------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, root: Path | str) -> LocalStore:
-        """Open an existing store (made by xstore or by Nix). Raises `StoreError` if there is none."""
-        return cls(root)
+    def open(cls, root: Path | str, *, read_only: bool = False) -> LocalStore:
+        """Open an existing store (made by xstore or by Nix). Raises `StoreError` if there is none.
+
+        `read_only` opens the database read-only and writes nothing at all (for queries, exports and
+        verify: they work on a full disk and for users who may only read the store); adding to such a
+        store raises `StoreError`."""
+        return cls(root, read_only=read_only)
 
     @classmethod
     def create(
@@ -247,12 +230,13 @@ class LocalStore(Store):
     def _open(self) -> None:
         self.db_dir.mkdir(parents=True, exist_ok=True)
         big_lock = self.db_dir / "big-lock"
-        fd = _lock_file(big_lock, shared=True, blocking=False)
-        if fd is None:
-            notice(f"waiting for the big lock of the store at '{self.root}', which another process holds")
-            fd = _lock_file(big_lock, shared=True)
-        assert fd is not None
-        self._big_lock = fd
+        what = f"the big lock of the store at '{self.root}'"
+        if self.read_only:
+            self._big_lock = _read_only_lock(big_lock, what)
+        else:
+            fd = lock_file(big_lock, shared=True, what=what)
+            assert fd is not None
+            self._big_lock = fd
         schema_file = self.db_dir / "schema"
         version = 0
         if schema_file.exists():
@@ -269,24 +253,57 @@ class LocalStore(Store):
                 f"the store at '{self.root}' has the old schema version {version}; "
                 "upgrade it with a current Nix"
             )
-        self._db = self._connect()
+        if version == 0 and self.read_only:
+            raise StoreError(f"the store at '{self.root}' has no schema yet and is opened read-only")
+        self._db = _patiently(f"the database of the store at '{self.root}'", self._connect)
         if version == 0:
             self._create_schema(schema_file)
 
     def _connect(self) -> sqlite3.Connection:
+        # A short busy timeout: SQLite's wait cannot be interrupted; `_patiently` waits in Python.
+        if self.read_only:
+            return self._connect_read_only()
         db = sqlite3.connect(
-            self.db_dir / "db.sqlite", isolation_level=None, timeout=3600.0, check_same_thread=False
+            self.db_dir / "db.sqlite", isolation_level=None, timeout=0.1, check_same_thread=False
         )
-        db.execute("pragma foreign_keys = 1")
-        db.execute("pragma synchronous = normal")
-        if db.execute("pragma main.journal_mode").fetchone()[0] != "wal":
-            db.execute("pragma main.journal_mode = wal")
-        db.execute("pragma wal_autocheckpoint = 40000")
+        try:
+            db.execute("pragma foreign_keys = 1")
+            db.execute("pragma synchronous = normal")
+            if db.execute("pragma main.journal_mode").fetchone()[0] != "wal":
+                db.execute("pragma main.journal_mode = wal")
+            db.execute("pragma wal_autocheckpoint = 40000")
+        except BaseException:
+            db.close()
+            raise
         return db
+
+    def _connect_read_only(self) -> sqlite3.Connection:
+        """A connection for reading. Like Nix's, it opens the database for writing when it can: a WAL
+        database's last connection then cleans up its -wal and -shm files, so reading leaves the store as
+        it was. Where that fails (a full disk, a read-only filesystem, a reader without write access) it
+        opens read-only; and when even the -shm file cannot be made and no write-ahead log is pending,
+        as immutable, which needs no files beside the database."""
+        path = self.db_dir / "db.sqlite"
+
+        def connect(uri: str) -> sqlite3.Connection:
+            return sqlite3.connect(uri, uri=True, isolation_level=None, timeout=0.1, check_same_thread=False)
+
+        for target in (path.as_uri(), path.as_uri() + "?mode=ro"):
+            try:
+                db = connect(target)
+                db.execute("select count(*) from ValidPaths").fetchone()
+                return db
+            except sqlite3.Error as e:
+                if _is_busy(e):
+                    raise
+        wal = path.with_name("db.sqlite-wal")
+        if wal.exists() and wal.stat().st_size:
+            raise StoreError(f"the database of the store at '{self.root}' cannot be opened, even read-only")
+        return connect(path.as_uri() + "?mode=ro&immutable=1")
 
     def _create_schema(self, schema_file: Path) -> None:
         # Upgrade the big lock to exclusive while the schema is made, as Nix does.
-        fcntl.flock(self._big_lock, fcntl.LOCK_EX)
+        flock_fd(self._big_lock, False, True, f"the big lock of the store at '{self.root}'")
         try:
             if not schema_file.exists():
                 self.db.executescript(_SCHEMA)
@@ -465,6 +482,8 @@ class LocalStore(Store):
     def register(self, info: PathInfo) -> None:
         """Add `info` to the database in one transaction. Every reference must be valid already
         (or be the path itself); raises `InvalidPathError` otherwise, with nothing registered."""
+        if self.read_only:
+            raise StoreError(f"the store at '{self.root}' is open read-only")
         db = self.db
         db.execute("begin immediate")
         try:
@@ -492,11 +511,26 @@ class LocalStore(Store):
                 db.execute("insert or replace into Refs (referrer, reference) values (?, ?)", (rid, row[0]))
             db.execute("commit")
         except BaseException:
-            db.execute("rollback")
+            if db.in_transaction:
+                db.execute("rollback")
             raise
 
     def lock(self, path: StorePath) -> PathLock:
-        return PathLock(self.real_path(path) + b".lock")
+        """Lock `path` for adding it: xstore's own lock and, where safe, Nix's `<path>.lock`
+        (`pathlocks.py` says why both)."""
+        locks = self.xstore_dir / "locks"
+        locks.mkdir(parents=True, exist_ok=True)
+
+        def lock_is_a_valid_path() -> bool:
+            try:
+                lock_path = StorePath(path.hash_part, path.name + ".lock")
+            except InvalidStorePathError:
+                return False  # the name would be too long for a store path
+            return self.is_valid(lock_path)
+
+        return PathLock(
+            locks / f"path-{path.hash_part}", self.real_path(path) + b".lock", path.path, lock_is_a_valid_path
+        )
 
     # -- temporary space inside the store -------------------------------------------------------------
 
@@ -508,7 +542,7 @@ class LocalStore(Store):
         token = secrets.token_hex(8)
         locks = self.xstore_dir / "locks"
         locks.mkdir(parents=True, exist_ok=True)
-        lock_fd = _lock_file(locks / token, shared=False)
+        lock_fd = lock_file(locks / token)
         path = os.fsencode(self.real_store_dir / (TEMP_PREFIX + token))
         try:
             os.mkdir(path, 0o700)
@@ -532,7 +566,7 @@ class LocalStore(Store):
         for name in names:
             token = name[len(TEMP_PREFIX) :]
             locks.mkdir(parents=True, exist_ok=True)
-            fd = _lock_file(locks / token, shared=False, blocking=False)
+            fd = lock_file(locks / token, blocking=False)
             if fd is None:
                 continue  # alive
             try:
@@ -544,17 +578,70 @@ class LocalStore(Store):
                 os.close(fd)
         return removed
 
+    @_db_errors
+    def paths_with_hash_part(self, hash_part: str) -> list[StorePath]:
+        """Every valid path whose hash part is `hash_part` (on a case-sensitive filesystem there may be
+        several, differing in name)."""
+        prefix = f"{STORE_DIR}/{hash_part}-"
+        rows = self.db.execute(
+            "select path from ValidPaths where path >= ? and path < ?", (prefix, prefix[:-1] + ".")
+        )
+        return [parse_store_path(p) for (p,) in rows]
+
+    def _listed_exactly(self, name: str) -> bool:
+        """Whether the store directory lists `name` itself, not merely answers to it (a filesystem that
+        folds case finds `Hello` when asked for `hello`)."""
+        with os.scandir(self.real_store_dir) as it:
+            return any(entry.name == name for entry in it)
+
     def remove_invalid_leftover(self, path: StorePath) -> None:
-        """Delete whatever occupies `path`'s real location while it is not valid (a killed import
-        left it after the rename), as Nix does before adding a path. Call with the path lock held."""
+        """Delete whatever occupies `path`'s real location while it is not valid (a killed import left
+        it after the rename), as Nix does before adding a path. Call with the path lock held.
+
+        Nothing that belongs to a valid path is ever removed, whatever the filesystem folds: the entry
+        must be listed under exactly this name (on a case-folding filesystem a valid `<h>-Hello` answers
+        to `<h>-hello`), and must not be the same file as a valid path with the same hash part. Raises
+        `StoreError` when the place is taken by something else; then nothing is changed.
+        """
         real = self.real_path(path)
         try:
-            os.lstat(real)
+            st = os.lstat(real)
         except FileNotFoundError:
             return
         if self.is_valid(path):
             raise StoreError(f"'{path}' is valid; refusing to remove it")
+        if not self._listed_exactly(path.base):
+            raise StoreError(
+                f"cannot add '{path}': the filesystem of the store at '{self.root}' folds case or "
+                "normalisation, and another entry of the store directory already answers to this name "
+                "(two store paths whose names differ only so cannot both live in this store)",
+                path=path.path,
+            )
+        for other in self.paths_with_hash_part(path.hash_part):
+            try:
+                if other != path and os.path.samestat(st, os.lstat(self.real_path(other))):
+                    raise StoreError(
+                        f"cannot add '{path}': its place in the store is the valid path '{other}'",
+                        path=path.path,
+                    )
+            except FileNotFoundError:
+                continue
         remove_tree(real)
+
+
+def _read_only_lock(path: Path, what: str) -> int:
+    """The big lock, shared, for a reader that may not (or need not) write: opened read-only when it
+    exists (flock needs no write access), skipped (-1) when it cannot be opened at all."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return -1
+    try:
+        flock_fd(fd, True, True, what)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def store_path_of(store_dir_entry: str) -> StorePath | None:

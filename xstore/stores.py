@@ -51,6 +51,7 @@ def open_store(
     url: str | StoreUrl | None,
     *,
     create: bool = False,
+    read_only: bool = False,
     case_hack: CaseHackMode = CaseHackMode.AUTO,
     fold: Fold | None = None,
 ) -> Store:
@@ -59,8 +60,10 @@ def open_store(
     With `create`, a local store that does not exist is created (probing its filesystem for the case
     hack unless `case_hack` says otherwise), and a store directory that is a read-only bind mount is made
     writable for this process alone by entering a private mount namespace (Linux; must happen before any
-    thread starts). Raises `InvalidStoreUrlError`, `UnsupportedError` for a kind not supported here,
-    `StoreError` for a store that cannot be opened.
+    thread starts). `read_only` is for commands that only read: a local store is then opened without
+    writing anything (it works on a full disk and for users who may only read it). Raises
+    `InvalidStoreUrlError`, `UnsupportedError` for a kind not supported here, `StoreError` for a store
+    that cannot be opened.
     """
     if not isinstance(url, StoreUrl):
         url = parse_store_url(url)
@@ -70,7 +73,7 @@ def open_store(
         _check_params(url, _LOCAL_PARAMS)
         root = local_root(url)
         if not create:
-            return LocalStore.open(root)
+            return LocalStore.open(root, read_only=read_only)
         ensure_writable(root / "nix" / "store")
         return LocalStore.create(root, case_hack=case_hack, fold=fold)
     raise UnsupportedError(f"stores of the kind '{url.scheme}' ({url.base()}) are not supported yet")

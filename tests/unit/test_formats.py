@@ -183,7 +183,7 @@ P = parse_store_path("/nix/store/" + "a" * 32 + "-x")
             _one_path_stream(
                 P, trailer=encode_u64(EXPORT_MAGIC) + encode_strings(P.path.encode()) + encode_u64(1 << 40)
             ),
-            "the number of items in references 1099511627776 is out of range",
+            "the number of references 1099511627776 is out of range",
         ),
         (
             _one_path_stream(

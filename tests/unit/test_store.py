@@ -8,27 +8,23 @@ directory, canonicalised and hashed with xstore's own dump. Everything compared 
 
 from __future__ import annotations
 
-import fcntl
 import itertools
 import json
 import os
 import sqlite3
 import stat
-import threading
-import time
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-import xstore.store as store_module
 from tests.localstores import dummy, export_bytes, leftovers, read_from, rows, sp
 from xstore.casehack import CaseHackMode, Fold, probe
 from xstore.cli.app import app
 from xstore.errors import HashMismatchError, InvalidPathError, StoreError, XstoreError
 from xstore.fsops import canonicalise, remove_tree
 from xstore.import_export import export_order, export_paths, import_stream, list_stream
-from xstore.store import TEMP_PREFIX, LocalStore, PathLock
+from xstore.store import TEMP_PREFIX, LocalStore
 from xstore.storeapi import PathInfo, path_info_json
 from xstore.storepath import StorePath
 from xstore.verify import verify
@@ -212,103 +208,6 @@ def test_path_info_json(store: LocalStore) -> None:
 
 
 # -- locks -----------------------------------------------------------------------------------------------
-
-
-def test_path_lock_release_unlinks_then_marks(tmp_path: Path) -> None:
-    lock_path = os.fsencode(tmp_path / "x.lock")
-    lock = PathLock(lock_path)
-    assert os.stat(lock_path).st_size == 0
-    watcher = os.open(lock_path, os.O_RDONLY)
-    try:
-        lock.release()
-        assert not os.path.lexists(lock_path)
-        st = os.fstat(watcher)
-        assert (st.st_nlink, st.st_size) == (0, 1)
-        assert os.pread(watcher, 8, 0) == b"d"
-    finally:
-        os.close(watcher)
-    lock.release()  # twice is harmless
-
-
-def test_path_lock_retries_stale_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A lock taken on a file its last owner deleted (size 1, "d") is dropped and taken again."""
-    lock_path = os.fsencode(tmp_path / "x.lock")
-    real_lock_file = store_module._lock_file
-    calls: list[int] = []
-
-    def lock_file(path: Path | bytes, shared: bool, blocking: bool = True) -> int | None:
-        fd = real_lock_file(path, shared, blocking)
-        calls.append(-1 if fd is None else fd)
-        if len(calls) == 1:
-            # What a waiter holds after the owner released: the deleted inode, marked "d".
-            os.unlink(path)
-            assert fd is not None
-            os.write(fd, b"d")
-        return fd
-
-    monkeypatch.setattr(store_module, "_lock_file", lock_file)
-    with PathLock(lock_path):
-        assert len(calls) == 2
-        assert os.stat(lock_path).st_size == 0
-        assert not held_elsewhere_free(lock_path)
-    assert not os.path.lexists(lock_path)
-
-
-def held_elsewhere_free(path: bytes) -> bool:
-    """Whether an exclusive flock on `path` can be taken right now (by another open file)."""
-    fd = os.open(path, os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
-    return True
-
-
-def waiting_on(path: bytes) -> bool:
-    """Whether some flock request is blocked on the file at `path` (Linux: a `->` line of /proc/locks
-    naming its inode)."""
-    inode = os.stat(path).st_ino
-    with open("/proc/locks") as f:
-        for line in f:
-            fields = line.split()
-            if (
-                "->" in fields
-                and "FLOCK" in fields
-                and any(field.count(":") == 2 and field.rsplit(":", 1)[1] == str(inode) for field in fields)
-            ):
-                return True
-    return False
-
-
-def test_path_lock_waiter_gets_fresh_file(tmp_path: Path) -> None:
-    """Nix's protocol with a real waiter: it blocks on the owner's inode, finds it deleted and marked when
-    it gets it, and locks a fresh file instead."""
-    lock_path = os.fsencode(tmp_path / "x.lock")
-    owner = PathLock(lock_path)
-    got: list[PathLock] = []
-    thread = threading.Thread(target=lambda: got.append(PathLock(lock_path)), daemon=True)
-    thread.start()
-    if os.path.exists("/proc/locks"):
-        deadline = time.monotonic() + 10
-        while not waiting_on(lock_path):
-            assert time.monotonic() < deadline, "the second PathLock never waited"
-            time.sleep(0.005)
-    else:
-        time.sleep(0.2)
-    assert not got
-    owner.release()  # unlinks the file, marks it "d"
-    thread.join(10)
-    (waiter,) = got
-    try:
-        # The name exists again, so the waiter made a new file after finding the old one stale; it is
-        # empty and locked.
-        assert os.stat(lock_path).st_size == 0
-        assert not held_elsewhere_free(lock_path)
-    finally:
-        waiter.release()
-    assert not os.path.lexists(lock_path)
 
 
 def test_store_lock_is_beside_the_path(store: LocalStore) -> None:

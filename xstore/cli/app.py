@@ -17,6 +17,7 @@ from xstore.cli import mount as mount_cli
 from xstore.cli import nar as nar_cli
 from xstore.cli import ro as ro_cli
 from xstore.cli import store as store_cli
+from xstore.cli.common import guard_standard_streams
 
 app = typer.Typer(
     name="xstore",
@@ -63,5 +64,8 @@ def _terminate(signum: int, _frame: object) -> None:
 
 
 def main() -> None:
+    # SIGHUP too: a terminal that goes away must not leave half-written temporaries behind.
     signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGHUP, _terminate)
+    guard_standard_streams()
     app(prog_name="xstore")

@@ -10,14 +10,13 @@ from __future__ import annotations
 import contextlib
 import enum
 import os
-import secrets
 import shutil
 import stat
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import BinaryIO, Final
+from typing import BinaryIO, Final, NoReturn
 
 import typer
 
@@ -37,8 +36,57 @@ class FoldOpt(enum.StrEnum):
 
 
 def err(message: str) -> None:
-    sys.stderr.write(message + "\n")
-    sys.stderr.flush()
+    """One line on stderr. Names in messages come from `os.fsdecode`; they are written back as the bytes
+    they were, as Nix prints them (no escapes, no `b'...'`). Dropped when stderr is closed."""
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.flush()
+        sys.stderr.buffer.write(message.encode("utf-8", "surrogateescape") + b"\n")
+        sys.stderr.buffer.flush()
+
+
+class ClosedStream:
+    """Stands in for a standard stream that was closed when the process started (`>&-`): any use raises
+    `StreamClosedError` (one line, exit 1) instead of Python failing on `None`."""
+
+    def __init__(self, name: str) -> None:
+        self._what = f"standard {name} is closed"
+
+    def _fail(self, *_args: object, **_kwargs: object) -> NoReturn:
+        from xstore.errors import StreamClosedError
+
+        raise StreamClosedError(self._what)
+
+    write = read = readline = fileno = _fail
+
+    def flush(self) -> None:
+        """Nothing to flush (the interpreter flushes standard streams at exit)."""
+
+    @property
+    def buffer(self) -> ClosedStream:
+        return self
+
+    def isatty(self) -> bool:
+        return False
+
+    def __enter__(self) -> ClosedStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def require_stdout() -> None:
+    """Raise `StreamClosedError` now if standard output was closed at start: for commands that must not
+    begin work whose result they could not report."""
+    if isinstance(sys.stdout, ClosedStream):
+        sys.stdout.write("")
+
+
+def guard_standard_streams() -> None:
+    """Replace standard streams that were closed at start (Python sets them to None) by `ClosedStream`s."""
+    for name, what in (("stdin", "input"), ("stdout", "output"), ("stderr", "error")):
+        if getattr(sys, name) is None:
+            setattr(sys, name, ClosedStream(what))
 
 
 def _describe_os_error(e: OSError) -> str:
@@ -77,13 +125,6 @@ def cli_errors() -> Iterator[None]:
         raise typer.Exit(130) from None
 
 
-def open_input(path: str | None) -> BinaryIO:
-    """`path` opened for binary reading; stdin when None or "-"."""
-    if path is None or path == "-":
-        return sys.stdin.buffer
-    return open(path, "rb")
-
-
 def stdout_binary() -> BinaryIO:
     out = sys.stdout.buffer
     if out.isatty():
@@ -93,35 +134,27 @@ def stdout_binary() -> BinaryIO:
 
 @contextlib.contextmanager
 def atomic_output(path: str | None) -> Iterator[Callable[[bytes], object]]:
-    """A sink for binary output: stdout when `path` is None or "-", else a temporary file beside
-    `path` that replaces it only when the block completes (so a failure leaves no partial file). A
-    `path` that exists and is not a regular file (`/dev/null`, a FIFO) is written to directly: replacing
-    it would destroy it."""
+    """A sink for binary output: stdout when `path` is None or "-", else `fsops.atomic_file(path)`."""
     if path is None or path == "-":
         out = stdout_binary()
         yield out.write
         out.flush()
         return
-    try:
-        special = not stat.S_ISREG(os.stat(path).st_mode)
-    except FileNotFoundError:
-        special = False
-    if special:
-        with open(path, "wb", buffering=0) as f:
-            yield f.write
-        return
-    directory, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{name}.xstore-{secrets.token_hex(6)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    try:
-        with os.fdopen(fd, "wb", buffering=0) as f:
-            yield f.write
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    from xstore.fsops import atomic_file
+
+    with atomic_file(path) as write:
+        yield write
+
+
+def open_input(path: str | None) -> BinaryIO:
+    """`path` opened for binary reading; stdin when None or "-". Opening a FIFO waits for a writer:
+    that wait is announced, and Ctrl-C ends it."""
+    if path is None or path == "-":
+        return sys.stdin.buffer
+    from xstore.fsops import announce_fifo
+
+    announce_fifo(path, "a writer")
+    return open(path, "rb")
 
 
 class Progress:

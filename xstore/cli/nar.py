@@ -18,6 +18,7 @@ from xstore.cli.common import (
     err,
     file_size,
     open_input,
+    require_stdout,
     stdout_binary,
 )
 
@@ -98,6 +99,8 @@ def restore(
     from xstore.nar.restore import restore_path
 
     with cli_errors():
+        if json_:
+            require_stdout()  # a closed standard output stops the restore before it starts
         with open_input(input_) as f:
             if f.isatty():
                 raise UsageError("no archive on stdin: pipe one in or use -i FILE")

@@ -16,6 +16,7 @@ from xstore.cli.common import (
     cli_errors,
     file_size,
     open_input,
+    require_stdout,
 )
 
 if TYPE_CHECKING:
@@ -62,9 +63,10 @@ FoldStoreOpt = Annotated[
 
 
 def _open(url: str | None) -> Store:
+    """A store of any kind, for commands that only read from it."""
     from xstore.stores import open_store
 
-    return open_store(url)
+    return open_store(url, read_only=True)
 
 
 def _open_local(url: str | None, what: str, create: tuple[CaseHackOpt, FoldOpt] | None = None) -> LocalStore:
@@ -83,7 +85,7 @@ def _open_local(url: str | None, what: str, create: tuple[CaseHackOpt, FoldOpt] 
             + ("; import locally, then 'xstore copy --to' it" if what == "import" else "")
         )
     if create is None:
-        store = open_store(parsed)
+        store = open_store(parsed, read_only=True)
     else:
         case_hack, fold = create
         store = open_store(
@@ -143,7 +145,7 @@ def import_(
     Example: ssh linux-box nix-store --export $(nix-store -qR ./result) | xstore import
     """
     from xstore import sniff
-    from xstore.errors import UsageError
+    from xstore.errors import StreamClosedError, UsageError
     from xstore.import_export import ImportResult, import_stream
 
     with cli_errors(), _open_local(store, "import", (case_hack, case_fold)) as s:
@@ -154,11 +156,18 @@ def import_(
             kind, method, read = sniff.open_input(f.read)
             sniff.expect(kind, sniff.Kind.EXPORT, input_ or "the input")
             total = file_size(f) if method.value == "none" else None
+            require_stdout()  # a closed standard output stops the import before it starts
             with Progress("importing", total) as progress:
 
                 def show(result: ImportResult) -> None:
                     progress.item(result.path.path)
-                    progress.echo(result.path.path)
+                    try:
+                        progress.echo(result.path.path)
+                    except OSError as e:
+                        raise StreamClosedError(
+                            f"standard output went away after '{result.path}' was imported; the rest of "
+                            "the stream was not imported"
+                        ) from e
 
                 import_stream(s, read, on_path=show, progress=progress)
 
@@ -223,7 +232,7 @@ def copy(
             clean = getattr(dst, "clean_temp", None)
             if clean is not None:
                 clean()
-            with open_store(from_) as src:
+            with open_store(from_, read_only=True) as src:
                 plan = plan_copy(src, dst, _paths(src, paths, False), recursive=recursive)
                 with Progress("copying", plan.bytes_to_copy) as progress:
                     done = 0

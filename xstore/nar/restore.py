@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import secrets
 import shutil
 import stat
 from collections.abc import Callable
@@ -36,6 +35,7 @@ from xstore.errors import (
     TrailingDataError,
     XstoreError,
 )
+from xstore.fsops import hold, remove_dead_staging, staging_name
 from xstore.nar.drive import iter_events
 from xstore.nar.events import (
     ArchiveEnd,
@@ -111,7 +111,9 @@ class TreeWriter:
             self._parent_fd = os.open(parent, _DIR_FLAGS & ~os.O_NOFOLLOW)
         except OSError as e:
             raise RestoreError(f"cannot open '{os.fsdecode(parent)}': {e.strerror}") from e
-        self._staging = b"." + self._name[:200] + b".xstore-" + secrets.token_hex(6).encode()
+        with contextlib.suppress(OSError):
+            remove_dead_staging(self._parent_fd)  # what killed restores left here
+        self._staging = staging_name(self._name)
         self._stack: list[_Dir] = []
         self._file_fd = -1
         self._renamed = 0
@@ -125,6 +127,7 @@ class TreeWriter:
             ) from e
         try:
             self._staging_fd = os.open(self._staging, _DIR_FLAGS, dir_fd=self._parent_fd)
+            hold(self._staging_fd)  # alive while this restore runs: later ones leave it alone
         except OSError as e:
             with contextlib.suppress(OSError):
                 os.rmdir(self._staging, dir_fd=self._parent_fd)

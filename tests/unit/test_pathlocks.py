@@ -1,0 +1,115 @@
+"""Locks: Nix's protocol for lock files deleted after use, and the lock a path takes while it is added,
+which must never use, truncate or delete a valid store path named like a lock file, and never spin."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import xstore.pathlocks as pathlocks
+from xstore.pathlocks import DeletableLock
+
+
+def test_path_lock_release_unlinks_then_marks(tmp_path: Path) -> None:
+    lock_path = os.fsencode(tmp_path / "x.lock")
+    lock = DeletableLock(lock_path, "x")
+    assert os.stat(lock_path).st_size == 0
+    watcher = os.open(lock_path, os.O_RDONLY)
+    try:
+        lock.release()
+        assert not os.path.lexists(lock_path)
+        st = os.fstat(watcher)
+        assert (st.st_nlink, st.st_size) == (0, 1)
+        assert os.pread(watcher, 8, 0) == b"d"
+    finally:
+        os.close(watcher)
+    lock.release()  # twice is harmless
+
+
+def test_path_lock_retries_stale_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lock taken on a file its last owner deleted (size 1, "d") is dropped and taken again."""
+    lock_path = os.fsencode(tmp_path / "x.lock")
+    real_lock_file = pathlocks.lock_file
+    calls: list[int] = []
+
+    def lock_file(path: Path | bytes | str, **options: Any) -> int | None:
+        fd = real_lock_file(path, **options)
+        calls.append(-1 if fd is None else fd)
+        if len(calls) == 1:
+            # What a waiter holds after the owner released: the deleted inode, marked "d".
+            os.unlink(path)
+            assert fd is not None
+            os.write(fd, b"d")
+        return fd
+
+    monkeypatch.setattr(pathlocks, "lock_file", lock_file)
+    with DeletableLock(lock_path, "x"):
+        assert len(calls) == 2
+        assert os.stat(lock_path).st_size == 0
+        assert not held_elsewhere_free(lock_path)
+    assert not os.path.lexists(lock_path)
+
+
+def held_elsewhere_free(path: bytes) -> bool:
+    """Whether an exclusive flock on `path` can be taken right now (by another open file)."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+def waiting_on(path: bytes) -> bool:
+    """Whether some flock request is blocked on the file at `path` (Linux: a `->` line of /proc/locks
+    naming its inode)."""
+    inode = os.stat(path).st_ino
+    with open("/proc/locks") as f:
+        for line in f:
+            fields = line.split()
+            if (
+                "->" in fields
+                and "FLOCK" in fields
+                and any(field.count(":") == 2 and field.rsplit(":", 1)[1] == str(inode) for field in fields)
+            ):
+                return True
+    return False
+
+
+def test_path_lock_waiter_gets_fresh_file(tmp_path: Path) -> None:
+    """Nix's protocol with a real waiter: it blocks on the owner's inode, finds it deleted and marked when
+    it gets it, and locks a fresh file instead."""
+    lock_path = os.fsencode(tmp_path / "x.lock")
+    owner = DeletableLock(lock_path, "x")
+    got: list[DeletableLock] = []
+    thread = threading.Thread(target=lambda: got.append(DeletableLock(lock_path, "x")), daemon=True)
+    thread.start()
+    if os.path.exists("/proc/locks"):
+        deadline = time.monotonic() + 10
+        while not waiting_on(lock_path):
+            assert time.monotonic() < deadline, "the second lock never waited"
+            time.sleep(0.005)
+    else:
+        time.sleep(0.2)
+    assert not got
+    owner.release()  # unlinks the file, marks it "d"
+    thread.join(10)
+    (waiter,) = got
+    try:
+        # The name exists again, so the waiter made a new file after finding the old one stale; it is
+        # empty and locked.
+        assert os.stat(lock_path).st_size == 0
+        assert not held_elsewhere_free(lock_path)
+    finally:
+        waiter.release()
+    assert not os.path.lexists(lock_path)
+
+

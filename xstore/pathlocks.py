@@ -1,0 +1,195 @@
+"""Locks for a store: flock on files, with Nix's protocol for lock files that are deleted after use, and
+the lock a path takes while it is being added.
+
+Nix locks a path being added with `<store dir>/<path>.lock` (pathlocks.cc `lockPaths`): open or create it,
+flock it exclusively, and if the file has contents, its last owner deleted it (unlink, then "d" written
+into it) while we waited, so start again. On release the owner unlinks it, then writes "d".
+
+That scheme has a hole: `<hash>-foo.lock` is a valid store path name. Nix 2.8 locks, truncates or deletes
+such a valid path as if it were its lock file, spins forever when it has contents, and can never add
+`<hash>-foo` when it is a directory. xstore therefore locks a path twice:
+
+1. its own lock, `ROOT/nix/var/xstore/locks/path-<hash part>`, outside the store directory where no
+   store path can be, and per hash part (lower-case nix32), so two spellings of a name that a folding
+   filesystem cannot keep apart share it. This one is always taken, and is what keeps xstore processes
+   apart.
+2. Nix's `<path>.lock` beside it, so that Nix and xstore adding the same path wait for each other, but
+   only where that is safe: never when the name is a valid store path, a directory, a symlink, or a file
+   with contents that is still linked (junk no lock protocol leaves behind); then xstore goes on with
+   its own lock alone. It is never truncated, and on release it is unlinked only if it is still the very
+   file that was locked and not a valid path.
+
+Every wait is first tried without blocking; when the lock is taken the wait is announced
+(`notices.notice`) and then blocks in flock, which Ctrl-C and SIGTERM interrupt. No wait spins.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Final
+
+from xstore.notices import notice
+
+_MAX_STALE_RETRIES: Final = 100  # each retry means the previous owner released; never a spin
+
+PathLike = Path | bytes | str
+
+
+def lock_file(path: PathLike, *, shared: bool = False, blocking: bool = True, what: str = "") -> int | None:
+    """Open (creating, mode 0600) and flock `path`; the descriptor, or None when `blocking` is off and
+    the lock is taken. A blocking wait is announced first, naming `what`."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        if not flock_fd(fd, shared, blocking, what or f"the lock '{os.fsdecode(path)}'"):
+            os.close(fd)
+            return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def flock_fd(fd: int, shared: bool, blocking: bool, what: str) -> bool:
+    """flock `fd`, trying without blocking first; a blocking wait is announced, naming `what`. False
+    when `blocking` is off and the lock is taken."""
+    mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+    try:
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        if not blocking:
+            return False
+    notice(f"waiting for {what}, which another process holds")
+    fcntl.flock(fd, mode)
+    return True
+
+
+def _still_linked(path: PathLike, fd: int) -> bool:
+    try:
+        return os.path.samestat(os.stat(path, follow_symlinks=False), os.fstat(fd))
+    except FileNotFoundError:
+        return False
+
+
+class DeletableLock:
+    """An exclusive lock on a file that is deleted on release, with Nix's protocol (see the module
+    docstring). Use as a context manager."""
+
+    def __init__(self, path: PathLike, what: str) -> None:
+        self.path = path
+        for _ in range(_MAX_STALE_RETRIES):
+            fd = lock_file(path, what=what)
+            assert fd is not None
+            linked = _still_linked(path, fd)
+            if linked and os.fstat(fd).st_size == 0:
+                self._fd = fd
+                return
+            if linked:  # contents but still linked: no owner leaves that; it is junk in our own place
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+            os.close(fd)  # released and deleted by its owner while we waited: take the new file
+        raise OSError(errno.EAGAIN, f"cannot lock '{os.fsdecode(path)}': it keeps changing")
+
+    def release(self) -> None:
+        if self._fd < 0:
+            return
+        try:
+            if _still_linked(self.path, self._fd):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path)
+            with contextlib.suppress(OSError):
+                os.write(self._fd, b"d")
+        finally:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> DeletableLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class NixLockFile:
+    """Nix's `<path>.lock`, taken only where that is safe (see the module docstring). `held` says
+    whether it was; when it was not, the caller relies on its own lock alone."""
+
+    def __init__(self, path: bytes, what: str, is_valid_path: Callable[[], bool]) -> None:
+        self.path = path
+        self._fd = -1
+        self._is_valid_path = is_valid_path
+        for _ in range(_MAX_STALE_RETRIES):
+            if is_valid_path():
+                return  # a store path named like a lock file: never touch it
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+            except OSError as e:
+                if e.errno in (errno.EISDIR, errno.ELOOP, errno.ENOTDIR, errno.EACCES, errno.EPERM):
+                    return  # not a lock file (a directory, a symlink...) or not ours to use
+                raise
+            try:
+                flock_fd(fd, False, True, what)
+                linked = _still_linked(path, fd)
+                if linked and os.fstat(fd).st_size == 0 and not is_valid_path():
+                    self._fd = fd
+                    return
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)
+            if linked:
+                return  # a linked file with contents is junk, not a lock: leave it alone
+        raise OSError(errno.EAGAIN, f"cannot lock '{os.fsdecode(path)}': it keeps changing")
+
+    @property
+    def held(self) -> bool:
+        return self._fd >= 0
+
+    def release(self) -> None:
+        if self._fd < 0:
+            return
+        try:
+            if _still_linked(self.path, self._fd) and not self._is_valid_path():
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path)
+            with contextlib.suppress(OSError):
+                os.write(self._fd, b"d")
+        finally:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class PathLock:
+    """The lock on a store path being added: xstore's own lock, and Nix's beside it where safe."""
+
+    def __init__(
+        self, own: PathLike, nix: bytes, shown: str, is_lock_a_valid_path: Callable[[], bool]
+    ) -> None:
+        what = f"the lock on '{shown}'"
+        self._own = DeletableLock(own, what)
+        try:
+            self._nix = NixLockFile(nix, what, is_lock_a_valid_path)
+        except BaseException:
+            self._own.release()
+            raise
+
+    @property
+    def holds_nix_lock(self) -> bool:
+        return self._nix.held
+
+    def release(self) -> None:
+        try:
+            self._nix.release()
+        finally:
+            self._own.release()
+
+    def __enter__(self) -> PathLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

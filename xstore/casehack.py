@@ -80,20 +80,34 @@ class CaseHackNames:
     """Names restored into one directory so far, and the name each later entry gets on disk.
 
     Nix: archive.cc `CaseHackNames::diskName`. The first spelling of each key is remembered, since
-    Nix's collision message names it.
+    Nix's collision message names it. Unlike Nix, the names the hack gives out are remembered too: an
+    archive holding `A`, `a` and `a~NIX~CASE~HACK~1` (the parser's suffix check is case-sensitive, as
+    Nix's) would put `a~nix~case~hack~1` and `a~NIX~CASE~HACK~1` side by side, which a folding
+    filesystem cannot hold; Nix fails on it at create time with "File exists", xstore refuses it before
+    creating anything, with the message Nix gives for the mirror-image case.
     """
 
-    __slots__ = ("_fold", "_seen")
+    __slots__ = ("_fold", "_hacked", "_seen")
 
     def __init__(self, fold: Fold = Fold.ASCII) -> None:
         self._fold = fold
         self._seen: dict[bytes, list[bytes | int]] = {}  # key -> [first spelling, count]
+        self._hacked: dict[bytes, bytes] = {}  # key -> the hacked name given out with it
 
     def disk_name(self, name: bytes) -> bytes:
         """The name to create for NAR entry `name`. Raises `CaseHackError` when the hacked name would
-        land on an entry already there (possible when a NAR spells the suffix in another case)."""
+        land on an entry already there, or `name` on a hacked one (possible when a NAR spells the suffix
+        in another case)."""
         fold = self._fold
         key = fold_key(name, fold)
+        taken = self._hacked.get(key)
+        if taken is not None:
+            raise CaseHackError(
+                f"NAR contains file name '{show(name)}' that collides with case-hacked file name "
+                f"'{show(taken)}'",
+                name=name,
+                existing=taken,
+            )
         seen = self._seen.get(key)
         if seen is None:
             self._seen[key] = [name, 0]
@@ -101,7 +115,8 @@ class CaseHackNames:
         count = int(seen[1]) + 1
         seen[1] = count
         hacked = name + CASE_HACK_SUFFIX + str(count).encode()
-        clash = self._seen.get(fold_key(hacked, fold))
+        hacked_key = fold_key(hacked, fold)
+        clash = self._seen.get(hacked_key)
         if clash is not None:
             first = clash[0]
             assert isinstance(first, bytes)
@@ -111,6 +126,7 @@ class CaseHackNames:
                 name=name,
                 existing=first,
             )
+        self._hacked[hacked_key] = hacked
         return hacked
 
 

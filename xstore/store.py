@@ -450,7 +450,17 @@ class LocalStore(Store):
 
     @_db_errors
     def all_paths(self) -> list[StorePath]:
-        return sorted(parse_store_path(p) for (p,) in self.db.execute("select path from ValidPaths"))
+        """Every valid path, sorted; rows whose path is not a valid store path are left out (see
+        `invalid_rows`), so one bad row never hides the rest."""
+        return sorted(p for p in map(store_path_of_row, self._all_rows()) if p is not None)
+
+    @_db_errors
+    def invalid_rows(self) -> list[str]:
+        """The `path` column of rows that do not hold a valid store path (a corrupt database)."""
+        return sorted(text for text in self._all_rows() if store_path_of_row(text) is None)
+
+    def _all_rows(self) -> list[str]:
+        return [str(p) for (p,) in self.db.execute("select path from ValidPaths")]
 
     def nar_from_path(self, path: StorePath, sink: Sink) -> int:
         """The path's NAR, dumped with the store's case-hack setting (original names), hashed on the way:
@@ -465,7 +475,8 @@ class LocalStore(Store):
             sink(block)
 
         size = dump_path(self.real_path(path), write, case_hack=self.settings.case_hack)
-        if hasher.digest() != info.nar_hash or size != info.nar_size:
+        # A NULL narSize (Nix's schema allows it) is unknown, not zero: only the hash can be checked.
+        if hasher.digest() != info.nar_hash or (info.nar_size and size != info.nar_size):
             raise HashMismatchError(
                 f"path '{path}' was modified: registered NAR hash {info.nar_hash_sri()} "
                 f"({info.nar_size} bytes), now {hasher.format(HashFormat.SRI)} ({size} bytes)",
@@ -642,6 +653,14 @@ def _read_only_lock(path: Path, what: str) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def store_path_of_row(text: str) -> StorePath | None:
+    """The store path a ValidPaths row names, or None when the row is corrupt."""
+    try:
+        return parse_store_path(text)
+    except ValueError:
+        return None
 
 
 def store_path_of(store_dir_entry: str) -> StorePath | None:

@@ -74,11 +74,15 @@ class ReferenceCollisionError(Exception):
 
 
 def nix_disk_names(names: Iterable[bytes], key: Callable[[bytes], bytes]) -> dict[bytes, bytes]:
-    """NAR name -> on-disk name for the entries of one directory, by Nix's rule."""
+    """NAR name -> on-disk name for the entries of one directory, by Nix's rule, and xstore's one
+    addition: a name that folds onto a hacked name given out before is refused too."""
     counts: dict[bytes, int] = {}  # key of each first spelling -> hacked names given out so far
+    hacked_keys: set[bytes] = set()
     disk: dict[bytes, bytes] = {}
     for name in sorted(names):
         k = key(name)
+        if k in hacked_keys:
+            raise ReferenceCollisionError(name)
         if k not in counts:
             counts[k] = 0
             disk[name] = name
@@ -87,6 +91,7 @@ def nix_disk_names(names: Iterable[bytes], key: Callable[[bytes], bytes]) -> dic
         hacked = name + CASE_HACK_SUFFIX + b"%d" % counts[k]
         if key(hacked) in counts:
             raise ReferenceCollisionError(name)
+        hacked_keys.add(key(hacked))
         disk[name] = hacked
     return disk
 
@@ -216,29 +221,27 @@ def test_unicode_variants(fold: Fold, expected: list[bytes]) -> None:
 @pytest.mark.case_sensitive_tmp
 def test_suffix_spelled_in_another_case() -> None:
     """A NAR may spell the suffix in another case (only the exact spelling is reserved). Like Nix,
-    xstore refuses a hacked name that lands on an earlier entry; one that a later entry lands on is
-    created as Nix creates it (on a folding filesystem that creation fails)."""
-    refused: Tree = {
+    xstore refuses a hacked name that lands on an earlier entry; unlike Nix, also an entry that lands on
+    an earlier hacked name (Nix creates both, and a folding filesystem then fails with "File exists"):
+    either way, before anything is created."""
+    earlier: Tree = {
         b"A": ("file", b"", False),
         b"A~NIX~CASE~HACK~1": ("file", b"", False),
         b"a": ("dir", {}),
     }
-    with pytest.raises(ReferenceCollisionError):
-        hacked_tree(("dir", refused), ascii_key)
-    accepted: Tree = {
+    later: Tree = {
         b"A": ("file", b"", False),
         b"a": ("dir", {}),
         b"a~NIX~CASE~HACK~1": ("file", b"", False),
     }
-    with tempfile.TemporaryDirectory() as tmp:
-        dest = os.path.join(os.fsencode(tmp), b"refused")
-        with pytest.raises(CaseHackError):
-            restore_path(dest, ChunkReader([encode_tree(refused)]).read, case_hack=CaseHackMode.ON)
-        assert os.listdir(tmp) == []
-        dest = os.path.join(os.fsencode(tmp), b"accepted")
-        restore_path(dest, ChunkReader([encode_tree(accepted)]).read, case_hack=CaseHackMode.ON)
-        assert read_tree(dest) == hacked_tree(("dir", accepted), ascii_key)
-        assert dump_bytes(dest, case_hack=True) == encode_tree(accepted)
+    for refused in (earlier, later):
+        with pytest.raises(ReferenceCollisionError):
+            hacked_tree(("dir", refused), ascii_key)
+        with tempfile.TemporaryDirectory() as tmp:
+            dest = os.path.join(os.fsencode(tmp), b"refused")
+            with pytest.raises(CaseHackError, match="collides with case-hacked file name"):
+                restore_path(dest, ChunkReader([encode_tree(refused)]).read, case_hack=CaseHackMode.ON)
+            assert os.listdir(tmp) == []
 
 
 # -- naming in memory ------------------------------------------------------------------------------------

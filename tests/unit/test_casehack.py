@@ -72,6 +72,21 @@ def test_collision_with_a_hacked_name_is_nix_message() -> None:
     )
 
 
+def test_a_name_on_a_hacked_name_is_refused_up_front() -> None:
+    """`A`, `a`, `a~NIX~CASE~HACK~1`: `a` becomes `a~nix~case~hack~1`, which the third name folds onto.
+    Nix would create both and fail on a folding filesystem with "File exists"; xstore refuses first."""
+    for fold in Fold:
+        hack = CaseHackNames(fold)
+        assert hack.disk_name(b"A") == b"A"
+        assert hack.disk_name(b"a") == b"a~nix~case~hack~1"
+        with pytest.raises(CaseHackError) as info:
+            hack.disk_name(b"a~NIX~CASE~HACK~1")
+        assert str(info.value) == (
+            "NAR contains file name 'a~NIX~CASE~HACK~1' that collides with case-hacked file name "
+            "'a~nix~case~hack~1'"
+        )
+
+
 def test_unhack_strips_from_the_first_suffix() -> None:
     assert unhack_name(b"a~nix~case~hack~1") == b"a"
     assert unhack_name(b"a~nix~case~hack~1~nix~case~hack~2") == b"a"

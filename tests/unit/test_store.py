@@ -404,13 +404,13 @@ def test_export_refuses_modified_path(store: LocalStore, filled: list[StorePath]
     with pytest.raises(HashMismatchError, match="was modified"):
         export_paths(store, [filled[3]], parts.append)
     problems = verify(store, check_contents=True)
-    assert [(p.path, p.kind) for p in problems] == [(filled[3], "modified")]
+    assert [(p.path, p.kind) for p in problems] == [(filled[3].path, "modified")]
 
 
 def test_verify_missing_keeps_row(store: LocalStore, filled: list[StorePath]) -> None:
     remove_tree(store.real_path(filled[2]))
     problems = verify(store)
-    assert [(p.path, p.kind) for p in problems] == [(filled[2], "missing")]
+    assert [(p.path, p.kind) for p in problems] == [(filled[2].path, "missing")]
     assert filled[2].path in problems[0].detail
     assert store.is_valid(filled[2])
 

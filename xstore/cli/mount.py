@@ -37,6 +37,12 @@ ForegroundOpt = Annotated[
 ]
 
 
+NonemptyOpt = Annotated[
+    bool,
+    typer.Option("--nonempty", help="Mount over a directory that is not empty (hiding what it holds)."),
+]
+
+
 class ModelOpt(enum.StrEnum):
     apfs = "apfs"
     ascii = "ascii"
@@ -47,6 +53,7 @@ def mount_nar(
     nar: Annotated[str, typer.Argument(help="The NAR file to show.")],
     mountpoint: MountpointArg,
     foreground: ForegroundOpt = False,
+    nonempty: NonemptyOpt = False,
 ) -> None:
     """Show the contents of a NAR read-only, without unpacking it: one pass indexes (and validates) the
     archive, then files are read from it in place. An invalid archive is refused before anything is
@@ -58,7 +65,7 @@ def mount_nar(
         from xstore.fuse.lifecycle import check_fuse, check_mountpoint, mount_filesystem
 
         check_fuse()
-        check_mountpoint(mountpoint)
+        check_mountpoint(mountpoint, nonempty=nonempty)
         from xstore.errors import XstoreError
         from xstore.fuse.narfs import NarOperations, check_mountable
         from xstore.nar.listing import index_file
@@ -76,6 +83,7 @@ def mount_nar(
                 fsname=f"xstore-nar:{path}",
                 read_only=True,
                 foreground=foreground,
+                nonempty=nonempty,
             )
 
 
@@ -86,6 +94,7 @@ def mount_store(
     ],
     mountpoint: MountpointArg,
     foreground: ForegroundOpt = False,
+    nonempty: NonemptyOpt = False,
 ) -> None:
     """Show a store read-only: one directory per valid path, with the names its NAR has (case-hack
     suffixes removed when the store uses the hack), so a Linux closure kept on a Mac reads as it was
@@ -98,7 +107,7 @@ def mount_store(
         from xstore.fuse.lifecycle import check_fuse, check_mountpoint, mount_filesystem
 
         check_fuse()
-        check_mountpoint(mountpoint)
+        check_mountpoint(mountpoint, nonempty=nonempty)
         from xstore.fuse.storefs import StoreOperations
         from xstore.store import LocalStore
 
@@ -111,6 +120,7 @@ def mount_store(
             fsname=f"xstore-store:{path}",
             read_only=True,
             foreground=foreground,
+            nonempty=nonempty,
         )
 
 
@@ -126,6 +136,7 @@ def mount_casefold(
         ),
     ] = ModelOpt.apfs,
     foreground: ForegroundOpt = False,
+    nonempty: NonemptyOpt = False,
 ) -> None:
     """Show BACKING through a case-insensitive, case-preserving layer, read-write, as a macOS volume
     behaves: names that fold alike are the same file. Lets Linux test what the case hack must do.
@@ -137,7 +148,7 @@ def mount_casefold(
         from xstore.fuse.lifecycle import PLATFORM, check_fuse, check_mountpoint, mount_filesystem
 
         check_fuse()
-        check_mountpoint(mountpoint)
+        check_mountpoint(mountpoint, nonempty=nonempty)
         if not PLATFORM.startswith("linux"):
             raise FuseMountError("the casefold layer runs on Linux only (macOS volumes fold case already)")
         from xstore.casehack import Fold
@@ -153,6 +164,7 @@ def mount_casefold(
             fsname=f"xstore-casefold:{path}",
             read_only=False,
             foreground=foreground,
+            nonempty=nonempty,
         )
 
 

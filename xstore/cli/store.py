@@ -295,7 +295,7 @@ def verify(
         with Progress("verifying", unit="paths") as progress:
             problems = verify_store(s, check_contents=check_contents, progress=progress)
             if json_:
-                report = [{"path": p.path.path, "problem": p.kind, "detail": p.detail} for p in problems]
+                report = [{"path": p.path, "problem": p.kind, "detail": p.detail} for p in problems]
                 sys.stdout.write(json.dumps({"ok": not problems, "problems": report}) + "\n")
             else:
                 for p in problems:

@@ -132,9 +132,10 @@ def is_mounted(path: str | os.PathLike[str]) -> bool:
     return bool(_mount_types(_canonical(path))) or bool(_mount_types(os.path.realpath(_absolute(path))))
 
 
-def check_mountpoint(mountpoint: str | os.PathLike[str]) -> str:
+def check_mountpoint(mountpoint: str | os.PathLike[str], *, nonempty: bool = False) -> str:
     """The absolute path of `mountpoint` if a filesystem can be mounted there: an existing directory
-    that is not a mount point already. Raises `FuseMountError` saying what is wrong."""
+    that is not a mount point already, and empty unless `nonempty` (what it holds would be hidden while
+    the filesystem is mounted). Raises `FuseMountError` saying what is wrong."""
     path = _canonical(mountpoint)
     if _mount_types(path):
         raise FuseMountError(
@@ -148,6 +149,12 @@ def check_mountpoint(mountpoint: str | os.PathLike[str]) -> str:
         raise FuseMountError(f"cannot use '{path}' as a mount point: {e.strerror}", path=path) from None
     if not stat.S_ISDIR(st.st_mode):
         raise FuseMountError(f"mount point '{path}' is not a directory", path=path)
+    if not nonempty and os.listdir(path):
+        raise FuseMountError(
+            f"mount point '{path}' is not empty: what it holds would be hidden while mounted "
+            "(use --nonempty to mount over it anyway)",
+            path=path,
+        )
     real = os.path.realpath(path)
     if real != path and _mount_types(real):
         raise FuseMountError(f"'{path}' is already a mount point (unmount it first)", path=path)
@@ -179,8 +186,10 @@ def mount_filesystem(
     read_only: bool,
     foreground: bool = False,
     options: Sequence[str] = (),
+    nonempty: bool = False,
 ) -> None:
-    """Mount the filesystem `make_ops()` returns on `mountpoint` and serve it.
+    """Mount the filesystem `make_ops()` returns on `mountpoint` and serve it (over a non-empty
+    directory only with `nonempty`).
 
     `make_ops` is called in the process that serves (the background process, or this one with
     `foreground`); if the object it returns has a `close()` method, that is called after the unmount.
@@ -196,7 +205,7 @@ def mount_filesystem(
     fails or the new mount does not answer.
     """
     check_fuse()
-    path = check_mountpoint(mountpoint)
+    path = check_mountpoint(mountpoint, nonempty=nonempty)
     opts = mount_options(fsname, read_only=read_only, options=options)
     if foreground:
         _serve(make_ops, path, opts, report=None)
@@ -557,9 +566,10 @@ def unmount(mountpoint: str | os.PathLike[str]) -> str:
         path = real
     if not types:
         raise FuseMountError(f"'{path}' is not a mount point", path=path)
-    if PLATFORM.startswith("linux") and not types[-1].startswith("fuse"):
+    if PLATFORM.startswith("linux") and types[-1] != f"fuse.{SUBTYPE}":
         raise FuseMountError(
-            f"'{path}' is not a FUSE filesystem (it is {types[-1]}); xstore umount only unmounts FUSE mounts",
+            f"'{path}' is not one of xstore's filesystems (it is {types[-1]}); xstore umount only unmounts "
+            "what xstore mount mounted",
             path=path,
         )
     died = f"unmounted '{path}': its filesystem process had died (Transport endpoint is not connected)"

@@ -21,7 +21,7 @@ import os
 import re
 import stat
 from collections.abc import Callable, Sequence
-from typing import Final
+from typing import Final, NoReturn
 
 from xstore.casehack import unhack_entries
 from xstore.errors import DumpError
@@ -146,10 +146,17 @@ class _Dumper:
         size = st.st_size
         header = tokens.REGULAR_EXEC_CONTENTS if st.st_mode & stat.S_IXUSR else tokens.REGULAR_CONTENTS
         left = size
-        data = os.read(fd, min(left, self.chunk_size)) if left else b""
-        if len(data) == size:  # the common case, a small file: one piece
-            self.emit(b"".join((header, U64.pack(size), data, ZEROS[: -size & 7])))
-            return
+        if size < self.chunk_size:
+            # The common case, a small file: one read, one piece. Asking for one byte more than the
+            # size costs nothing and tells a file that grew since its size was taken.
+            data = os.read(fd, size + 1)
+            if len(data) == size:
+                self.emit(b"".join((header, U64.pack(size), data, ZEROS[: -size & 7])))
+                return
+            if len(data) > size:
+                self._grew(path, size)
+        else:
+            data = os.read(fd, self.chunk_size)
         self.emit(header + U64.pack(size))
         while True:
             if not data:
@@ -157,12 +164,19 @@ class _Dumper:
                     f"'{_show(self.root, path)}' shrank while being dumped "
                     f"({size - left} of {size} bytes read)"
                 )
+            if len(data) > left:
+                self._grew(path, size)
             self.emit(data)
             left -= len(data)
             if not left:
                 break
             data = os.read(fd, min(left, self.chunk_size))
+        if os.read(fd, 1):
+            self._grew(path, size)
         self.emit(ZEROS[: -size & 7])
+
+    def _grew(self, path: tuple[bytes, ...], size: int) -> NoReturn:
+        raise DumpError(f"'{_show(self.root, path)}' grew while being dumped (beyond its {size} bytes)")
 
     def directory(self, fd: int, path: tuple[bytes, ...]) -> None:
         self.emit(tokens.DIRECTORY)

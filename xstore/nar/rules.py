@@ -19,10 +19,12 @@ CASE_HACK_SUFFIX: Final = b"~nix~case~hack~"
 
 
 def show(data: bytes, limit: int = 64) -> str:
-    """Bytes from an archive as they appear in a message: decoded where possible, control characters
-    escaped, cut when long."""
-    text = data[:limit].decode("utf-8", "backslashreplace")
-    text = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+    """Bytes from an archive as they appear in a message: cut when long, control characters escaped
+    (`\\x1b`: a name must not be able to drive the terminal), everything else as it is. Bytes that are
+    not UTF-8 stay the bytes they were (as surrogate escapes, which the CLI writes back raw), so a
+    message shows a name as Nix shows it, not as Python's `b'\\xff'`."""
+    text = data[:limit].decode("utf-8", "surrogateescape")
+    text = "".join(c if c.isprintable() or "\udc80" <= c <= "\udcff" else f"\\x{ord(c):02x}" for c in text)
     return text + "..." if len(data) > limit else text
 
 

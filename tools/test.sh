@@ -13,7 +13,7 @@ XSTORE_EXTRAS=test,fuse
 source "$(dirname -- "${BASH_SOURCE[0]}")/setup.sh"
 
 section "ruff check"
-lint_paths=(xstore tests examples)
+lint_paths=(xstore tests examples tools)
 if [[ -d bench ]]; then
     lint_paths+=(bench)
 fi

@@ -80,11 +80,14 @@ def test_restore_without_the_hack_onto_a_folding_filesystem_never_overwrites(
     backing, mnt = tmp_path / "backing", tmp_path / "mnt"
     backing.mkdir()
     mnt.mkdir()
+    nar = tmp_path / "two.nar"
+    nar.write_bytes(archive(directory((b"A", regular(b"first")), (b"a", regular(b"second")))))
     with mounted(["casefold", backing, mnt, "--model", "ascii"], mnt):
-        result = xstore("nar", "restore", mnt / "out", "-i", FIXTURES / "case.nar", "--case-hack", "off")
-        assert result.returncode == 1
-        assert "already exists" in one_line_error(result)
-        assert os.listdir(mnt) == []
+        for source in (nar, FIXTURES / "case.nar"):  # two files; then directories (case.nar's /x)
+            result = xstore("nar", "restore", mnt / "out", "-i", source, "--case-hack", "off")
+            assert result.returncode == 1
+            assert "already exists" in one_line_error(result)
+            assert os.listdir(mnt) == []
 
 
 # -- waits ---------------------------------------------------------------------------------------------------
@@ -302,10 +305,39 @@ def test_mounting_over_a_nonempty_directory_needs_nonempty(fuse_here: None, tmp_
     assert (mnt / "mine").read_bytes() == b"keep"
 
 
-def test_umount_refuses_what_xstore_did_not_mount() -> None:
+OTHER_FUSE = """
+import sys, pyfuse3, trio
+class Empty(pyfuse3.Operations):
+    pass
+pyfuse3.init(Empty(), sys.argv[1], {"fsname=other", "subtype=other"})
+print("ready", flush=True)
+try:
+    trio.run(pyfuse3.main)
+finally:
+    pyfuse3.close(unmount=True)
+"""
+
+
+@pytest.mark.fuse
+def test_umount_refuses_what_xstore_did_not_mount(fuse_here: None, tmp_path: Path) -> None:
     result = xstore("umount", "/proc")
     assert result.returncode == 1
     assert "is not one of xstore's filesystems (it is proc)" in one_line_error(result)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    with subprocess.Popen(
+        [sys.executable, "-c", OTHER_FUSE, str(mnt)], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL
+    ) as other:
+        try:
+            assert other.stdout is not None
+            assert other.stdout.readline() == b"ready\n"
+            result = xstore("umount", mnt)
+            assert result.returncode == 1
+            assert "is not one of xstore's filesystems (it is fuse.other)" in one_line_error(result)
+        finally:
+            other.send_signal(signal.SIGINT)
+            if other.wait(timeout=30) != 0:
+                subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
 
 
 # -- a full disk ---------------------------------------------------------------------------------------------

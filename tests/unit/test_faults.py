@@ -48,6 +48,16 @@ from xstore.wire import encode_strings, encode_u64
 runner = CliRunner()
 
 
+def _nar_hash(real: bytes) -> bytes:
+    digest = hashlib.sha256()
+    dump_path(real, digest.update)
+    return digest.digest()
+
+
+def _nar_size(real: bytes) -> int:
+    return dump_path(real, lambda block: None)
+
+
 def run_with_timeout(target: object, seconds: float = 60.0) -> None:
     """Run `target()` in a thread; fail (instead of hanging the suite) if it has not ended in time."""
     assert callable(target)
@@ -101,6 +111,28 @@ def test_a_valid_path_named_like_a_lock_file_is_never_used_as_one(
     assert verify(store, check_contents=True) == []
 
 
+def test_a_valid_lock_named_path_is_not_even_locked(store: LocalStore, tmp_path: Path) -> None:
+    """Not even a flock is taken on a valid path named like a lock file: with someone holding one on it,
+    the import goes on without waiting."""
+    foo, foo_lock = sp("f6", "foo"), sp("f6", "foo.lock")
+    real = store.real_path(foo_lock)
+    Path(os.fsdecode(real)).write_bytes(b"")  # an empty regular file: exactly what a lock file looks like
+    canonicalise(real)
+    store.register(PathInfo(foo_lock, _nar_hash(real), _nar_size(real)))
+    with LocalStore.create(tmp_path / "src", case_hack=CaseHackMode.OFF) as src:
+        add_path(src, foo, {b"a": b"1"})
+        stream = export_bytes(src, [foo])
+    import fcntl
+
+    fd = os.open(real, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        run_with_timeout(lambda: import_stream(store, read_from(stream)), seconds=20)
+    finally:
+        os.close(fd)
+    assert store.is_valid(foo)
+
+
 def test_junk_lock_file_with_contents_is_left_alone_without_spinning(
     store: LocalStore, tmp_path: Path
 ) -> None:
@@ -134,6 +166,7 @@ def test_the_path_lock_is_held_across_rename_and_register(store: LocalStore, tmp
     with listening(listener), LocalStore.open(store.root) as second:
         lock = store.lock(foo)
         done = threading.Event()
+
         def second_import() -> None:
             import_stream(second, read_from(stream))
             done.set()
@@ -361,6 +394,32 @@ def test_an_entry_that_appears_at_the_destination_is_never_replaced(tmp_path: Pa
         assert dest.read_bytes() == b"theirs"
     else:
         assert os.listdir(dest) == []
+    assert sorted(os.listdir(tmp_path)) == ["dest"]
+
+
+def test_the_final_step_never_replaces_even_in_the_last_instant(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file appearing after the last check and before the move: `link` refuses it (a `rename` would
+    replace it). The last check is made to miss it, as a race would."""
+    dest = tmp_path / "dest"
+    writer = TreeWriter(dest, case_hack=CaseHackMode.OFF)
+    from xstore.nar.drive import iter_events
+
+    try:
+        for event in iter_events(io.BytesIO(archive(regular(b"new"))).read):
+            writer.handle(event)
+        dest.write_bytes(b"theirs")
+        real_lexists = os.path.lexists
+        monkeypatch.setattr(
+            os.path, "lexists", lambda p: False if os.fsencode(p) == os.fsencode(dest) else real_lexists(p)
+        )
+        with pytest.raises(DestinationExistsError, match="never overwrites"):
+            writer.commit()
+    finally:
+        monkeypatch.undo()
+        writer.abort()
+    assert dest.read_bytes() == b"theirs"
     assert sorted(os.listdir(tmp_path)) == ["dest"]
 
 

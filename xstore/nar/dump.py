@@ -148,13 +148,12 @@ class _Dumper:
         left = size
         if size < self.chunk_size:
             # The common case, a small file: one read, one piece. Asking for one byte more than the
-            # size costs nothing and tells a file that grew since its size was taken.
+            # size costs nothing and tells a file that grew since its size was taken (the loop below
+            # refuses it).
             data = os.read(fd, size + 1)
             if len(data) == size:
                 self.emit(b"".join((header, U64.pack(size), data, ZEROS[: -size & 7])))
                 return
-            if len(data) > size:
-                self._grew(path, size)
         else:
             data = os.read(fd, self.chunk_size)
         self.emit(header + U64.pack(size))

@@ -13,6 +13,7 @@ owner lives; `remove_dead_staging` clears what killed processes left.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import re
@@ -139,7 +140,7 @@ def atomic_file(path: str | bytes) -> Iterator[Callable[[bytes], object]]:
     if special:
         announce_fifo(path, "a reader")
         with open(path, "wb", buffering=0) as f:
-            yield f.write
+            yield FdSink(f.fileno())
         return
     directory, name = os.path.split(os.path.abspath(path))
     parent_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -152,7 +153,7 @@ def atomic_file(path: str | bytes) -> Iterator[Callable[[bytes], object]]:
         try:
             hold(fd)
             with os.fdopen(fd, "wb", buffering=0) as f:
-                yield f.write
+                yield FdSink(f.fileno())
                 os.fsync(f.fileno())
             os.replace(tmp, name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
         except BaseException:
@@ -161,3 +162,80 @@ def atomic_file(path: str | bytes) -> Iterator[Callable[[bytes], object]]:
             raise
     finally:
         os.close(parent_fd)
+
+
+# -- moving file contents in the kernel -----------------------------------------------------------------
+
+_COPY_STEP: Final = 1 << 30  # bytes per call: large, but bounded so a hostile count stays an int
+_UNSUPPORTED: Final = (errno.EINVAL, errno.ENOSYS, errno.EXDEV, errno.EOPNOTSUPP, errno.EBADF, errno.ESPIPE)
+
+
+def copy_range(src_fd: int, dst_fd: int, count: int) -> int:
+    """Move `count` bytes from `src_fd`'s position to `dst_fd`'s, in the kernel where it can: a file to a
+    file with `copy_file_range` (which may even share blocks), a pipe to anything with `splice`, a file
+    to anything (a pipe, a socket) with `sendfile`; otherwise through a buffer. Both positions advance.
+    Returns the bytes moved: fewer than `count` only when the source ended first."""
+    methods = [_copy_file_range, _splice, _sendfile]
+    settled = False  # a method has worked once: from then on its errors are real
+    done = 0
+    while done < count:
+        step = min(count - done, _COPY_STEP)
+        while True:
+            if not methods:
+                n = _read_write(src_fd, dst_fd, step)
+                break
+            try:
+                n = methods[0](src_fd, dst_fd, step)
+                settled = True
+                break
+            except OSError as e:
+                if settled or e.errno not in _UNSUPPORTED:
+                    raise
+                methods.pop(0)
+        if n == 0:
+            break  # the source ended
+        done += n
+    return done
+
+
+def _copy_file_range(src_fd: int, dst_fd: int, count: int) -> int:
+    copy = getattr(os, "copy_file_range", None)
+    if copy is None:
+        raise OSError(errno.ENOSYS, "no copy_file_range")
+    return int(copy(src_fd, dst_fd, count))
+
+
+def _splice(src_fd: int, dst_fd: int, count: int) -> int:
+    splice = getattr(os, "splice", None)
+    if splice is None or not stat.S_ISFIFO(os.fstat(src_fd).st_mode):
+        raise OSError(errno.ENOSYS, "no splice")
+    return int(splice(src_fd, dst_fd, count))
+
+
+def _sendfile(src_fd: int, dst_fd: int, count: int) -> int:
+    if not stat.S_ISREG(os.fstat(src_fd).st_mode):
+        raise OSError(errno.ENOSYS, "sendfile reads regular files only")
+    return os.sendfile(dst_fd, src_fd, None, count)
+
+
+def _read_write(src_fd: int, dst_fd: int, count: int) -> int:
+    data = os.read(src_fd, min(count, 1 << 20))
+    view = memoryview(data)
+    while view:
+        view = view[os.write(dst_fd, view) :]
+    return len(data)
+
+
+class FdSink:
+    """A sink writing every byte to the descriptor `fd` (short writes retried). Given to the NAR dumper,
+    it also lets the contents of large files go from file to output in the kernel (`copy_range`)."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __call__(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view) :]

@@ -135,26 +135,36 @@ def stdout_binary() -> BinaryIO:
 @contextlib.contextmanager
 def atomic_output(path: str | None) -> Iterator[Callable[[bytes], object]]:
     """A sink for binary output: stdout when `path` is None or "-", else `fsops.atomic_file(path)`."""
+    from xstore.fsops import FdSink, atomic_file
+
     if path is None or path == "-":
         out = stdout_binary()
-        yield out.write
         out.flush()
+        try:
+            fd = out.fileno()
+        except (OSError, ValueError):  # not a descriptor (an in-memory stream under test)
+            yield out.write
+            out.flush()
+            return
+        yield FdSink(fd)  # straight to the descriptor: large contents can move in the kernel
         return
-    from xstore.fsops import atomic_file
 
     with atomic_file(path) as write:
         yield write
 
 
-def open_input(path: str | None) -> BinaryIO:
+def open_input(path: str | None, *, raw: bool = False) -> BinaryIO:
     """`path` opened for binary reading; stdin when None or "-". Opening a FIFO waits for a writer:
-    that wait is announced, and Ctrl-C ends it."""
+    that wait is announced, and Ctrl-C ends it. With `raw`, reads take from the descriptor exactly what
+    they return (no read-ahead), so what follows can be moved from the descriptor in the kernel."""
     if path is None or path == "-":
-        return sys.stdin.buffer
+        stdin = sys.stdin.buffer
+        raw_stdin = getattr(stdin, "raw", None)
+        return raw_stdin if raw and raw_stdin is not None else stdin
     from xstore.fsops import announce_fifo
 
     announce_fifo(path, "a writer")
-    return open(path, "rb")
+    return open(path, "rb", buffering=0 if raw else -1)
 
 
 class Progress:

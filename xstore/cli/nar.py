@@ -101,18 +101,20 @@ def restore(
     with cli_errors():
         if json_:
             require_stdout()  # a closed standard output stops the restore before it starts
-        with open_input(input_) as f:
+        with open_input(input_, raw=True) as f:
             if f.isatty():
                 raise UsageError("no archive on stdin: pipe one in or use -i FILE")
             kind, method, read = sniff.open_input(f.read)
             sniff.expect(kind, sniff.Kind.NAR, input_ or "the input")
-            with Progress("restoring", file_size(f) if method.value == "none" else None) as progress:
+            plain = method.value == "none"
+            with Progress("restoring", file_size(f) if plain else None) as progress:
                 result = restore_path(
                     dest,
                     read,
                     case_hack=CaseHackMode(case_hack.value),
                     fold=None if case_fold is FoldOpt.auto else Fold(case_fold.value),
                     progress=progress,
+                    source_fd=f.fileno() if plain else None,
                 )
         summary = {
             "destination": os.path.abspath(dest),

@@ -25,10 +25,12 @@ from typing import Final, NoReturn
 
 from xstore.casehack import unhack_entries
 from xstore.errors import DumpError
+from xstore.fsops import FdSink, copy_range
 from xstore.nar import tokens
 from xstore.wire import NAR_MAX_DEPTH, U64, ZEROS, encode_strings
 
 CHUNK: Final = 1 << 20
+KERNEL_COPY_MIN: Final = 1 << 20  # below this a kernel copy saves less than the calls it costs
 _DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # No O_NOATIME: open(2) refuses it (EPERM) on files the caller does not own, such as a root-owned store.
 _FILE_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -103,18 +105,32 @@ class _Dumper:
     allocation, not a chain of events."""
 
     def __init__(
-        self, root: bytes, out: BufferedSink, case_hack: bool, excluder: Excluder, chunk_size: int
+        self,
+        root: bytes,
+        out: BufferedSink,
+        case_hack: bool,
+        excluder: Excluder,
+        chunk_size: int,
+        *,
+        kernel_fd: int | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> None:
         self.root = root
         self.out = out
         self.case_hack = case_hack
         self.excluder = excluder
         self.chunk_size = chunk_size
+        self.kernel_fd = kernel_fd
+        self.progress = progress
+        self.reported = 0
         self.size = 0
 
     def emit(self, data: bytes) -> None:
         self.size += len(data)
         self.out(data)
+        if self.progress is not None and self.size - self.reported >= CHUNK:
+            self.reported = self.size
+            self.progress(self.size)
 
     def run(self) -> None:
         root = self.root
@@ -154,6 +170,9 @@ class _Dumper:
             if len(data) == size:
                 self.emit(b"".join((header, U64.pack(size), data, ZEROS[: -size & 7])))
                 return
+        elif self.kernel_fd is not None and size >= KERNEL_COPY_MIN:
+            self._copy_in_kernel(fd, path, header, size)
+            return
         else:
             data = os.read(fd, self.chunk_size)
         self.emit(header + U64.pack(size))
@@ -170,6 +189,22 @@ class _Dumper:
             if not left:
                 break
             data = os.read(fd, min(left, self.chunk_size))
+        if os.read(fd, 1):
+            self._grew(path, size)
+        self.emit(ZEROS[: -size & 7])
+
+    def _copy_in_kernel(self, fd: int, path: tuple[bytes, ...], header: bytes, size: int) -> None:
+        """A large file's contents straight from its descriptor to the output's (`fsops.copy_range`),
+        never through Python; the same checks as reading it: shrinking and growing are errors."""
+        assert self.kernel_fd is not None
+        self.emit(header + U64.pack(size))
+        self.out.flush()
+        copied = copy_range(fd, self.kernel_fd, size)
+        self.size += copied
+        if copied < size:
+            raise DumpError(
+                f"'{_show(self.root, path)}' shrank while being dumped ({copied} of {size} bytes read)"
+            )
         if os.read(fd, 1):
             self._grew(path, size)
         self.emit(ZEROS[: -size & 7])
@@ -249,18 +284,6 @@ class BufferedSink:
             self._size = 0
 
 
-def write_all(fd: int) -> Callable[[bytes], None]:
-    """A sink writing every byte to `fd` (short writes retried)."""
-
-    def write(data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
-
-    return write
-
-
 def dump_path(
     root: PathArg,
     sink: Callable[[bytes], object],
@@ -272,26 +295,23 @@ def dump_path(
     """Serialise the tree at `root` (a directory, regular file or symlink; not followed) as a NAR into
     `sink`; return the archive's size in bytes.
 
-    `sink` receives the archive in blocks of up to about 1 MiB. `case_hack` strips `~nix~case~hack~N`
-    suffixes (refusing names that then collide); with it off, a name carrying the suffix is refused.
+    `sink` receives the archive in blocks of up to about 1 MiB; an `FdSink` receives the contents of
+    large files in the kernel instead (`copy_file_range`, `sendfile`), never through Python.
+    `case_hack` strips `~nix~case~hack~N` suffixes (refusing names that then collide); with it off, a
+    name carrying the suffix is refused.
     `exclude` holds globs (see `Excluder`). `progress`, if given, is called with the number of bytes
     produced so far, about once a block. Raises `DumpError` for unsupported file types, files that
     change while read and nesting too deep for a NAR, `CaseHackError` for collisions, `OSError` for
     I/O failures; the sink has then received a prefix of the archive. Every descriptor opened is closed
     whatever happens.
     """
-    write = sink
-    if progress is not None:
-        done = 0
-
-        def write(block: bytes) -> None:
-            nonlocal done
-            sink(block)
-            done += len(block)
-            progress(done)
-
-    out = BufferedSink(write)
-    dumper = _Dumper(os.fsencode(root), out, case_hack, Excluder(exclude), CHUNK)
+    kernel_fd = sink.fd if isinstance(sink, FdSink) else None
+    out = BufferedSink(sink)
+    dumper = _Dumper(
+        os.fsencode(root), out, case_hack, Excluder(exclude), CHUNK, kernel_fd=kernel_fd, progress=progress
+    )
     dumper.run()
     out.flush()
+    if progress is not None:
+        progress(dumper.size)
     return dumper.size

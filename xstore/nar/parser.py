@@ -148,6 +148,11 @@ class NarParser:
         return self._base + self._pos
 
     @property
+    def path(self) -> tuple[bytes, ...]:
+        """The path inside the archive of the node being read."""
+        return self._path
+
+    @property
     def done(self) -> bool:
         return self._state is _State.DONE
 
@@ -160,6 +165,17 @@ class NarParser:
     def contents_remaining(self) -> int:
         """Bytes of the current file's contents not yet returned (0 outside contents)."""
         return self._remaining if self._state is _State.CONTENTS else 0
+
+    def take_buffered_contents(self) -> bytes:
+        """The part of the current file's contents that is already buffered, consumed (so that
+        `skip_contents` then leaves just what the source still holds). Empty outside contents."""
+        if self._state is not _State.CONTENTS:
+            return b""
+        pos = self._pos
+        n = min(len(self._buf) - pos, self._remaining)
+        self._pos = pos + n
+        self._remaining -= n
+        return self._buf[pos : pos + n]
 
     def skip_contents(self) -> int:
         """Drop the rest of the current file's contents instead of returning them as chunks.

@@ -33,9 +33,10 @@ from xstore.errors import (
     DestinationExistsError,
     RestoreError,
     TrailingDataError,
+    TruncatedError,
     XstoreError,
 )
-from xstore.fsops import hold, remove_dead_staging, staging_name
+from xstore.fsops import copy_range, hold, remove_dead_staging, staging_name
 from xstore.nar.drive import iter_events
 from xstore.nar.events import (
     ArchiveEnd,
@@ -241,6 +242,17 @@ class TreeWriter:
             raise RestoreError(f"cannot write a file: {e.strerror}", errno=e.errno) from e
         self._written = end
 
+    def copy_from(self, src_fd: int, count: int) -> int:
+        """Move the next `count` bytes of the current file's contents from `src_fd` into it, in the
+        kernel where possible (`fsops.copy_range`); returns how many arrived (fewer: the source ended).
+        No space is reserved ahead: these bytes are written only as they arrive."""
+        try:
+            copied = copy_range(src_fd, self._file_fd, count)
+        except OSError as e:
+            raise RestoreError(f"cannot write a file: {e.strerror}", errno=e.errno) from e
+        self._written += copied
+        return copied
+
     # -- the end ----------------------------------------------------------------------------------------
 
     def commit(self) -> None:
@@ -321,20 +333,35 @@ def restore_path(
     fold: Fold | None = None,
     allow_trailing: bool = False,
     progress: Callable[[int], None] | None = None,
+    source_fd: int | None = None,
 ) -> RestoreResult:
     """Restore the NAR read from `read(n)` to `dest`, which must not exist.
 
     With `case_hack` auto, the destination filesystem is probed; `fold` defaults to what the probe
     found (ASCII otherwise). Unless `allow_trailing`, input after the archive's end is refused
-    (`TrailingDataError`). On any error or cancellation (KeyboardInterrupt included) nothing is left at
-    `dest` or beside it.
+    (`TrailingDataError`). `source_fd` is the descriptor `read` reads from, when `read` takes from it
+    only what it returns (no read-ahead of its own): the contents of large files then move from it to
+    their files in the kernel. On any error or cancellation (KeyboardInterrupt included) nothing is
+    left at `dest` or beside it.
     """
     writer = TreeWriter(dest, case_hack=case_hack, fold=fold)
     parser = NarParser()
+
+    def bypass(count: int) -> None:
+        if source_fd is None:
+            return
+        copied = writer.copy_from(source_fd, count)
+        if copied < count:
+            raise TruncatedError(
+                "unexpected end of file while reading a file's contents",
+                offset=parser.offset - count + copied,
+                path=parser.path,
+            )
+
     try:
         handle = writer.handle
         last = 0
-        for event in iter_events(read, parser):
+        for event in iter_events(read, parser, bypass=bypass if source_fd is not None else None):
             handle(event)
             if progress is not None and parser.offset - last >= CHUNK:
                 last = parser.offset

@@ -154,6 +154,18 @@ class PathNotFoundError(InputError, LookupError):
     """A path inside an archive does not exist."""
 
 
+class NarInfoError(InputError, ValueError):
+    """A `.narinfo` or `nix-cache-info` file that cannot be read (Nix: "NAR info file ... is corrupt")."""
+
+
+class SigningKeyError(InputError, ValueError):
+    """A signing key (secret or public) that is corrupt or of the wrong size."""
+
+
+class SignatureError(InputError, PermissionError):
+    """A path that lacks a signature valid for a trusted key, where one is required."""
+
+
 # -- the state of the system -------------------------------------------------------------------------
 
 
@@ -179,6 +191,10 @@ class StoreError(StateError, OSError):
 
 class InvalidPathError(StateError, LookupError):
     """A store path is not valid in this store."""
+
+
+class BinaryCacheError(StateError, OSError):
+    """A binary cache cannot be used: unreachable, refusing, for another store directory, not a cache."""
 
 
 class UnsupportedError(StateError, NotImplementedError):

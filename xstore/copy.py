@@ -69,7 +69,7 @@ def copy_paths(
     paths: Iterable[StorePath],
     *,
     recursive: bool = True,
-    check_sigs: bool = True,
+    check_sigs: bool | None = None,
     on_path: Callable[[CopyResult], None] | None = None,
     plan: CopyPlan | None = None,
 ) -> list[CopyResult]:
@@ -78,7 +78,12 @@ def copy_paths(
     Returns one result per path considered, in the order handled. `on_path` is called after each. A
     path the destination refuses (a hash mismatch, a missing signature) raises, with the paths before
     it copied and nothing of it left. `plan`, from `plan_copy`, saves computing it again.
+
+    `check_sigs` None (the default) asks the destination to check signatures unless the source is
+    trusted as one (`Store.trusted_as_source`: a local store); True and False force it either way.
     """
+    if check_sigs is None:
+        check_sigs = not src.trusted_as_source
     if plan is None:
         plan = plan_copy(src, dst, paths, recursive=recursive)
     missing = set(plan.missing)

@@ -1,0 +1,509 @@
+"""Binary caches as a store: the cache logic once, over a small file-transfer backend per kind.
+
+A binary cache is a directory of files (`nix-cache-info`, `<hash>.narinfo`, `nar/<filehash>.nar<ext>`,
+`<hash>.ls`) behind some way of moving files: a local directory (`file.py`), an HTTP server
+(`http.py`), an S3 bucket (`s3.py`). A `Backend` only gets, tests, streams and puts files by name;
+`BinaryCacheStore` holds everything else, as Nix's `BinaryCacheStore` does:
+
+- **Opening** reads `nix-cache-info`: its `StoreDir` must be ours; `WantMassQuery` and `Priority` are the
+  defaults of the URL's `want-mass-query` and `priority`. A destination cache without the file gets
+  one (Nix's `init`); a source without it is not a binary cache.
+- **Reading a NAR** streams the file through decompression into the sink, checking on the way the file's
+  size and hash (compressed bytes, the narinfo's `FileSize`/`FileHash`) and the NAR's size and hash
+  (`NarSize`/`NarHash`). The last chunk is held back until every check has passed, so a consumer that
+  stops at the end of the archive (a store adding the path) never sees a complete NAR whose file did
+  not check out: it sees the input end early, and the checker's error is what is raised.
+- **Adding a path** needs every reference already in the cache (dependencies first), reads the NAR once
+  through the NAR parser (validating it, and building the `.ls` listing when asked), hashing and
+  compressing on the way into a temporary upload (never memory), then writes the listing, the NAR
+  (unless a file of that name is there already) and, last, the signed narinfo: a reader never sees a
+  narinfo whose NAR or references are missing.
+- **Queries** fan out over the backend's parallel connections: validity by testing narinfo files,
+  closures level by level. Narinfos read once are kept for the life of the store object.
+
+Nix: binary-cache-store.cc (`init`, `addToStoreCommon`, `narFromPath`, `queryPathInfoUncached`).
+"""
+
+from __future__ import annotations
+
+import abc
+import concurrent.futures
+import contextlib
+import hashlib
+import os
+import tempfile
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import IO, Any, Final
+
+from xstore.compression import CHUNK, Method, open_reader, open_writer
+from xstore.errors import (
+    BinaryCacheError,
+    CompressionError,
+    HashMismatchError,
+    InvalidPathError,
+    InvalidStoreUrlError,
+    TrailingDataError,
+    UnsupportedError,
+)
+from xstore.hashing import HashAlgorithm, HashFormat, ParsedHash, format_digest
+from xstore.narinfo import (
+    CACHE_INFO_FILE,
+    LISTING_SUFFIX,
+    CacheInfo,
+    NarInfo,
+    format_cache_info,
+    format_narinfo,
+    narinfo_name,
+    parse_cache_info,
+    parse_narinfo,
+)
+from xstore.storeapi import PathInfo, Read, Sink, Store
+from xstore.storepath import STORE_DIR, StorePath
+from xstore.storeurl import StoreUrl
+
+# Small files (narinfos, nix-cache-info, listings) are read whole, up to this size.
+MAX_SMALL_FILE: Final = 64 << 20
+
+# Parameters every binary cache takes (Nix's names).
+CACHE_PARAMS: Final = frozenset(
+    {
+        "compression",
+        "compression-level",
+        "secret-key",
+        "write-nar-listing",
+        "parallel-compression",
+        "want-mass-query",
+        "priority",
+    }
+)
+
+MIME_NAR: Final = "application/x-nix-nar"
+MIME_NARINFO: Final = "text/x-nix-narinfo"
+MIME_CACHE_INFO: Final = "text/x-nix-cache-info"
+MIME_JSON: Final = "application/json"
+
+
+class Upload(abc.ABC):
+    """A file being written to a cache under a name not known yet (a NAR's name is its hash)."""
+
+    @abc.abstractmethod
+    def write(self, data: bytes) -> None: ...
+
+    @abc.abstractmethod
+    def commit(self, name: str, content_type: str) -> None:
+        """Store what was written as `name`. The upload is finished either way."""
+
+    @abc.abstractmethod
+    def abort(self) -> None:
+        """Drop what was written. Idempotent; a no-op after `commit`."""
+
+
+class SpooledUpload(Upload):
+    """An upload written to an anonymous temporary file, then handed to `put_file` at commit."""
+
+    def __init__(self, put_file: Callable[[str, IO[bytes], int, str], None]) -> None:
+        self._put_file = put_file
+        self._file: IO[bytes] | None = tempfile.TemporaryFile(prefix="xstore-upload-")  # noqa: SIM115
+        self._size = 0
+
+    def write(self, data: bytes) -> None:
+        assert self._file is not None
+        self._file.write(data)
+        self._size += len(data)
+
+    def commit(self, name: str, content_type: str) -> None:
+        assert self._file is not None
+        try:
+            self._file.flush()
+            self._file.seek(0)
+            self._put_file(name, self._file, self._size, content_type)
+        finally:
+            self.abort()
+
+    def abort(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class Backend(abc.ABC):
+    """Moves files to and from one cache. Names are relative (`nix-cache-info`, `nar/x.nar.xz`).
+
+    `get` and `exists` answer None/False for a file the cache does not have; every other failure raises
+    `BinaryCacheError` with one line saying what went wrong where.
+    """
+
+    url: str = ""
+    parallel: int = 1  # how many requests may run at once
+
+    @abc.abstractmethod
+    def get(self, name: str) -> bytes | None:
+        """A small file's contents (at most `MAX_SMALL_FILE` bytes), or None if it is missing."""
+
+    @abc.abstractmethod
+    def exists(self, name: str) -> bool: ...
+
+    @abc.abstractmethod
+    def open_read(self, url: str) -> contextlib.AbstractContextManager[Read]:
+        """Stream the file a narinfo's URL names (relative to the cache, or absolute where the kind
+        allows). Raises `BinaryCacheError` when it is missing or cannot be read."""
+
+    @abc.abstractmethod
+    def put(self, name: str, data: bytes, content_type: str) -> None: ...
+
+    def put_file(self, name: str, f: IO[bytes], size: int, content_type: str) -> None:
+        """Store the `size` bytes of the open file `f` as `name` (streamed, not read into memory)."""
+        raise NotImplementedError
+
+    def new_upload(self) -> Upload:
+        return SpooledUpload(self.put_file)
+
+    def prepare(self) -> None:  # noqa: B027 (most kinds need nothing)
+        """Make what a new cache needs beside `nix-cache-info` (directories, for `file://`)."""
+
+    def close(self) -> None:  # noqa: B027
+        """Release connections. Idempotent."""
+
+
+def _nix32(digest: bytes) -> str:
+    return format_digest(HashAlgorithm.SHA256, digest, HashFormat.NIX32)
+
+
+class _Missing:
+    """The narinfo cache's mark for a path the cache does not have."""
+
+
+_MISSING: Final = _Missing()
+
+
+class BinaryCacheStore(Store):
+    """A binary cache behind `backend`, opened from `url` (see the module docstring).
+
+    With `create`, a cache without `nix-cache-info` gets one (and whatever else the backend needs);
+    without it, such a cache is refused. Raises `BinaryCacheError`, `InvalidStoreUrlError`,
+    `NarInfoError` (a corrupt `nix-cache-info`).
+    """
+
+    def __init__(self, url: StoreUrl, backend: Backend, *, create: bool = False) -> None:
+        self.url = url.text or url.base()
+        self.store_url = url
+        self.backend = backend
+        self.store_dir = STORE_DIR
+        self._narinfos: dict[str, NarInfo | _Missing] = {}
+        self._lock = threading.Lock()
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        try:
+            self.compression = Method.parse(url.param("compression") or "xz")
+        except UnsupportedError as e:
+            raise InvalidStoreUrlError(f"store URL '{url.text}': {e}") from None
+        level = url.integer("compression-level", -1)
+        self.compression_level = None if level < 0 else level
+        self.parallel_compression = url.flag("parallel-compression")
+        self.write_nar_listing = url.flag("write-nar-listing")
+        self.secret_key: Any = None
+        key_file = url.param("secret-key")
+        if key_file:
+            from xstore.signing import read_secret_key_file
+
+            self.secret_key = read_secret_key_file(key_file)
+        info = self._init_cache_info(create)
+        self.want_mass_query = url.flag(
+            "want-mass-query", info.want_mass_query if info.want_mass_query is not None else False
+        )
+        self.priority = url.integer("priority", info.priority if info.priority is not None else 50)
+
+    def _init_cache_info(self, create: bool) -> CacheInfo:
+        data = self.backend.get(CACHE_INFO_FILE)
+        if data is None:
+            if not create:
+                raise BinaryCacheError(
+                    f"'{self.store_url.base()}' does not appear to be a binary cache (it has no "
+                    f"{CACHE_INFO_FILE}); a copy --to it makes one"
+                )
+            self.backend.prepare()
+            self.backend.put(CACHE_INFO_FILE, format_cache_info(self.store_dir), MIME_CACHE_INFO)
+            return CacheInfo(self.store_dir)
+        info = parse_cache_info(data, f"{self.store_url.base()}/{CACHE_INFO_FILE}")
+        if info.store_dir is not None and info.store_dir != self.store_dir:
+            raise BinaryCacheError(
+                f"binary cache '{self.store_url.base()}' is for Nix stores with prefix '{info.store_dir}', "
+                f"not '{self.store_dir}'"
+            )
+        return info
+
+    def describe(self) -> str:
+        return f"the binary cache '{self.store_url.base()}'"
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        self.backend.close()
+
+    # -- parallel work ---------------------------------------------------------------------------------
+
+    def _map(self, function: Callable[[StorePath], Any], items: list[StorePath]) -> list[Any]:
+        """`function` over `items`, on the backend's parallel connections where there are several."""
+        if self.backend.parallel <= 1 or len(items) <= 1:
+            return [function(item) for item in items]
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(
+                max_workers=self.backend.parallel, thread_name_prefix="xstore-cache"
+            )
+        futures = [self._pool.submit(function, item) for item in items]
+        try:
+            return [f.result() for f in futures]
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+
+    # -- queries ---------------------------------------------------------------------------------------
+
+    def narinfo(self, path: StorePath) -> NarInfo | None:
+        """The path's narinfo, or None if the cache does not have it. Raises `NarInfoError` for a corrupt
+        one, or one that describes another path."""
+        cached = self._narinfos.get(path.hash_part)
+        if cached is not None:
+            if isinstance(cached, _Missing) or cached.path != path:
+                return None
+            return cached
+        name = narinfo_name(path)
+        data = self.backend.get(name)
+        if data is None:
+            self._narinfos[path.hash_part] = _MISSING
+            return None
+        narinfo = parse_narinfo(data, f"{self.store_url.base()}/{name}", self.store_dir)
+        self._narinfos[path.hash_part] = narinfo
+        if narinfo.path != path:
+            return None  # as Nix: a narinfo for another name is not this path's
+        return narinfo
+
+    def query_path_info(self, path: StorePath) -> PathInfo | None:
+        narinfo = self.narinfo(path)
+        return narinfo.info if narinfo is not None else None
+
+    def query_valid_paths(self, paths: Iterable[StorePath]) -> set[StorePath]:
+        wanted = list(dict.fromkeys(paths))
+        known = {p for p in wanted if isinstance(self._narinfos.get(p.hash_part), NarInfo)}
+        todo = [p for p in wanted if p not in known and p.hash_part not in self._narinfos]
+
+        def test(path: StorePath) -> bool:
+            return self.backend.exists(narinfo_name(path))
+
+        return known | {p for p, ok in zip(todo, self._map(test, todo), strict=True) if ok}
+
+    def query_closure(self, paths: Iterable[StorePath]) -> dict[StorePath, PathInfo]:
+        infos: dict[StorePath, PathInfo] = {}
+        frontier = list(dict.fromkeys(paths))
+        while frontier:
+            for path, narinfo in zip(frontier, self._map(self.narinfo, frontier), strict=True):
+                if narinfo is None:
+                    raise InvalidPathError(f"path '{path}' is not valid in {self.describe()}", path=path.path)
+                infos[path] = narinfo.info
+            frontier = list(dict.fromkeys(r for p in frontier for r in infos[p].references if r not in infos))
+        return infos
+
+    def query_path_from_hash_part(self, hash_part: str) -> StorePath | None:
+        cached = self._narinfos.get(hash_part)
+        if isinstance(cached, NarInfo):
+            return cached.path
+        if isinstance(cached, _Missing):
+            return None
+        data = self.backend.get(hash_part + ".narinfo")
+        if data is None:
+            return None
+        narinfo = parse_narinfo(data, f"{self.store_url.base()}/{hash_part}.narinfo", self.store_dir)
+        if narinfo.path.hash_part != hash_part:
+            return None
+        self._narinfos[hash_part] = narinfo
+        return narinfo.path
+
+    def listing(self, path: StorePath) -> bytes | None:
+        """The path's `.ls` listing (JSON text), if the cache has one."""
+        return self.backend.get(path.hash_part + LISTING_SUFFIX)
+
+    # -- NARs out ----------------------------------------------------------------------------------------
+
+    def nar_from_path(self, path: StorePath, sink: Sink) -> int:
+        """See `Store.nar_from_path`. Raises `InvalidPathError`, `HashMismatchError` (file or NAR hash or
+        size not as the narinfo says), `CompressionError`, `BinaryCacheError`, `UnsupportedError` (a
+        compression method xstore does not read)."""
+        narinfo = self.narinfo(path)
+        if narinfo is None:
+            raise InvalidPathError(f"path '{path}' is not valid in {self.describe()}", path=path.path)
+        method = Method.parse(narinfo.compression)
+        where = f"the NAR of '{path}' from {self.describe()} ({narinfo.url})"
+
+        def mismatch(what: str, expected: str, got: str) -> HashMismatchError:
+            return HashMismatchError(
+                f"{where}: {what} mismatch: the narinfo says {expected}, the file has {got}", path=path.path
+            )
+
+        try:
+            return self._stream_nar(narinfo, sink, method, where, mismatch)
+        except (CompressionError, BinaryCacheError) as e:
+            raise type(e)(f"{where}: {e}", path=path.path) from None
+
+    def _stream_nar(
+        self,
+        narinfo: NarInfo,
+        sink: Sink,
+        method: Method,
+        where: str,
+        mismatch: Callable[[str, str, str], HashMismatchError],
+    ) -> int:
+        info = narinfo.info
+        file_hash = narinfo.file_hash
+        file_hasher = hashlib.new(file_hash.algorithm.value) if file_hash is not None else None
+        sha256_file = file_hash is not None and file_hash.algorithm is HashAlgorithm.SHA256
+        shared = method is Method.NONE and sha256_file  # the file is the NAR: hash it once
+        nar_hasher = file_hasher if shared else hashlib.sha256()
+        assert nar_hasher is not None
+        file_size = 0
+        nar_size = 0
+        with self.backend.open_read(narinfo.url) as raw:
+
+            def counted(n: int) -> bytes:
+                nonlocal file_size
+                data = raw(n)
+                file_size += len(data)
+                if narinfo.file_size and file_size > narinfo.file_size:
+                    raise mismatch("file size", f"{narinfo.file_size} bytes", "more")
+                if file_hasher is not None and not shared:
+                    file_hasher.update(data)
+                return data
+
+            read = open_reader(counted, method)
+            held = b""
+            while chunk := read(CHUNK):
+                nar_size += len(chunk)
+                if nar_size > info.nar_size:
+                    raise mismatch("NAR size", f"{info.nar_size} bytes", "more")
+                nar_hasher.update(chunk)
+                if held:
+                    sink(held)
+                held = chunk
+        if narinfo.file_size and file_size != narinfo.file_size:
+            raise mismatch("file size", f"{narinfo.file_size} bytes", f"{file_size} bytes")
+        if file_hash is not None and file_hasher is not None and file_hasher.digest() != file_hash.digest:
+            got = ParsedHash(file_hash.algorithm, file_hasher.digest())
+            raise mismatch("file hash", _show(file_hash), _show(got))
+        if nar_size != info.nar_size:
+            raise mismatch("NAR size", f"{info.nar_size} bytes", f"{nar_size} bytes")
+        if nar_hasher.digest() != info.nar_hash:
+            raise mismatch("NAR hash", info.nar_hash_nix32(), "sha256:" + _nix32(nar_hasher.digest()))
+        if held:
+            sink(held)
+        return nar_size
+
+    # -- paths in ----------------------------------------------------------------------------------------
+
+    def add_to_store(self, info: PathInfo, read: Read, *, check_sigs: bool = True) -> bool:
+        """See `Store.add_to_store`. Signatures are not checked (a cache holds what it is given, as in
+        Nix); the cache's `secret-key` signs the narinfo. Raises `InvalidPathError` for a reference the
+        cache lacks, `HashMismatchError`, `NarError`, `BinaryCacheError`."""
+        from xstore.nar.drive import iter_events
+        from xstore.nar.listing import build_index, dump_json, listing_json
+        from xstore.nar.parser import NarParser
+
+        if self.narinfo(info.path) is not None:
+            while read(CHUNK):
+                pass
+            return False
+        refs = [r for r in info.references if r != info.path]
+        have = self.query_valid_paths(refs)
+        missing = sorted(set(refs) - have)
+        if missing:
+            raise InvalidPathError(
+                f"cannot add '{info.path}' to {self.describe()} because the reference '{missing[0]}' is not "
+                "valid (add its closure, dependencies first)",
+                path=missing[0].path,
+            )
+        method = self.compression
+        upload = self.backend.new_upload()
+        try:
+            file_hasher = hashlib.sha256()
+            nar_hasher = hashlib.sha256()
+            sizes = [0, 0]  # file, NAR
+            shared = method is Method.NONE
+
+            def out(data: bytes) -> None:
+                sizes[0] += len(data)
+                if not shared:
+                    file_hasher.update(data)
+                upload.write(data)
+
+            writer = open_writer(out, method, self.compression_level, threads=self.parallel_compression)
+
+            def tee(n: int) -> bytes:
+                data = read(n)
+                if data:
+                    sizes[1] += len(data)
+                    nar_hasher.update(data)
+                    writer(data)
+                return data
+
+            listing: str | None = None
+            if self.write_nar_listing:
+                index = build_index(tee)
+                listing = dump_json({"version": 1, "root": listing_json(index.root, recursive=True)})
+            else:
+                parser = NarParser()
+                for _ in iter_events(tee, parser, contents=False):
+                    pass
+                if parser.unused_data or tee(1):
+                    raise TrailingDataError(f"unexpected data after the end of the NAR of '{info.path}'")
+            writer.finish()
+            nar_digest = nar_hasher.digest()
+            if nar_digest != info.nar_hash or (info.nar_size and sizes[1] != info.nar_size):
+                raise HashMismatchError(
+                    f"hash mismatch adding '{info.path}' to {self.describe()}: expected "
+                    f"{info.nar_hash_nix32()} ({info.nar_size} bytes), got sha256:{_nix32(nar_digest)} "
+                    f"({sizes[1]} bytes)",
+                    path=info.path.path,
+                )
+            file_digest = nar_digest if shared else file_hasher.digest()
+            url = f"nar/{_nix32(file_digest)}.nar{method.suffix}"
+            if listing is not None:
+                self.backend.put(info.path.hash_part + LISTING_SUFFIX, listing.encode(), MIME_JSON)
+            if self.backend.exists(url):
+                upload.abort()
+            else:
+                upload.commit(url, MIME_NAR)
+        except BaseException:
+            upload.abort()
+            raise
+        final = info.replace(nar_size=sizes[1], ultimate=False, registration_time=0)
+        if self.secret_key is not None:
+            from xstore.signing import sign_path
+
+            final = sign_path(final, self.secret_key)
+        narinfo = NarInfo(final, url, method.value, ParsedHash(HashAlgorithm.SHA256, file_digest), sizes[0])
+        self.backend.put(
+            narinfo_name(info.path), format_narinfo(narinfo, self.store_dir).encode(), MIME_NARINFO
+        )
+        self._narinfos[info.path.hash_part] = narinfo
+        return True
+
+
+def _show(h: ParsedHash) -> str:
+    return f"{h.algorithm.value}:{format_digest(h.algorithm, h.digest, HashFormat.NIX32)}"
+
+
+def relative_name(url: str, base: str) -> str:
+    """A narinfo's relative URL as a name inside the cache: any query string dropped, `.` and `..`
+    resolved, and refused (`BinaryCacheError`) if it leaves the cache."""
+    name = url.split("?", 1)[0]
+    norm = os.path.normpath(name)
+    if name.startswith("/") or norm == ".." or norm.startswith("../") or norm in (".", ""):
+        raise BinaryCacheError(f"the NAR URL '{url}' in {base} points outside the cache")
+    return norm
+
+
+@contextlib.contextmanager
+def read_file(f: IO[bytes]) -> Iterator[Read]:
+    """A read function over an open file, closed after the block."""
+    with f:
+        yield f.read

@@ -99,12 +99,14 @@ class StoreSettings:
     trusted_public_keys: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "version": SETTINGS_VERSION,
             "caseHack": self.case_hack,
             "caseFold": self.fold.value,
-            "trustedPublicKeys": list(self.trusted_public_keys),
         }
+        if self.trusted_public_keys:  # written only once set: older readers see the file they knew
+            out["trustedPublicKeys"] = list(self.trusted_public_keys)
+        return out
 
 
 def default_store_root() -> Path:

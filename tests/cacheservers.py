@@ -7,6 +7,7 @@ Only the server side is hand-made here; the clients under test are Nix and xstor
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
 import http.server
@@ -25,9 +26,11 @@ from tests.helpers import require_or_skip
 
 
 class StaticServer(http.server.ThreadingHTTPServer):
-    """Serves a directory. `requests` logs `(method, path)`; `drop_after` maps paths to a byte count
-    after which the connection is cut mid-body; `fail` maps paths to a number of 500 answers to give
-    first; `forbid` holds paths answered with 403."""
+    """Serves a directory. `requests` logs `(method, path, client port)`; `drop_after` maps paths to a
+    byte count after which the connection is cut mid-body (every time, or only the first time with
+    `drop_once`); `fail` maps paths to a number of 500 answers to give first; `forbid` holds paths
+    answered with 403; `ranges` offers and serves `Range: bytes=N-`; `auth` ("user", "password")
+    requires HTTP basic authentication for everything."""
 
     daemon_threads = True
     writable = False
@@ -38,6 +41,10 @@ class StaticServer(http.server.ThreadingHTTPServer):
         self.drop_after: dict[str, int] = dict(switches.get("drop_after", {}))
         self.fail: dict[str, int] = dict(switches.get("fail", {}))
         self.forbid: set[str] = set(switches.get("forbid", ()))
+        self.drop_once: bool = switches.get("drop_once", False)
+        self.ranges: bool = switches.get("ranges", False)
+        self.auth: tuple[str, str] | None = switches.get("auth")
+        self.requests_log: list[tuple[str, str, int]] = []
         self.lock = threading.Lock()
         super().__init__(("127.0.0.1", 0), functools.partial(_Handler, directory=str(root)))
 
@@ -59,6 +66,12 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         with self.server.lock:
             self.server.requests.append((self.command, path))
+            self.server.requests_log.append((self.command, path, self.client_address[1]))
+            if self.server.auth is not None:
+                expected = "Basic " + base64.b64encode(":".join(self.server.auth).encode()).decode()
+                if self.headers.get("Authorization") != expected:
+                    self.send_error(401)
+                    return True
             if path in self.server.forbid:
                 self.send_error(403)
                 return True
@@ -69,15 +82,39 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         return False
 
     def do_GET(self) -> None:
-        if not self._intercept():
-            super().do_GET()
+        if self._intercept():
+            return
+        wanted = self.headers.get("Range", "")
+        if self.server.ranges and wanted.startswith("bytes=") and wanted.endswith("-"):
+            self._send_range(int(wanted[6:-1]))
+            return
+        super().do_GET()
+
+    def _send_range(self, start: int) -> None:
+        path = Path(self.translate_path(self.path))
+        size = path.stat().st_size
+        self.send_response(206)
+        self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
+        self.send_header("Content-Length", str(size - start))
+        self.end_headers()
+        with open(path, "rb") as f:
+            f.seek(start)
+            shutil.copyfileobj(f, self.wfile)
+
+    def end_headers(self) -> None:
+        if self.server.ranges:
+            self.send_header("Accept-Ranges", "bytes")
+        super().end_headers()
 
     def do_HEAD(self) -> None:
         if not self._intercept():
             super().do_HEAD()
 
     def copyfile(self, source: Any, outputfile: Any) -> None:
-        limit = self.server.drop_after.get(self.path.split("?", 1)[0])
+        with self.server.lock:
+            limit = self.server.drop_after.get(self.path.split("?", 1)[0])
+            if limit is not None and self.server.drop_once:
+                del self.server.drop_after[self.path.split("?", 1)[0]]
         if limit is None:
             shutil.copyfileobj(source, outputfile)
             return

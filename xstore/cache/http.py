@@ -263,8 +263,7 @@ class _Download:
             except httpx.TransportError as e:
                 self.close()
                 if not self.resumable or attempt >= ATTEMPTS - 1:
-                    failure = self.backend._failure(e, self.url)
-                    raise BinaryCacheError(f"{failure} after {self.offset} bytes of {self.name}") from None
+                    raise self.backend._failure(e, self.url) from None
                 self.backend._wait(attempt)
                 attempt += 1
                 self._open({"Range": f"bytes={self.offset}-"})

@@ -37,7 +37,19 @@ _CACHE_OPENERS: Final = {
     "s3": (
         "xstore.cache.s3",
         "open_s3_cache",
-        frozenset({"region", "endpoint", "scheme", "profile", "multipart-upload", "buffer-size"}),
+        frozenset(
+            {
+                "region",
+                "aws-region",
+                "endpoint",
+                "scheme",
+                "profile",
+                "multipart-upload",
+                "buffer-size",
+                "multipart-chunk-size",
+                "multipart-threshold",
+            }
+        ),
     ),
 }
 

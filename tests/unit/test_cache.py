@@ -426,3 +426,43 @@ def test_http_errors_are_one_line() -> None:
     assert lines[0].startswith(
         "error: cannot resolve the host name of http://no-such-host.invalid/nix-cache-info"
     )
+
+
+# -- casehack scan of a cache -----------------------------------------------------------------------------
+
+
+def test_casehack_scan_of_a_cache_reads_listings_not_nars(
+    source: LocalStore, closure: Closure, tmp_path: Path
+) -> None:
+    with_ls, without_ls = tmp_path / "with-ls", tmp_path / "without-ls"
+    with open_store(f"file://{with_ls}?compression=xz&write-nar-listing=1", create=True) as dst:
+        copy_paths(source, dst, [closure.app])
+    with open_store(f"file://{without_ls}?compression=zstd", create=True) as dst:
+        copy_paths(source, dst, [closure.app])
+    reports = {}
+    for cache in (with_ls, without_ls):
+        with serving(StaticServer, cache) as (url, server):
+            result = subprocess.run(
+                [*XSTORE, "casehack", "scan", url, "-r", closure.app.path, "--json"],
+                capture_output=True,
+                check=False,
+                timeout=60,
+            )
+            nar_requests = [p for _, p in server.requests if p.startswith("/nar/")]
+        assert result.returncode == 3, result.stderr  # README/readme collide
+        report = json.loads(result.stdout)
+        sources = {info["source"] for info in report["storePaths"].values()}
+        if cache == with_ls:
+            assert nar_requests == []  # not a byte of NAR
+            assert sources == {"listing"}
+        else:
+            assert len(nar_requests) == 2
+            assert sources == {"nar"}
+        for info in report["storePaths"].values():
+            del info["source"]
+        del report["store"]
+        reports[cache] = report
+    assert reports[with_ls] == reports[without_ls]
+    lib = reports[with_ls]["storePaths"][closure.lib.path]
+    assert lib["collisions"]["ascii"] == [{"directory": "/", "names": ["README", "readme"]}]
+    assert reports[with_ls]["storePaths"][closure.app.path]["collisions"]["ascii"] == []

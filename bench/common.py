@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
+import http.server
 import os
 import random
 import shutil
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 MIB: Final = 1 << 20
 
@@ -68,3 +71,51 @@ def remove(path: Path) -> None:
         shutil.rmtree(path, onerror=writable_and_retry)  # `onexc` is Python 3.12+
     elif path.exists() or path.is_symlink():
         path.unlink()
+
+
+def nix_environment(base: Path) -> dict[str, str]:
+    """An environment for Nix subprocesses that keeps everything under `base` (created if missing): state,
+    logs, configuration (no substituters: nothing may be fetched), cache and default store. The same as
+    the test suite's, kept here so that the benchmarks do not import the tests."""
+    dirs = {name: base / name for name in ("state", "log", "conf", "cache", "home", "default-store")}
+    for path in dirs.values():
+        path.mkdir(parents=True, exist_ok=True)
+    (dirs["conf"] / "nix.conf").write_text("sandbox = false\nsubstituters =\n")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("NIX_")}
+    env.update(
+        NIX_STATE_DIR=str(dirs["state"]),
+        NIX_LOG_DIR=str(dirs["log"]),
+        NIX_CONF_DIR=str(dirs["conf"]),
+        NIX_REMOTE=str(dirs["default-store"]),
+        XDG_CACHE_HOME=str(dirs["cache"]),
+        XDG_CONFIG_HOME=str(dirs["conf"]),
+        HOME=str(dirs["home"]),
+        LC_ALL="C",
+    )
+    return env
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as a real cache server has it
+    disable_nagle_algorithm = True  # headers and body go out as separate writes
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def static_http_server(root: Path) -> Iterator[str]:
+    """A static file server over `root` on 127.0.0.1 (GET and HEAD, keep-alive), in a thread of this
+    process while the block runs; yields its base URL."""
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(root))
+    )
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, name="bench-http", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

@@ -57,8 +57,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Final
 
-from bench.common import MIB, filesystem_of, log, make_big_file, remove, sha256_file
-from tests.helpers import nix_environment
+from bench.common import MIB, filesystem_of, log, make_big_file, nix_environment, remove, sha256_file
 
 SEED: Final = 20240601
 READ_SIZE: Final = MIB

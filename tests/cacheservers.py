@@ -57,6 +57,7 @@ class UploadServer(StaticServer):
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: clients reuse connections
+    disable_nagle_algorithm = True  # headers and body go out as separate writes
     server: StaticServer
 
     def log_message(self, format: str, *args: Any) -> None:

@@ -51,11 +51,17 @@ def plan_copy(src: Store, dst: Store, paths: Iterable[StorePath], *, recursive: 
 def copy_one(src: Store, dst: Store, info: PathInfo, *, check_sigs: bool = True) -> bool:
     """Stream one path from `src` into `dst`. True when it was added, False when `dst` had it."""
 
-    def produce(sink: Sink) -> None:
-        src.nar_from_path(info.path, sink)
-
     # As Nix's copyStorePath: a copied path was not built where it lands.
     landed = info.replace(ultimate=False) if info.ultimate else info
+
+    # A store that can hand out a NAR as a read function (a binary cache) needs no thread in between.
+    open_nar = getattr(src, "open_nar", None)
+    if open_nar is not None:
+        with open_nar(info.path) as read:
+            return bool(dst.add_to_store(landed, read, check_sigs=check_sigs))
+
+    def produce(sink: Sink) -> None:
+        src.nar_from_path(info.path, sink)
 
     def consume(read: Read) -> bool:
         return dst.add_to_store(landed, read, check_sigs=check_sigs)

@@ -330,73 +330,28 @@ class BinaryCacheStore(Store):
         """See `Store.nar_from_path`. Raises `InvalidPathError`, `HashMismatchError` (file or NAR hash or
         size not as the narinfo says), `CompressionError`, `BinaryCacheError`, `UnsupportedError` (a
         compression method xstore does not read)."""
+        size = 0
+        with self.open_nar(path) as read:
+            while chunk := read(CHUNK):
+                size += len(chunk)
+                sink(chunk)
+        return size
+
+    @contextlib.contextmanager
+    def open_nar(self, path: StorePath) -> Iterator[Read]:
+        """The path's NAR as a read function, checked on the way (see the module docstring): it gives
+        `b""` only once the file's and the NAR's sizes and hashes have matched the narinfo, and raises
+        before giving the last bytes when one does not. `copy` reads a cache this way, without a thread."""
         narinfo = self.narinfo(path)
         if narinfo is None:
             raise InvalidPathError(f"path '{path}' is not valid in {self.describe()}", path=path.path)
         method = Method.parse(narinfo.compression)
         where = f"the NAR of '{path}' from {self.describe()} ({narinfo.url})"
-
-        def mismatch(what: str, expected: str, got: str) -> HashMismatchError:
-            return HashMismatchError(
-                f"{where}: {what} mismatch: the narinfo says {expected}, the file has {got}", path=path.path
-            )
-
         try:
-            return self._stream_nar(narinfo, sink, method, where, mismatch)
+            with self.backend.open_read(narinfo.url) as raw:
+                yield _CheckedNar(narinfo, raw, method, where).read
         except (CompressionError, BinaryCacheError) as e:
             raise type(e)(f"{where}: {e}", path=path.path) from None
-
-    def _stream_nar(
-        self,
-        narinfo: NarInfo,
-        sink: Sink,
-        method: Method,
-        where: str,
-        mismatch: Callable[[str, str, str], HashMismatchError],
-    ) -> int:
-        info = narinfo.info
-        file_hash = narinfo.file_hash
-        file_hasher = hashlib.new(file_hash.algorithm.value) if file_hash is not None else None
-        sha256_file = file_hash is not None and file_hash.algorithm is HashAlgorithm.SHA256
-        shared = method is Method.NONE and sha256_file  # the file is the NAR: hash it once
-        nar_hasher = file_hasher if shared else hashlib.sha256()
-        assert nar_hasher is not None
-        file_size = 0
-        nar_size = 0
-        with self.backend.open_read(narinfo.url) as raw:
-
-            def counted(n: int) -> bytes:
-                nonlocal file_size
-                data = raw(n)
-                file_size += len(data)
-                if narinfo.file_size and file_size > narinfo.file_size:
-                    raise mismatch("file size", f"{narinfo.file_size} bytes", "more")
-                if file_hasher is not None and not shared:
-                    file_hasher.update(data)
-                return data
-
-            read = open_reader(counted, method)
-            held = b""
-            while chunk := read(CHUNK):
-                nar_size += len(chunk)
-                if nar_size > info.nar_size:
-                    raise mismatch("NAR size", f"{info.nar_size} bytes", "more")
-                nar_hasher.update(chunk)
-                if held:
-                    sink(held)
-                held = chunk
-        if narinfo.file_size and file_size != narinfo.file_size:
-            raise mismatch("file size", f"{narinfo.file_size} bytes", f"{file_size} bytes")
-        if file_hash is not None and file_hasher is not None and file_hasher.digest() != file_hash.digest:
-            got = ParsedHash(file_hash.algorithm, file_hasher.digest())
-            raise mismatch("file hash", _show(file_hash), _show(got))
-        if nar_size != info.nar_size:
-            raise mismatch("NAR size", f"{info.nar_size} bytes", f"{nar_size} bytes")
-        if nar_hasher.digest() != info.nar_hash:
-            raise mismatch("NAR hash", info.nar_hash_nix32(), "sha256:" + _nix32(nar_hasher.digest()))
-        if held:
-            sink(held)
-        return nar_size
 
     # -- paths in ----------------------------------------------------------------------------------------
 
@@ -507,3 +462,90 @@ def read_file(f: IO[bytes]) -> Iterator[Read]:
     """A read function over an open file, closed after the block."""
     with f:
         yield f.read
+
+
+class _CheckedNar:
+    """A NAR read through decompression from a cache file, checked against its narinfo while it passes.
+
+    One decompressed chunk is always held back: it is given out only after the next read showed more
+    data, or, at the end, after every check passed. So a reader that stops at the end of the archive (a
+    store adding the path) cannot finish with a NAR whose file did not check out."""
+
+    def __init__(self, narinfo: NarInfo, raw: Read, method: Method, where: str) -> None:
+        self.narinfo = narinfo
+        self.where = where
+        self.raw = raw
+        file_hash = narinfo.file_hash
+        self.file_hasher = hashlib.new(file_hash.algorithm.value) if file_hash is not None else None
+        # With no compression and a SHA-256 file hash, the file is the NAR: hash it once.
+        self.shared = (
+            method is Method.NONE and file_hash is not None and file_hash.algorithm is HashAlgorithm.SHA256
+        )
+        nar_hasher = self.file_hasher if self.shared else hashlib.sha256()
+        assert nar_hasher is not None
+        self.nar_hasher = nar_hasher
+        self.file_size = 0
+        self.nar_size = 0
+        self.decompressed = open_reader(self._counted, method)
+        self.held = b""
+        self.pending = memoryview(b"")
+        self.ended = False
+
+    def _mismatch(self, what: str, expected: str, got: str) -> HashMismatchError:
+        return HashMismatchError(
+            f"{self.where}: {what} mismatch: the narinfo says {expected}, the file has {got}",
+            path=self.narinfo.path.path,
+        )
+
+    def _counted(self, n: int) -> bytes:
+        data = self.raw(n)
+        self.file_size += len(data)
+        limit = self.narinfo.file_size
+        if limit and self.file_size > limit:
+            raise self._mismatch("file size", f"{limit} bytes", "more")
+        if self.file_hasher is not None and not self.shared:
+            self.file_hasher.update(data)
+        return data
+
+    def _check(self) -> None:
+        narinfo, info = self.narinfo, self.narinfo.info
+        if narinfo.file_size and self.file_size != narinfo.file_size:
+            raise self._mismatch("file size", f"{narinfo.file_size} bytes", f"{self.file_size} bytes")
+        file_hash = narinfo.file_hash
+        if file_hash is not None and self.file_hasher is not None:
+            digest = self.file_hasher.digest()
+            if digest != file_hash.digest:
+                raise self._mismatch(
+                    "file hash", _show(file_hash), _show(ParsedHash(file_hash.algorithm, digest))
+                )
+        if self.nar_size != info.nar_size:
+            raise self._mismatch("NAR size", f"{info.nar_size} bytes", f"{self.nar_size} bytes")
+        if self.nar_hasher.digest() != info.nar_hash:
+            got = "sha256:" + _nix32(self.nar_hasher.digest())
+            raise self._mismatch("NAR hash", info.nar_hash_nix32(), got)
+
+    def _next(self) -> bytes:
+        """The next chunk to give out, or b"" at the (checked) end."""
+        while not self.ended:
+            chunk = self.decompressed(CHUNK)
+            if not chunk:
+                self.ended = True
+                self._check()
+                break
+            self.nar_size += len(chunk)
+            if self.nar_size > self.narinfo.info.nar_size:
+                raise self._mismatch("NAR size", f"{self.narinfo.info.nar_size} bytes", "more")
+            self.nar_hasher.update(chunk)
+            out, self.held = self.held, chunk
+            if out:
+                return out
+        out, self.held = self.held, b""
+        return out
+
+    def read(self, n: int) -> bytes:
+        if not self.pending:
+            self.pending = memoryview(self._next())
+            if not self.pending:
+                return b""
+        out, self.pending = self.pending[:n], self.pending[n:]
+        return bytes(out)

@@ -466,3 +466,14 @@ def test_casehack_scan_of_a_cache_reads_listings_not_nars(
     lib = reports[with_ls]["storePaths"][closure.lib.path]
     assert lib["collisions"]["ascii"] == [{"directory": "/", "names": ["README", "readme"]}]
     assert reports[with_ls]["storePaths"][closure.app.path]["collisions"]["ascii"] == []
+
+
+def test_copy_reports_bytes_as_they_pass(source: LocalStore, closure: Closure, tmp_path: Path) -> None:
+    seen: list[int] = []
+    with open_store(f"file://{tmp_path / 'cache'}?compression=xz", create=True) as dst:
+        copy_paths(source, dst, [closure.app], on_bytes=seen.append)
+    assert sum(seen) == len(closure.lib_nar) + len(closure.app_nar)
+    seen.clear()
+    with LocalStore.create(tmp_path / "dest") as dest, open_store(f"file://{tmp_path / 'cache'}") as src:
+        copy_paths(src, dest, [closure.app], on_bytes=seen.append, check_sigs=False)
+    assert sum(seen) == len(closure.lib_nar) + len(closure.app_nar)

@@ -288,14 +288,23 @@ def copy(
                     done = 0
 
                     def show(result: CopyResult) -> None:
-                        nonlocal done
                         if result.copied:
-                            done += result.nar_size
-                            progress.item(result.path.path, done)
+                            progress.item(result.path.path)
                             progress.echo(result.path.path)
 
+                    def moved(n: int) -> None:
+                        nonlocal done
+                        done += n
+                        progress.update(done)
+
                     copy_paths(
-                        src, dst, [], plan=plan, on_path=show, check_sigs=False if no_check_sigs else None
+                        src,
+                        dst,
+                        [],
+                        plan=plan,
+                        on_path=show,
+                        on_bytes=moved,
+                        check_sigs=False if no_check_sigs else None,
                     )
 
 

@@ -8,6 +8,10 @@ tool's peak resident set size. Two cases measure fixed costs: `startup` (`--vers
 dump of an empty file: interpreter, imports and argument parsing); the other cases' "work" is their
 time minus the `command` median.
 
+The cache cases copy from binary caches Nix wrote (`nix copy --to file://...?compression=zstd&secret-
+key=...`, the key trusted by both tools) into an empty store of each tool's own: the large path, and a
+closure of 501 small paths from `file://` and from `http://127.0.0.1` (a static server in this process).
+
 The store cases work on a chroot store Nix makes in the working directory (`nix-store --store ROOT --add`
 of the tree and of a directory holding the large file: one store path each) and on its `nix-store
 --export` streams: `import-*` imports a stream into an empty store (one per tool, created before every
@@ -22,9 +26,9 @@ with `wait4` and prints its `ru_maxrss`. Without GNU time the figures come from 
 the report states the floor they cannot go below.
 
 Nix runs in an environment of its own (state, logs, configuration, cache and default store in the
-working directory, like `tests/helpers.py`'s `nix_environment`), so nothing touches /nix. Inputs are
-generated from a fixed seed. Everything the benchmark creates is removed at the end, also on Ctrl-C or
-SIGTERM. Targets are reported, never asserted: benchmarks are not tests.
+working directory, `bench/common.py`'s `nix_environment`, a copy of the tests'), so nothing touches
+/nix. Inputs are generated from a fixed seed. Everything the benchmark creates is removed at the end,
+also on Ctrl-C or SIGTERM. Targets are reported, never asserted: benchmarks are not tests.
 
 Usage: .venv/bin/python -m bench.run [--runs N] [--quick] [--only CASE ...] [--json] [--save-json FILE]
 """

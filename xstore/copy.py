@@ -13,9 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Final
 
 from xstore.storeapi import PathInfo, Read, Sink, Store, pipe_nar, topo_sort
 from xstore.storepath import StorePath
+
+_SMALL_NAR: Final = 4 << 20
+_CHUNK: Final = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,14 +77,22 @@ def copy_one(
     # As Nix's copyStorePath: a copied path was not built where it lands.
     landed = info.replace(ultimate=False) if info.ultimate else info
 
-    # A store that can hand out a NAR as a read function (a binary cache) needs no thread in between.
+    # A store that hands out a NAR as a read function (a binary cache) needs no thread in between for a
+    # small NAR; a large one is read in a thread of its own all the same, so that decompressing and
+    # hashing the file overlap with writing. The destination checks the NAR's hash itself (every
+    # `add_to_store` does), so the source need not hash it a second time.
     open_nar = getattr(src, "open_nar", None)
-    if open_nar is not None:
-        with open_nar(info.path) as read:
+    if open_nar is not None and info.nar_size <= _SMALL_NAR:
+        with open_nar(info.path, check_nar_hash=False) as read:
             return bool(dst.add_to_store(landed, counted(read), check_sigs=check_sigs))
 
     def produce(sink: Sink) -> None:
-        src.nar_from_path(info.path, sink)
+        if open_nar is None:
+            src.nar_from_path(info.path, sink)
+            return
+        with open_nar(info.path, check_nar_hash=False) as read:
+            while chunk := read(_CHUNK):
+                sink(chunk)
 
     def consume(read: Read) -> bool:
         return dst.add_to_store(landed, counted(read), check_sigs=check_sigs)

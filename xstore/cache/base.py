@@ -338,10 +338,12 @@ class BinaryCacheStore(Store):
         return size
 
     @contextlib.contextmanager
-    def open_nar(self, path: StorePath) -> Iterator[Read]:
+    def open_nar(self, path: StorePath, *, check_nar_hash: bool = True) -> Iterator[Read]:
         """The path's NAR as a read function, checked on the way (see the module docstring): it gives
         `b""` only once the file's and the NAR's sizes and hashes have matched the narinfo, and raises
-        before giving the last bytes when one does not. `copy` reads a cache this way, without a thread."""
+        before giving the last bytes when one does not. `check_nar_hash` off leaves the NAR hash (not its
+        size) to a reader that checks it anyway: a store's `add_to_store` does, which is how `copy`
+        reads a cache."""
         narinfo = self.narinfo(path)
         if narinfo is None:
             raise InvalidPathError(f"path '{path}' is not valid in {self.describe()}", path=path.path)
@@ -349,7 +351,7 @@ class BinaryCacheStore(Store):
         where = f"the NAR of '{path}' from {self.describe()} ({narinfo.url})"
         try:
             with self.backend.open_read(narinfo.url) as raw:
-                yield _CheckedNar(narinfo, raw, method, where).read
+                yield _CheckedNar(narinfo, raw, method, where, check_nar_hash).read
         except (CompressionError, BinaryCacheError) as e:
             raise type(e)(f"{where}: {e}", path=path.path) from None
 
@@ -471,7 +473,7 @@ class _CheckedNar:
     data, or, at the end, after every check passed. So a reader that stops at the end of the archive (a
     store adding the path) cannot finish with a NAR whose file did not check out."""
 
-    def __init__(self, narinfo: NarInfo, raw: Read, method: Method, where: str) -> None:
+    def __init__(self, narinfo: NarInfo, raw: Read, method: Method, where: str, check_nar_hash: bool) -> None:
         self.narinfo = narinfo
         self.where = where
         self.raw = raw
@@ -481,8 +483,7 @@ class _CheckedNar:
         self.shared = (
             method is Method.NONE and file_hash is not None and file_hash.algorithm is HashAlgorithm.SHA256
         )
-        nar_hasher = self.file_hasher if self.shared else hashlib.sha256()
-        assert nar_hasher is not None
+        nar_hasher = self.file_hasher if self.shared else hashlib.sha256() if check_nar_hash else None
         self.nar_hasher = nar_hasher
         self.file_size = 0
         self.nar_size = 0
@@ -503,7 +504,7 @@ class _CheckedNar:
         limit = self.narinfo.file_size
         if limit and self.file_size > limit:
             raise self._mismatch("file size", f"{limit} bytes", "more")
-        if self.file_hasher is not None and not self.shared:
+        if self.file_hasher is not None:
             self.file_hasher.update(data)
         return data
 
@@ -520,7 +521,7 @@ class _CheckedNar:
                 )
         if self.nar_size != info.nar_size:
             raise self._mismatch("NAR size", f"{info.nar_size} bytes", f"{self.nar_size} bytes")
-        if self.nar_hasher.digest() != info.nar_hash:
+        if self.nar_hasher is not None and self.nar_hasher.digest() != info.nar_hash:
             got = "sha256:" + _nix32(self.nar_hasher.digest())
             raise self._mismatch("NAR hash", info.nar_hash_nix32(), got)
 
@@ -535,7 +536,8 @@ class _CheckedNar:
             self.nar_size += len(chunk)
             if self.nar_size > self.narinfo.info.nar_size:
                 raise self._mismatch("NAR size", f"{self.narinfo.info.nar_size} bytes", "more")
-            self.nar_hasher.update(chunk)
+            if self.nar_hasher is not None and not self.shared:
+                self.nar_hasher.update(chunk)
             out, self.held = self.held, chunk
             if out:
                 return out

@@ -45,6 +45,7 @@ class StaticServer(http.server.ThreadingHTTPServer):
         self.ranges: bool = switches.get("ranges", False)
         self.auth: tuple[str, str] | None = switches.get("auth")
         self.requests_log: list[tuple[str, str, int]] = []
+        self.ranges_served: list[int] = []
         self.lock = threading.Lock()
         super().__init__(("127.0.0.1", 0), functools.partial(_Handler, directory=str(root)))
 
@@ -92,6 +93,8 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         super().do_GET()
 
     def _send_range(self, start: int) -> None:
+        with self.server.lock:
+            self.server.ranges_served.append(start)
         path = Path(self.translate_path(self.path))
         size = path.stat().st_size
         self.send_response(206)

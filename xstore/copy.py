@@ -126,6 +126,9 @@ def copy_paths(
     if plan is None:
         plan = plan_copy(src, dst, paths, recursive=recursive)
     missing = set(plan.missing)
+    prefetch = getattr(src, "prefetch", None)  # a remote cache reads small NARs ahead
+    if prefetch is not None:
+        prefetch(plan.missing)
     results = []
     for path in plan.order:
         info = plan.infos[path]

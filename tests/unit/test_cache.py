@@ -354,17 +354,28 @@ def test_http_retries_transient_failures(served_cache: Path, closure: Closure, t
         assert [p for m, p in server.requests if p == narinfo].count(narinfo) == 3
 
 
-def test_http_resumes_a_dropped_download(served_cache: Path, closure: Closure, tmp_path: Path) -> None:
+def test_http_resumes_a_dropped_download(served_cache: Path, closure: Closure) -> None:
     nar = next(p for p in (served_cache / "nar").iterdir() if p.read_bytes() == closure.lib_nar)
     path = f"/nar/{nar.name}"
     with serving(StaticServer, served_cache, drop_after={path: 100}, drop_once=True, ranges=True) as (
         url,
         server,
     ):
-        with LocalStore.create(tmp_path / "dest") as dest, open_store(url) as src:
-            copy_paths(src, dest, [closure.lib])
-            assert dest.is_valid(closure.lib)
+        with open_store(url) as src:  # streamed (a copy would read this small NAR ahead, whole)
+            out = io.BytesIO()
+            assert src.nar_from_path(closure.lib, out.write) == len(closure.lib_nar)
+            assert out.getvalue() == closure.lib_nar
         assert [m for m, p in server.requests if p == path] == ["GET", "GET"]
+        assert server.ranges_served == [100]
+
+
+def test_http_reads_small_nars_ahead(served_cache: Path, closure: Closure, tmp_path: Path) -> None:
+    with serving(StaticServer, served_cache) as (url, server):
+        with LocalStore.create(tmp_path / "dest") as dest, open_store(url) as src:
+            copy_paths(src, dest, [closure.app], check_sigs=False)
+            assert dest.is_valid(closure.app)
+        nar_gets = [p for m, p in server.requests if m == "GET" and p.startswith("/nar/")]
+        assert len(nar_gets) == 2  # each NAR once: read ahead, then used
 
 
 def test_http_drop_without_ranges_fails_cleanly(served_cache: Path, closure: Closure, tmp_path: Path) -> None:

@@ -78,6 +78,11 @@ CACHE_PARAMS: Final = frozenset(
     }
 )
 
+# Read-ahead of small NAR files over parallel connections (see `BinaryCacheStore.prefetch`): at most
+# PREFETCH_WINDOW files of at most PREFETCH_FILE bytes each are held at once (16 MiB).
+PREFETCH_FILE: Final = 256 << 10
+PREFETCH_WINDOW: Final = 64
+
 MIME_NAR: Final = "application/x-nix-nar"
 MIME_NARINFO: Final = "text/x-nix-narinfo"
 MIME_CACHE_INFO: Final = "text/x-nix-cache-info"
@@ -193,6 +198,8 @@ class BinaryCacheStore(Store):
         self._narinfos: dict[str, NarInfo | _Missing] = {}
         self._lock = threading.Lock()
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._prefetched: dict[StorePath, concurrent.futures.Future[bytes | None]] = {}
+        self._prefetch_queue: list[tuple[StorePath, str]] = []
         try:
             self.compression = Method.parse(url.param("compression") or "xz")
         except UnsupportedError as e:
@@ -236,6 +243,8 @@ class BinaryCacheStore(Store):
         return f"the binary cache '{self.store_url.base()}'"
 
     def close(self) -> None:
+        self._prefetch_queue.clear()
+        self._prefetched.clear()
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
@@ -350,10 +359,59 @@ class BinaryCacheStore(Store):
         method = Method.parse(narinfo.compression)
         where = f"the NAR of '{path}' from {self.describe()} ({narinfo.url})"
         try:
-            with self.backend.open_read(narinfo.url) as raw:
+            with self._raw_nar(path, narinfo) as raw:
                 yield _CheckedNar(narinfo, raw, method, where, check_nar_hash).read
         except (CompressionError, BinaryCacheError) as e:
             raise type(e)(f"{where}: {e}", path=path.path) from None
+
+    @contextlib.contextmanager
+    def _raw_nar(self, path: StorePath, narinfo: NarInfo) -> Iterator[Read]:
+        future = self._prefetched.pop(path, None)
+        self._prefetch_more()
+        data = future.result() if future is not None else None
+        if data is None:
+            with self.backend.open_read(narinfo.url) as raw:
+                yield raw
+            return
+        view = memoryview(data)
+        pos = 0
+
+        def read(n: int) -> bytes:
+            nonlocal pos
+            out = bytes(view[pos : pos + n])
+            pos += len(out)
+            return out
+
+        yield read
+
+    def prefetch(self, paths: Iterable[StorePath]) -> None:
+        """Say which paths' NARs will be read next, in order: where the backend has parallel connections,
+        small NAR files (up to `PREFETCH_FILE` bytes each) are fetched ahead over them, a bounded window
+        at a time (`PREFETCH_WINDOW` files), so that a long run of small paths does not wait for one
+        round trip after another (Nix copies paths in parallel for the same reason). Checks happen as
+        always when the NAR is read."""
+        if self.backend.parallel <= 1:
+            return
+        for path in paths:
+            narinfo = self.narinfo(path)
+            if narinfo is not None and 0 < narinfo.file_size <= PREFETCH_FILE and "://" not in narinfo.url:
+                self._prefetch_queue.append((path, narinfo.url))
+        self._prefetch_more()
+
+    def _prefetch_more(self) -> None:
+        while self._prefetch_queue and len(self._prefetched) < PREFETCH_WINDOW:
+            path, url = self._prefetch_queue.pop(0)
+            if self._pool is None:
+                self._pool = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=self.backend.parallel, thread_name_prefix="xstore-cache"
+                )
+            self._prefetched[path] = self._pool.submit(self._fetch_small, url)
+
+    def _fetch_small(self, url: str) -> bytes | None:
+        try:
+            return self.backend.get(url.split("?", 1)[0] if "://" not in url else url)
+        except BinaryCacheError:
+            return None  # read the usual way then, which reports the failure
 
     # -- paths in ----------------------------------------------------------------------------------------
 

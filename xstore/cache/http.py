@@ -44,6 +44,7 @@ except ImportError:  # this module is imported only for an http(s):// URL
     ) from None
 
 HTTP_CONNECTIONS: Final = 25
+STREAM_CONNECTIONS: Final = 2
 ATTEMPTS: Final = 5
 RETRY_DELAY: Final = 0.1  # seconds before the first retry; doubled each time
 CONNECT_TIMEOUT: Final = 30.0
@@ -96,18 +97,30 @@ class HttpBackend(Backend):
                 raise BinaryCacheError(f"cannot read the netrc file '{netrc}': {e}") from None
         from xstore import __version__
 
-        self.client: httpx.Client = httpx.Client(
-            verify=ssl.create_default_context(),
-            timeout=httpx.Timeout(STALL_TIMEOUT, connect=CONNECT_TIMEOUT),
+        settings: dict[str, Any] = {
+            "verify": ssl.create_default_context(),
+            "timeout": httpx.Timeout(STALL_TIMEOUT, connect=CONNECT_TIMEOUT),
+            "auth": auth,
+            "follow_redirects": True,
+            "trust_env": False,
+            "headers": {"User-Agent": f"xstore/{__version__}"},
+        }
+        # Queries fan out over many connections; NARs stream one or two at a time over a pool of their
+        # own (each request scans its pool, so a small one keeps a long run of sequential requests cheap).
+        self.client = httpx.Client(
             limits=httpx.Limits(max_connections=HTTP_CONNECTIONS, max_keepalive_connections=HTTP_CONNECTIONS),
-            auth=auth,
-            follow_redirects=True,
-            trust_env=False,
-            headers={"User-Agent": f"xstore/{__version__}"},
+            **settings,
+        )
+        self.stream_client = httpx.Client(
+            limits=httpx.Limits(
+                max_connections=STREAM_CONNECTIONS, max_keepalive_connections=STREAM_CONNECTIONS
+            ),
+            **settings,
         )
 
     def close(self) -> None:
         self.client.close()
+        self.stream_client.close()
 
     def _url(self, name: str) -> str:
         if "://" in name:
@@ -143,14 +156,16 @@ class HttpBackend(Backend):
     def _wait(self, attempt: int) -> None:
         time.sleep(RETRY_DELAY * (2**attempt) * (0.5 + random.random()))  # noqa: S311 (jitter)
 
-    def _send(self, method: str, name: str, **kwargs: Any) -> httpx.Response:
-        """One request with Nix's retries; the response's body is not read (`stream`)."""
+    def _send(self, method: str, name: str, *, bulk: bool = False, **kwargs: Any) -> httpx.Response:
+        """One request with Nix's retries; the response's body is not read (`stream`). `bulk` requests
+        (NARs, uploads) go over the small pool."""
         url = self._url(name)
         rewind = kwargs.pop("rewind", None)
+        client = self.stream_client if bulk else self.client
         for attempt in range(ATTEMPTS):
             try:
-                request = self.client.build_request(method, url, **kwargs)
-                response = self.client.send(request, stream=True)
+                request = client.build_request(method, url, **kwargs)
+                response = client.send(request, stream=True)
             except httpx.TransportError as e:
                 if self._permanent(e) or attempt == ATTEMPTS - 1:
                     raise self._failure(e, url) from None
@@ -179,7 +194,7 @@ class HttpBackend(Backend):
                 raise self._unexpected(response, "cannot download")
             out = bytearray()
             try:
-                for chunk in response.iter_bytes(CHUNK):
+                for chunk in response.iter_bytes():
                     out += chunk
                     if len(out) > MAX_SMALL_FILE:
                         raise BinaryCacheError(f"{response.request.url} is over {MAX_SMALL_FILE} bytes")
@@ -216,7 +231,9 @@ class HttpBackend(Backend):
                 yield chunk
 
         headers = {"Content-Type": content_type, "Content-Length": str(size)}
-        response = self._send("PUT", name, content=body(), headers=headers, rewind=lambda: f.seek(0))
+        response = self._send(
+            "PUT", name, bulk=True, content=body(), headers=headers, rewind=lambda: f.seek(0)
+        )
         with contextlib.closing(response):
             if not 200 <= response.status_code < 300:
                 raise self._unexpected(response, "cannot upload to")
@@ -238,7 +255,7 @@ class _Download:
         self._open({})
 
     def _open(self, headers: dict[str, str]) -> None:
-        response = self.backend._send("GET", self.name, headers=headers)
+        response = self.backend._send("GET", self.name, bulk=True, headers=headers)
         expected = 206 if headers else 200
         if response.status_code != expected:
             response.close()
@@ -250,7 +267,7 @@ class _Download:
             and "content-encoding" not in response.headers
         )
         self.response = response
-        self.chunks = response.iter_bytes(CHUNK)
+        self.chunks = response.iter_bytes()
 
     def read(self, n: int) -> bytes:
         attempt = 0

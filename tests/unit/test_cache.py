@@ -488,3 +488,28 @@ def test_copy_reports_bytes_as_they_pass(source: LocalStore, closure: Closure, t
     with LocalStore.create(tmp_path / "dest") as dest, open_store(f"file://{tmp_path / 'cache'}") as src:
         copy_paths(src, dest, [closure.app], on_bytes=seen.append, check_sigs=False)
     assert sum(seen) == len(closure.lib_nar) + len(closure.app_nar)
+
+
+def test_https_checks_certificates_against_the_system_store(served_cache: Path, tmp_path: Path) -> None:
+    from tests.cacheservers import self_signed_certificate, serving_tls
+
+    cert, key = self_signed_certificate(tmp_path)
+    with serving_tls(served_cache, cert, key) as url:
+        result = subprocess.run(
+            [*XSTORE, "path-info", "--store", url, "/nix/store/00000000000000000000000000000000-x"],
+            capture_output=True, check=False, timeout=60,
+            env={**os.environ, "SSL_CERT_FILE": "/nonexistent"},
+        )  # fmt: skip
+        assert result.returncode == 1
+        lines = result.stderr.decode().splitlines()
+        assert len(lines) == 1
+        assert lines[0].startswith(
+            f"error: TLS certificate check failed for 127.0.0.1:{url.rsplit(':', 1)[1]}"
+        )
+        # Trusted through the system's CA configuration (SSL_CERT_FILE), the same cache opens.
+        result = subprocess.run(
+            [*XSTORE, "path-info", "--store", url, "/nix/store/00000000000000000000000000000000-x"],
+            capture_output=True, check=False, timeout=60, env={**os.environ, "SSL_CERT_FILE": str(cert)},
+        )  # fmt: skip
+        assert result.returncode == 1
+        assert "is not valid in the binary cache" in result.stderr.decode()

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
+import http.server
 import os
 import random
 import shutil
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 MIB: Final = 1 << 20
 
@@ -90,3 +93,29 @@ def remove(path: Path) -> None:
         shutil.rmtree(path, onerror=writable_and_retry)  # `onexc` is Python 3.12+
     elif path.exists() or path.is_symlink():
         path.unlink()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as a real cache server has it
+    disable_nagle_algorithm = True  # headers and body go out as separate writes
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def static_http_server(root: Path) -> Iterator[str]:
+    """A static file server over `root` on 127.0.0.1 (GET and HEAD, keep-alive), in a thread of this
+    process while the block runs; yields its base URL."""
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(root))
+    )
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, name="bench-http", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

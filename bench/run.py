@@ -8,6 +8,10 @@ tool's peak resident set size. Two cases measure fixed costs: `startup` (`--vers
 dump of an empty file: interpreter, imports and argument parsing); the other cases' "work" is their
 time minus the `command` median.
 
+The cache cases copy from binary caches Nix wrote (`nix copy --to file://...?compression=zstd&secret-
+key=...`, the key trusted by both tools) into an empty store of each tool's own: the large path, and a
+closure of 501 small paths from `file://` and from `http://127.0.0.1` (a static server in this process).
+
 The store cases work on a chroot store Nix makes in the working directory (`nix-store --store ROOT --add`
 of the tree and of a directory holding the large file: one store path each) and on its `nix-store
 --export` streams: `import-*` imports a stream into an empty store (one per tool, created before every
@@ -22,9 +26,9 @@ with `wait4` and prints its `ru_maxrss`. Without GNU time the figures come from 
 the report states the floor they cannot go below.
 
 Nix runs in an environment of its own (state, logs, configuration, cache and default store in the
-working directory, `common.nix_environment`), so nothing touches /nix. Inputs are
-generated from a fixed seed. Everything the benchmark creates is removed at the end, also on Ctrl-C or
-SIGTERM. Targets are reported, never asserted: benchmarks are not tests.
+working directory, `bench/common.py`'s `nix_environment`), so nothing touches
+/nix. Inputs are generated from a fixed seed. Everything the benchmark creates is removed at the end,
+also on Ctrl-C or SIGTERM. Targets are reported, never asserted: benchmarks are not tests.
 
 Usage: .venv/bin/python -m bench.run [--runs N] [--quick] [--only CASE ...] [--json] [--save-json FILE]
 """
@@ -51,7 +55,16 @@ from pathlib import Path
 from types import FrameType
 from typing import Final
 
-from bench.common import MIB, filesystem_of, log, make_big_file, nix_environment, remove, sha256_file
+from bench.common import (
+    MIB,
+    filesystem_of,
+    log,
+    make_big_file,
+    nix_environment,
+    remove,
+    sha256_file,
+    static_http_server,
+)
 
 SEED: Final = 20240601
 GNU_TIME: Final = "/usr/bin/time"
@@ -74,10 +87,25 @@ CASE_NAMES: Final = (
     "export-tree",
     "import-file",
     "export-file",
+    "cache-big-file",
+    "cache-small-file",
+    "cache-small-http",
 )
 TREE_CASES: Final = frozenset({"dump-tree", "restore-tree", "import-tree", "export-tree"})
-FILE_CASES: Final = frozenset({"dump-file", "restore-file", "hash-file", "import-file", "export-file"})
+FILE_CASES: Final = frozenset(
+    {"dump-file", "restore-file", "hash-file", "import-file", "export-file", "cache-big-file"}
+)
 STORE_CASES: Final = frozenset({"import-tree", "export-tree", "import-file", "export-file"})
+CACHE_CASES: Final = frozenset({"cache-big-file", "cache-small-file", "cache-small-http"})
+SMALL_PATHS: Final = 500  # plus one that refers to them all: 501 paths
+
+# 500 text files and one that names them all (so refers to them): a closure of 501 small paths, made by
+# evaluation alone.
+SMALL_CLOSURE_NIX: Final = (
+    'let fs = map (i: builtins.toFile "f${toString i}" "content ${toString i}\\n") '
+    "(builtins.genList (x: x) @N@); "
+    'in builtins.toFile "root" (builtins.concatStringsSep "\\n" fs)'
+)
 
 # Given to every Nix command on a store (as tests/nixstores.py): build as the calling user whatever groups
 # the machine has, and never ask cache.nixos.org for anything.
@@ -240,6 +268,17 @@ class Bench:
         self.store = workdir / "store"
         self.store_paths: dict[str, str] = {}  # "tree" / "file": logical store path
         self.exports: dict[str, Path] = {}
+        # Binary caches Nix wrote (zstd, signed), for the cache cases: the large path's and the small
+        # closure's, the small closure's source store and root, the key, and an HTTP server.
+        self.nix_exe = _which("nix")
+        self.secret_key = workdir / "cache.sk"
+        self.public_key = ""
+        self.small_store = workdir / "small-store"
+        self.small_root = ""
+        self.small_closure: list[str] = []
+        self.caches: dict[str, Path] = {}
+        self.http_url = ""
+        self.services = contextlib.ExitStack()
 
     def discard(self, path: Path) -> None:
         """Move a previous run's output out of the way, to be removed with the working directory at the
@@ -296,21 +335,91 @@ class Bench:
             self.runner.run(
                 Command([self.nix_store, "--dump", str(self.big)], self.nix_env, None, self.big_nar)
             )
-        for label, source, cases in (
-            ("tree", self.tree, {"import-tree", "export-tree"}),
-            ("file", self.big_dir, {"import-file", "export-file"}),
+        for label, source, cases, exported in (
+            ("tree", self.tree, {"import-tree", "export-tree"}, True),
+            ("file", self.big_dir, {"import-file", "export-file"}, True),
+            ("file", self.big_dir, {"cache-big-file"}, False),
         ):
-            if cases & wanted:
-                log(f"adding {source.name} to a Nix store and exporting it ...")
+            if cases & wanted and label not in self.store_paths:
+                log(f"adding {source.name} to a Nix store ...")
                 added = self.workdir / "added"
                 self.runner.run(self.nix_on(self.store, "--add", str(source), stdout=added))
                 self.store_paths[label] = added.read_text().strip()
                 added.unlink()
+            if cases & wanted and exported and label not in self.exports:
+                log(f"exporting {source.name} ...")
                 self.exports[label] = self.workdir / f"{label}.export"
                 self.runner.run(
                     self.nix_on(self.store, "--export", self.store_paths[label], stdout=self.exports[label])
                 )
+        if CACHE_CASES & wanted:
+            self._prepare_caches(wanted)
         os.sync()  # no writeback of the inputs while we measure
+
+    def nix_cmd(self, *args: str, stdout: Path | None = None) -> Command:
+        """`nix --extra-experimental-features nix-command ARGS...`."""
+        return Command(
+            [self.nix_exe, "--extra-experimental-features", "nix-command", *args], self.nix_env, None, stdout
+        )
+
+    def _capture(self, command: Command) -> str:
+        out = self.workdir / "captured"
+        self.runner.run(Command(command.argv, command.env, command.stdin, out))
+        text = out.read_text()
+        out.unlink()
+        return text
+
+    def _prepare_caches(self, wanted: set[str]) -> None:
+        """Nix writes the caches both tools read: `nix copy --to file://...?compression=zstd&secret-key=..`,
+        of the large path, and of a closure of 501 small paths made by evaluation."""
+        log("making a signing key and the binary caches (nix copy --to file://) ...")
+        self.runner.run(
+            self.nix_cmd("key", "generate-secret", "--key-name", "bench-1", stdout=self.secret_key)
+        )
+        self.public_key = self._capture(
+            Command(
+                [
+                    self.nix_exe,
+                    "--extra-experimental-features",
+                    "nix-command",
+                    "key",
+                    "convert-secret-to-public",
+                ],
+                self.nix_env,
+                self.secret_key,
+            )
+        ).strip()
+        params = f"compression=zstd&secret-key={self.secret_key}"
+        if "cache-big-file" in wanted:
+            self.caches["big"] = self.workdir / "cache-big"
+            url = f"file://{self.caches['big']}?{params}"
+            self.runner.run(
+                self.nix_cmd(
+                    "copy",
+                    "--store",
+                    str(self.store),
+                    *NIX_STORE_OPTIONS,
+                    "--to",
+                    url,
+                    self.store_paths["file"],
+                )
+            )
+        if {"cache-small-file", "cache-small-http"} & wanted:
+            instantiate = str(Path(self.nix_store).parent / "nix-instantiate")
+            expression = SMALL_CLOSURE_NIX.replace("@N@", str(SMALL_PATHS))
+            argv = [instantiate, "--store", str(self.small_store), *NIX_STORE_OPTIONS, "--read-write-mode",
+                    "--eval", "--json", "-E", expression]  # fmt: skip
+            self.small_root = json.loads(self._capture(Command(argv, self.nix_env)))
+            self.small_closure = self._capture(self.nix_on(self.small_store, "-qR", self.small_root)).split()
+            self.caches["small"] = self.workdir / "cache-small"
+            url = f"file://{self.caches['small']}?{params}"
+            self.runner.run(
+                self.nix_cmd(
+                    "copy", "--store", str(self.small_store), *NIX_STORE_OPTIONS, "--to", url, self.small_root
+                )
+            )
+            if "cache-small-http" in wanted:
+                self.http_url = self.services.enter_context(static_http_server(self.caches["small"]))
 
     def cases(self, names: Sequence[str]) -> list[Case]:
         made: dict[str, Callable[[], Case]] = {
@@ -325,6 +434,9 @@ class Bench:
             "export-tree": lambda: self._export("export-tree", "tree", 1.5),
             "import-file": lambda: self._import("import-file", "file", 1.5),
             "export-file": lambda: self._export("export-file", "file", 1.5),
+            "cache-big-file": lambda: self._cache_copy("cache-big-file", 1.0),
+            "cache-small-file": lambda: self._cache_copy("cache-small-file", 1.5),
+            "cache-small-http": lambda: self._cache_copy("cache-small-http", 1.5),
         }
         return [made[name]() for name in CASE_NAMES if name in names]
 
@@ -483,6 +595,68 @@ class Bench:
             target,
             self.x("export", "--store", str(self.store), path),
             self.nix_on(self.store, "--export", path),
+            verify=verify,
+        )
+
+    def _cache_copy(self, name: str, target: float) -> Case:
+        """`xstore copy --from CACHE` and `nix copy --from CACHE` of a closure, each into an empty store of
+        its own (made before every run, outside the timing), the cache's key trusted by both."""
+        if name == "cache-big-file":
+            url, root, closure = (
+                f"file://{self.caches['big']}",
+                self.store_paths["file"],
+                [self.store_paths["file"]],
+            )
+            source, what = self.store, f"a path of one {self.big_mib} MiB file from a zstd file:// cache"
+        else:
+            http = name == "cache-small-http"
+            url = self.http_url if http else f"file://{self.caches['small']}"
+            root, closure, source = self.small_root, self.small_closure, self.small_store
+            where = "over http:// on 127.0.0.1" if http else "from a zstd file:// cache"
+            what = f"{len(closure)} small paths {where}"
+        x_store, n_store = self.workdir / f"{name}-xstore", self.workdir / f"{name}-nix"
+        disk_cache = Path(self.nix_env["XDG_CACHE_HOME"]) / "nix"
+
+        def reset() -> None:
+            for store in (x_store, n_store):
+                self.discard(store)
+            # Nix keeps narinfos of http caches in a disk cache between runs; each run starts cold.
+            if disk_cache.exists():
+                remove(disk_cache)
+            self.runner.run(self.x("store", "init", "--store", str(x_store), "--case-hack", "off"))
+            self.runner.run(self.nix_on(n_store, "--init"))
+            os.sync()
+
+        x_cmd = self.x(
+            "copy", "--from", url, "--to", str(x_store), "--trusted-public-keys", self.public_key, "-r", root
+        )
+        n_cmd = self.nix_cmd(
+            "copy", "--store", str(n_store), *NIX_STORE_OPTIONS, "--option", "trusted-public-keys",
+            self.public_key, "--from", url, root,
+        )  # fmt: skip
+
+        def verify() -> None:
+            reset()
+            self.runner.run(x_cmd)
+            self.runner.run(n_cmd)
+            mine, theirs = self.workdir / "check-x.export", self.workdir / "check-n.export"
+            try:
+                self.runner.run(self.x("export", "--store", str(x_store), *closure, stdout=mine))
+                self.runner.run(self.nix_on(source, "--export", *closure, stdout=theirs))
+                if sha256_file(mine) != sha256_file(theirs):
+                    raise RuntimeError(f"{name}: the closure xstore copied does not export as the original")
+                self.runner.run(self.nix_on(x_store, "--verify", "--check-contents"))
+            finally:
+                mine.unlink(missing_ok=True)
+                theirs.unlink(missing_ok=True)
+
+        return Case(
+            name,
+            f"`copy --from` {what} vs `nix copy --from`",
+            target,
+            x_cmd,
+            n_cmd,
+            reset=reset,
             verify=verify,
         )
 
@@ -713,9 +887,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         floor = bench.runner.floor_kib()
         bench.prepare(names)
         cases = bench.cases(names)
-        for case in cases:
-            measure(bench, case, args.runs)
-        facts = machine_facts(bench, floor, load_before)
+        with bench.services:
+            for case in cases:
+                measure(bench, case, args.runs)
+            facts = machine_facts(bench, floor, load_before)
     baseline = next((c for c in cases if c.name == "command"), None)
     rows = [summarise(case, baseline if case.name != "startup" else None) for case in cases]
     report = json.dumps({"machine": facts, "runs": args.runs, "cases": rows}, indent=2)

@@ -14,6 +14,7 @@ gzip` is read too, and a missing method means bzip2 in a narinfo).
 from __future__ import annotations
 
 import enum
+import os
 import zlib
 from collections.abc import Callable
 from typing import Any, Final
@@ -184,7 +185,7 @@ def open_reader(read: Read, method: Method | str) -> Read:
 class Writer:
     """A sink that compresses into another sink; call `finish()` once at the end."""
 
-    def __init__(self, sink: Sink, method: Method, level: int | None = None) -> None:
+    def __init__(self, sink: Sink, method: Method, level: int | None = None, threads: bool = False) -> None:
         self._sink = sink
         self.method = method
         self._enc: Any = None
@@ -204,6 +205,8 @@ class Writer:
                 pyzstd.CParameter.compressionLevel: 3 if level is None else level,
                 pyzstd.CParameter.checksumFlag: 1,  # corruption shows as an error, not as other bytes
             }
+            if threads:  # Nix's parallel-compression: zstd's own worker threads
+                options[pyzstd.CParameter.nbWorkers] = os.cpu_count() or 1
             self._enc = pyzstd.ZstdCompressor(options)
         elif method is Method.BR:
             brotli = _need("brotli", method)
@@ -225,5 +228,6 @@ class Writer:
             self._sink(out)
 
 
-def open_writer(sink: Sink, method: Method | str, level: int | None = None) -> Writer:
-    return Writer(sink, Method.parse(method), level)
+def open_writer(sink: Sink, method: Method | str, level: int | None = None, threads: bool = False) -> Writer:
+    """A compressing sink; `threads` lets methods that can (zstd) compress on several cores."""
+    return Writer(sink, Method.parse(method), level, threads)

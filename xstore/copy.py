@@ -13,9 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Final
 
 from xstore.storeapi import PathInfo, Read, Sink, Store, pipe_nar, topo_sort
 from xstore.storepath import StorePath
+
+_SMALL_NAR: Final = 4 << 20
+_CHUNK: Final = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,17 +52,50 @@ def plan_copy(src: Store, dst: Store, paths: Iterable[StorePath], *, recursive: 
     return CopyPlan(order, [p for p in order if p not in have], infos)
 
 
-def copy_one(src: Store, dst: Store, info: PathInfo, *, check_sigs: bool = True) -> bool:
-    """Stream one path from `src` into `dst`. True when it was added, False when `dst` had it."""
+def copy_one(
+    src: Store,
+    dst: Store,
+    info: PathInfo,
+    *,
+    check_sigs: bool = True,
+    on_bytes: Callable[[int], None] | None = None,
+) -> bool:
+    """Stream one path from `src` into `dst`. True when it was added, False when `dst` had it.
+    `on_bytes(n)` is told each time `n` more bytes of the NAR have passed."""
 
-    def produce(sink: Sink) -> None:
-        src.nar_from_path(info.path, sink)
+    def counted(read: Read) -> Read:
+        if on_bytes is None:
+            return read
+
+        def read_counted(n: int) -> bytes:
+            data = read(n)
+            on_bytes(len(data))
+            return data
+
+        return read_counted
 
     # As Nix's copyStorePath: a copied path was not built where it lands.
     landed = info.replace(ultimate=False) if info.ultimate else info
 
+    # A store that hands out a NAR as a read function (a binary cache) needs no thread in between for a
+    # small NAR; a large one is read in a thread of its own all the same, so that decompressing and
+    # hashing the file overlap with writing. The destination checks the NAR's hash itself (every
+    # `add_to_store` does), so the source need not hash it a second time.
+    open_nar = getattr(src, "open_nar", None)
+    if open_nar is not None and info.nar_size <= _SMALL_NAR:
+        with open_nar(info.path, check_nar_hash=False) as read:
+            return bool(dst.add_to_store(landed, counted(read), check_sigs=check_sigs))
+
+    def produce(sink: Sink) -> None:
+        if open_nar is None:
+            src.nar_from_path(info.path, sink)
+            return
+        with open_nar(info.path, check_nar_hash=False) as read:
+            while chunk := read(_CHUNK):
+                sink(chunk)
+
     def consume(read: Read) -> bool:
-        return dst.add_to_store(landed, read, check_sigs=check_sigs)
+        return dst.add_to_store(landed, counted(read), check_sigs=check_sigs)
 
     return bool(pipe_nar(produce, consume))
 
@@ -69,25 +106,35 @@ def copy_paths(
     paths: Iterable[StorePath],
     *,
     recursive: bool = True,
-    check_sigs: bool = True,
+    check_sigs: bool | None = None,
     on_path: Callable[[CopyResult], None] | None = None,
     plan: CopyPlan | None = None,
+    on_bytes: Callable[[int], None] | None = None,
 ) -> list[CopyResult]:
     """Copy `paths` (and, when `recursive`, everything they refer to) from `src` to `dst`.
 
     Returns one result per path considered, in the order handled. `on_path` is called after each. A
     path the destination refuses (a hash mismatch, a missing signature) raises, with the paths before
-    it copied and nothing of it left. `plan`, from `plan_copy`, saves computing it again.
+    it copied and nothing of it left. `plan`, from `plan_copy`, saves computing it again. `on_bytes(n)`
+    is told as NAR bytes pass (for progress).
+
+    `check_sigs` None (the default) asks the destination to check signatures unless the source is
+    trusted as one (`Store.trusted_as_source`: a local store); True and False force it either way.
     """
+    if check_sigs is None:
+        check_sigs = not src.trusted_as_source
     if plan is None:
         plan = plan_copy(src, dst, paths, recursive=recursive)
     missing = set(plan.missing)
+    prefetch = getattr(src, "prefetch", None)  # a remote cache reads small NARs ahead
+    if prefetch is not None:
+        prefetch(plan.missing)
     results = []
     for path in plan.order:
         info = plan.infos[path]
         if path in missing:
             dst.add_temp_root(path)
-            copied = copy_one(src, dst, info, check_sigs=check_sigs)
+            copied = copy_one(src, dst, info, check_sigs=check_sigs, on_bytes=on_bytes)
         else:
             copied = False
         result = CopyResult(path, copied, info.nar_size)

@@ -154,6 +154,18 @@ class PathNotFoundError(InputError, LookupError):
     """A path inside an archive does not exist."""
 
 
+class NarInfoError(InputError, ValueError):
+    """A `.narinfo` or `nix-cache-info` file that cannot be read (Nix: "NAR info file ... is corrupt")."""
+
+
+class SigningKeyError(InputError, ValueError):
+    """A signing key (secret or public) that is corrupt or of the wrong size."""
+
+
+class SignatureError(InputError, PermissionError):
+    """A path that lacks a signature valid for a trusted key, where one is required."""
+
+
 # -- the state of the system -------------------------------------------------------------------------
 
 
@@ -184,6 +196,10 @@ class InvalidPathError(StateError, LookupError):
 class StreamClosedError(StateError, OSError):
     """Standard input or output was closed when xstore started (`<&-`, `>&-`), or went away while it
     was written to."""
+
+
+class BinaryCacheError(StateError, OSError):
+    """A binary cache cannot be used: unreachable, refusing, for another store directory, not a cache."""
 
 
 class UnsupportedError(StateError, NotImplementedError):

@@ -10,16 +10,22 @@ read.
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from xstore.casehack import NameScanner, unhack_name
+from xstore.errors import NarInfoError
 from xstore.exportstream import ExportParser, PathEnd, PathStart, StreamEnd
 from xstore.nar.drive import iter_events
 from xstore.nar.events import NEED_DATA, DirectoryEnd, DirectoryStart, Event, RegularFile, Symlink
 from xstore.sniff import Kind, Read, expect, open_input
 from xstore.storepath import StorePath
+
+if TYPE_CHECKING:
+    from xstore.storeapi import Store
 
 Directory = tuple[tuple[bytes, ...], list[bytes]]
 
@@ -65,10 +71,12 @@ def nar_directories(read: Read) -> Iterator[Directory]:
 
 @dataclass(slots=True)
 class PathScan:
-    """The scan of one store path of an export stream."""
+    """The scan of one store path (of an export stream, or of a store or binary cache). `source` says
+    what was read: the NAR, or a cache's `.ls` listing (no NAR downloaded at all)."""
 
     path: StorePath
     scanner: NameScanner
+    source: str = "nar"
 
 
 def scan_export(read: Read) -> list[PathScan]:
@@ -111,3 +119,61 @@ def scan_tree(root: bytes) -> NameScanner:
     for where, names in tree_directories(root):
         scanner.add_directory(where, names)
     return scanner
+
+
+# -- store paths in a store or a binary cache ------------------------------------------------------------
+
+
+def listing_directories(listing: Any, whence: str) -> Iterator[Directory]:
+    """Each directory of a `.ls` listing (`{"version": 1, "root": ...}`, as Nix writes them) with its
+    entries' names. Raises `NarInfoError` for a listing of another shape."""
+    root = listing.get("root") if isinstance(listing, dict) else None
+    if not isinstance(root, dict) or listing.get("version") != 1:
+        raise NarInfoError(f"the listing '{whence}' is not a version 1 NAR listing")
+    todo: list[tuple[tuple[bytes, ...], dict[str, Any]]] = [((), root)]
+    while todo:
+        where, node = todo.pop()
+        if node.get("type") != "directory":
+            continue
+        entries = node.get("entries")
+        if not isinstance(entries, dict):
+            raise NarInfoError(f"the listing '{whence}' has a directory without entries")
+        names = [name.encode("utf-8", "surrogateescape") for name in entries]
+        yield where, names
+        for name, child in zip(names, entries.values(), strict=True):
+            if not isinstance(child, dict):
+                raise NarInfoError(f"the listing '{whence}' has an entry that is not an object")
+            todo.append(((*where, name), child))
+
+
+def scan_store_paths(store: Store, paths: Iterable[StorePath]) -> list[PathScan]:
+    """One scan per store path of `store`, in the order given: from the cache's `.ls` listing where it
+    has one (nothing else is downloaded), else from the path's NAR, streamed and checked."""
+    from xstore.storeapi import Sink, pipe_nar
+
+    results = []
+    listing_of = getattr(store, "listing", None)
+    for path in paths:
+        scanner = NameScanner()
+        text = listing_of(path) if listing_of is not None else None
+        if text is not None:
+            whence = f"{store.describe()}: {path.hash_part}.ls"
+            try:
+                listing = json.loads(text)
+            except ValueError as e:
+                raise NarInfoError(f"the listing '{whence}' is not JSON: {e}") from None
+            for where, names in listing_directories(listing, whence):
+                scanner.add_directory(where, names)
+            results.append(PathScan(path, scanner, "listing"))
+            continue
+
+        def produce(sink: Sink, path: StorePath = path) -> None:
+            store.nar_from_path(path, sink)
+
+        def consume(read: Read, scanner: NameScanner = scanner) -> None:
+            for where, names in nar_directories(read):
+                scanner.add_directory(where, names)
+
+        pipe_nar(produce, consume)
+        results.append(PathScan(path, scanner, "nar"))
+    return results

@@ -95,9 +95,19 @@ class StoreSettings:
 
     case_hack: bool
     fold: Fold
+    # Public keys (`name:base64`) whose signatures make a path from a cache or a remote store
+    # acceptable here (Nix's `trusted-public-keys`, per store).
+    trusted_public_keys: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {"version": SETTINGS_VERSION, "caseHack": self.case_hack, "caseFold": self.fold.value}
+        out: dict[str, Any] = {
+            "version": SETTINGS_VERSION,
+            "caseHack": self.case_hack,
+            "caseFold": self.fold.value,
+        }
+        if self.trusted_public_keys:  # written only once set: older readers see the file they knew
+            out["trustedPublicKeys"] = list(self.trusted_public_keys)
+        return out
 
 
 def default_store_root() -> Path:
@@ -166,6 +176,8 @@ class LocalStore(Store):
     Holds the big lock shared and one SQLite connection, which threads take turns to use.
     """
 
+    trusted_as_source = True
+
     def __init__(self, root: Path | str, *, read_only: bool = False, _create: bool = False) -> None:
         self.root = Path(root).absolute()
         self.url = str(self.root)
@@ -177,6 +189,7 @@ class LocalStore(Store):
         self._db: sqlite3.Connection | None = None
         self._db_lock = threading.RLock()
         self.read_only = read_only
+        self.extra_trusted_keys: list[str] = []
         if not (self.db_dir / "db.sqlite").exists() and not _create:
             raise StoreError(
                 f"no store at '{self.root}' (no nix/var/nix/db/db.sqlite); "
@@ -327,7 +340,9 @@ class LocalStore(Store):
             return
         behaviour = probe(self.real_store_dir)
         hack = behaviour.folds_names if case_hack is CaseHackMode.AUTO else case_hack is CaseHackMode.ON
-        settings = StoreSettings(hack, fold if fold is not None else behaviour.fold)
+        self._write_settings(StoreSettings(hack, fold if fold is not None else behaviour.fold))
+
+    def _write_settings(self, settings: StoreSettings) -> None:
         self.xstore_dir.mkdir(parents=True, exist_ok=True)
         path = self.xstore_dir / "settings.json"
         tmp = path.with_name(f".settings.{secrets.token_hex(4)}")
@@ -343,7 +358,10 @@ class LocalStore(Store):
         except (OSError, ValueError) as e:
             raise StoreError(f"cannot read '{path}': {e}") from e
         try:
-            return StoreSettings(bool(data["caseHack"]), Fold(data["caseFold"]))
+            keys = data.get("trustedPublicKeys", [])
+            if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+                raise TypeError("trustedPublicKeys must be a list of strings")
+            return StoreSettings(bool(data["caseHack"]), Fold(data["caseFold"]), tuple(keys))
         except (KeyError, ValueError, TypeError) as e:
             raise StoreError(f"'{path}' is not a valid xstore settings file") from e
 
@@ -361,6 +379,45 @@ class LocalStore(Store):
         finally:
             os.close(fd)
         return StoreSettings(behaviour.case_insensitive, Fold.ASCII)
+
+    def set_trusted_public_keys(self, keys: Iterable[str]) -> StoreSettings:
+        """Record `keys` (public keys, `name:base64`, each checked) as the store's trusted keys, replacing
+        the list it had; returns the new settings. A store without recorded settings (made by Nix) gets
+        them, with the case hack as it is found now. Raises `SigningKeyError` for a malformed key."""
+        from xstore.signing import parse_public_key
+
+        texts = tuple(dict.fromkeys(parse_public_key(k).to_text() for k in keys))
+        settings = self.settings
+        with self._settings_lock():
+            updated = StoreSettings(settings.case_hack, settings.fold, texts)
+            self._write_settings(updated)
+        return updated
+
+    @contextlib.contextmanager
+    def _settings_lock(self) -> Iterator[None]:
+        self.xstore_dir.mkdir(parents=True, exist_ok=True)
+        fd = lock_file(self.xstore_dir / "settings.lock", what=f"the settings of the store at '{self.root}'")
+        try:
+            yield
+        finally:
+            assert fd is not None
+            os.close(fd)
+
+    def trusted_keys(self) -> dict[str, Any]:
+        """The public keys this open store trusts, by name: the store's setting plus the keys given to
+        this store object with `trust_keys` (as `--trusted-public-keys` does for one command)."""
+        from xstore.signing import parse_public_keys
+
+        return parse_public_keys([*self.settings.trusted_public_keys, *self.extra_trusted_keys])
+
+    def trust_keys(self, keys: Iterable[str]) -> None:
+        """Trust `keys` (texts of public keys, several per text allowed) for as long as this store object
+        is open, beside the store's setting. Raises `SigningKeyError` for a malformed key."""
+        from xstore.signing import parse_public_keys
+
+        texts = list(keys)
+        parse_public_keys(texts)
+        self.extra_trusted_keys.extend(texts)
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -485,8 +542,15 @@ class LocalStore(Store):
         return size
 
     def add_to_store(self, info: PathInfo, read: Read, *, check_sigs: bool = True) -> bool:
+        """See `Store.add_to_store`. With `check_sigs`, a path that is neither content-addressed (and
+        checking out) nor signed by a trusted key (`trusted_keys`) is refused before its NAR is read
+        (`SignatureError`), as Nix's `require-sigs`."""
         from xstore.store_add import add_nar
 
+        if check_sigs and not self.is_valid(info.path):
+            from xstore.signing import require_trusted
+
+            require_trusted(info, self.trusted_keys(), self.describe())
         return add_nar(self, info, read)
 
     @_db_errors
@@ -525,6 +589,41 @@ class LocalStore(Store):
             if db.in_transaction:
                 db.execute("rollback")
             raise
+
+    @_db_errors
+    def add_signatures(self, path: StorePath, sigs: Iterable[str]) -> bool:
+        """Add `sigs` to `path`'s registration (Nix: `LocalStore::addSignatures`). Returns whether any
+        was new. Raises `InvalidPathError` for a path that is not valid."""
+        db = self.db
+        db.execute("begin immediate")
+        try:
+            row = db.execute("select sigs from ValidPaths where path = ?", (path.path,)).fetchone()
+            if row is None:
+                raise InvalidPathError(f"path '{path}' is not valid in {self.describe()}", path=path.path)
+            have = set(str(row[0]).split()) if row[0] else set()
+            merged = have | set(sigs)
+            if merged != have:
+                db.execute(
+                    "update ValidPaths set sigs = ? where path = ?", (" ".join(sorted(merged)), path.path)
+                )
+            db.execute("commit")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("rollback")
+            raise
+        return merged != have
+
+    def sign(self, paths: Iterable[StorePath], key: Any) -> int:
+        """Sign each of `paths` with `key` (a `signing.SecretKey`) and record the signatures (Nix:
+        `nix store sign`). Returns how many signatures were new."""
+        from xstore.signing import sign_path
+
+        added = 0
+        for path in paths:
+            info = self.require(path)
+            signed = sign_path(info.replace(sigs=()), key)
+            added += self.add_signatures(path, signed.sigs)
+        return added
 
     def lock(self, path: StorePath) -> PathLock:
         """Lock `path` for adding it: xstore's own lock and, where safe, Nix's `<path>.lock`

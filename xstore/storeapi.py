@@ -101,6 +101,10 @@ class Store(abc.ABC):
 
     url: str = ""
     store_dir: str = STORE_DIR
+    # Paths copied out of this store need no signature where they land: a local store the user reads
+    # directly vouches for its paths as its owner does. Caches and remote stores leave it False, so
+    # their paths must be signed by a trusted key or be content-addressed (see `copy.copy_paths`).
+    trusted_as_source: bool = False
 
     # -- queries ---------------------------------------------------------------------------------
 

@@ -29,6 +29,29 @@ _MAX_LINKS: Final = 40  # as the kernel's limit on symlinks followed in one look
 
 # Parameters each kind takes (Nix's names); anything else is refused so a typo does not pass silently.
 _LOCAL_PARAMS: Final = frozenset({"root"})
+# Binary caches: scheme -> (module, opener, parameters beside the common ones).
+_CACHE_OPENERS: Final = {
+    "file": ("xstore.cache.file", "open_file_cache", frozenset[str]()),
+    "http": ("xstore.cache.http", "open_http_cache", frozenset({"netrc-file"})),
+    "https": ("xstore.cache.http", "open_http_cache", frozenset({"netrc-file"})),
+    "s3": (
+        "xstore.cache.s3",
+        "open_s3_cache",
+        frozenset(
+            {
+                "region",
+                "aws-region",
+                "endpoint",
+                "scheme",
+                "profile",
+                "multipart-upload",
+                "buffer-size",
+                "multipart-chunk-size",
+                "multipart-threshold",
+            }
+        ),
+    ),
+}
 
 
 def _check_params(url: StoreUrl, known: frozenset[str]) -> None:
@@ -76,6 +99,16 @@ def open_store(
             return LocalStore.open(root, read_only=read_only)
         ensure_writable(root / "nix" / "store")
         return LocalStore.create(root, case_hack=case_hack, fold=fold)
+    if url.scheme in _CACHE_OPENERS:
+        import importlib
+
+        from xstore.cache.base import CACHE_PARAMS
+
+        module, function, extra = _CACHE_OPENERS[url.scheme]
+        _check_params(url, CACHE_PARAMS | extra)
+        opener = getattr(importlib.import_module(module), function)
+        store: Store = opener(url, create=create)
+        return store
     raise UnsupportedError(f"stores of the kind '{url.scheme}' ({url.base()}) are not supported yet")
 
 

@@ -13,6 +13,7 @@ import typer
 from xstore import __version__
 from xstore.cli import casehack as casehack_cli
 from xstore.cli import hash as hash_cli
+from xstore.cli import key as key_cli
 from xstore.cli import mount as mount_cli
 from xstore.cli import nar as nar_cli
 from xstore.cli import ro as ro_cli
@@ -39,6 +40,8 @@ app.add_typer(store_cli.app, name="store")
 app.add_typer(ro_cli.app, name="ro")
 app.add_typer(mount_cli.app, name="mount")
 app.command("umount")(mount_cli.umount)
+app.add_typer(key_cli.app, name="key")
+app.command("sign")(key_cli.sign)
 store_cli.register(app)
 
 

@@ -125,6 +125,14 @@ def cli_errors() -> Iterator[None]:
         raise typer.Exit(130) from None
 
 
+def descriptor_of(f: BinaryIO) -> int | None:
+    """The file descriptor behind `f`, or None when it has none (an in-memory stream under test)."""
+    try:
+        return f.fileno()
+    except (OSError, ValueError):
+        return None
+
+
 def stdout_binary() -> BinaryIO:
     out = sys.stdout.buffer
     if out.isatty():
@@ -140,9 +148,8 @@ def atomic_output(path: str | None) -> Iterator[Callable[[bytes], object]]:
     if path is None or path == "-":
         out = stdout_binary()
         out.flush()
-        try:
-            fd = out.fileno()
-        except (OSError, ValueError):  # not a descriptor (an in-memory stream under test)
+        fd = descriptor_of(out)
+        if fd is None:
             yield out.write
             out.flush()
             return

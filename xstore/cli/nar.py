@@ -15,6 +15,7 @@ from xstore.cli.common import (
     Progress,
     atomic_output,
     cli_errors,
+    descriptor_of,
     err,
     file_size,
     open_input,
@@ -114,7 +115,7 @@ def restore(
                     case_hack=CaseHackMode(case_hack.value),
                     fold=None if case_fold is FoldOpt.auto else Fold(case_fold.value),
                     progress=progress,
-                    source_fd=f.fileno() if plain else None,
+                    source_fd=descriptor_of(f) if plain else None,
                 )
         summary = {
             "destination": os.path.abspath(dest),

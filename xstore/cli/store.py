@@ -127,6 +127,41 @@ def init(
             sys.stdout.write(f"store at {s.root}: case hack {hack}, {settings.fold.value} fold\n")
 
 
+@app.command("trust")
+def trust(
+    keys: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Public keys (NAME:BASE64, from `key convert-secret-to-public`).", show_default=False
+        ),
+    ] = None,
+    store: StoreOpt = None,
+    remove: Annotated[
+        bool, typer.Option("--remove", help="Stop trusting the keys given (by key or by name).")
+    ] = False,
+    json_: Annotated[bool, typer.Option("--json", help="Print the trusted keys as JSON.")] = False,
+) -> None:
+    """Trust public keys for a local store, or list them: paths copied in from binary caches and remote
+    stores must be signed by one of them (or be content-addressed), as Nix's `trusted-public-keys`.
+    Recorded in the store's settings; `copy --trusted-public-keys` adds keys for one command.
+
+    Example: xstore store trust "cache.example.org-1:$(cat public.key | cut -d: -f2)"
+    """
+    with cli_errors(), _open_local(store, "store trust") as s:
+        current = list(s.settings.trusted_public_keys)
+        if remove:
+            gone = set(keys or [])
+            current = [k for k in current if k not in gone and k.partition(":")[0] not in gone]
+            s.set_trusted_public_keys(current)
+        elif keys:
+            s.set_trusted_public_keys([*current, *keys])
+        listed = list(s.settings.trusted_public_keys)
+        if json_:
+            sys.stdout.write(json.dumps({"root": str(s.root), "trustedPublicKeys": listed}) + "\n")
+        else:
+            sys.stdout.write("".join(k + "\n" for k in listed))
+
+
 def import_(
     store: StoreOpt = None,
     input_: Annotated[
@@ -206,12 +241,33 @@ def copy(
     recursive: RecursiveOpt = False,
     case_hack: CaseHackStoreOpt = CaseHackOpt.auto,
     case_fold: FoldStoreOpt = FoldOpt.auto,
+    no_check_sigs: Annotated[
+        bool,
+        typer.Option(
+            "--no-check-sigs", help="Accept paths from caches and remote stores without signatures."
+        ),
+    ] = False,
+    trusted_public_keys: Annotated[
+        str | None,
+        typer.Option(
+            "--trusted-public-keys",
+            metavar="KEYS",
+            help="Public keys (space-separated NAME:BASE64) to trust for this copy, beside the store's own "
+            "(`store trust`).",
+        ),
+    ] = None,
 ) -> None:
     """Copy PATHS from one store to another, streaming each NAR (constant memory); the paths the
     destination has already are skipped. Prints each path copied. --from and --to default to the
-    default local store.
+    default local store. Any two stores: local stores, binary caches (file://, http(s)://, s3://),
+    with cache parameters in the URL as Nix has them (compression=xz|zstd|bzip2|br|none,
+    secret-key=FILE, write-nar-listing=1; for S3 region=, endpoint=, scheme=, profile=).
+
+    Paths coming from a binary cache or a remote store into a local store must be signed by a trusted
+    key or be content-addressed (Nix's require-sigs); paths from another local store need no signature.
 
     Example: xstore copy --from /mnt/linux-root --to ~/nix-root -r /nix/store/...-hello-2.12
+    Example: xstore copy --to 'file:///srv/cache?compression=zstd&secret-key=secret.key' -r ./result
     """
     from xstore.casehack import CaseHackMode, Fold
     from xstore.copy import CopyResult, copy_paths, plan_copy
@@ -232,19 +288,33 @@ def copy(
             clean = getattr(dst, "clean_temp", None)
             if clean is not None:
                 clean()
+            trust_keys = getattr(dst, "trust_keys", None)
+            if trusted_public_keys and trust_keys is not None:
+                trust_keys([trusted_public_keys])
             with open_store(from_, read_only=True) as src:
                 plan = plan_copy(src, dst, _paths(src, paths, False), recursive=recursive)
                 with Progress("copying", plan.bytes_to_copy) as progress:
                     done = 0
 
                     def show(result: CopyResult) -> None:
-                        nonlocal done
                         if result.copied:
-                            done += result.nar_size
-                            progress.item(result.path.path, done)
+                            progress.item(result.path.path)
                             progress.echo(result.path.path)
 
-                    copy_paths(src, dst, [], plan=plan, on_path=show)
+                    def moved(n: int) -> None:
+                        nonlocal done
+                        done += n
+                        progress.update(done)
+
+                    copy_paths(
+                        src,
+                        dst,
+                        [],
+                        plan=plan,
+                        on_path=show,
+                        on_bytes=moved,
+                        check_sigs=False if no_check_sigs else None,
+                    )
 
 
 def path_info(

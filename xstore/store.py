@@ -556,6 +556,40 @@ class LocalStore(Store):
             raise StoreError(f"'{path}' is valid; refusing to remove it")
         remove_tree(real)
 
+    # -- referrers and derivation outputs (queries, garbage collection) -------------------------------
+
+    @_db_errors
+    def query_referrers(self, path: StorePath) -> set[StorePath]:
+        """The valid paths that refer to `path` (itself included when it refers to itself).
+        Nix: `LocalStore::queryReferrers`."""
+        rows = self.db.execute(
+            "select path from Refs join ValidPaths on referrer = id "
+            "where reference = (select id from ValidPaths where path = ?)",
+            (path.path,),
+        )
+        return {parse_store_path(p) for (p,) in rows}
+
+    @_db_errors
+    def query_derivation_outputs(self, drv: StorePath) -> dict[str, StorePath]:
+        """The outputs a valid derivation `drv` declares (output name -> path), from the
+        `DerivationOutputs` table; empty when the derivation is not valid or was registered without
+        them. Nix: `queryStaticPartialDerivationOutputMap`."""
+        rows = self.db.execute(
+            "select d.id, d.path from DerivationOutputs d join ValidPaths v on d.drv = v.id "
+            "where v.path = ?",
+            (drv.path,),
+        )
+        return {str(name): parse_store_path(p) for name, p in rows}
+
+    @_db_errors
+    def query_valid_derivers(self, path: StorePath) -> set[StorePath]:
+        """The valid derivations that declare `path` as an output. Nix: `queryValidDerivers`."""
+        rows = self.db.execute(
+            "select v.path from DerivationOutputs d join ValidPaths v on d.drv = v.id where d.path = ?",
+            (path.path,),
+        )
+        return {parse_store_path(p) for (p,) in rows}
+
 
 def store_path_of(store_dir_entry: str) -> StorePath | None:
     """The store path for a name in the real store directory, or None for other entries."""

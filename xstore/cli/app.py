@@ -15,6 +15,7 @@ from xstore.cli import casehack as casehack_cli
 from xstore.cli import hash as hash_cli
 from xstore.cli import mount as mount_cli
 from xstore.cli import nar as nar_cli
+from xstore.cli import query as query_cli
 from xstore.cli import ro as ro_cli
 from xstore.cli import store as store_cli
 
@@ -39,6 +40,7 @@ app.add_typer(ro_cli.app, name="ro")
 app.add_typer(mount_cli.app, name="mount")
 app.command("umount")(mount_cli.umount)
 store_cli.register(app)
+query_cli.register(app)
 
 
 def _version(value: bool) -> None:

@@ -242,30 +242,60 @@ def path_info(
     paths: PathsArg,
     store: StoreOpt = None,
     recursive: RecursiveOpt = False,
+    size: Annotated[bool, typer.Option("-s", "--size", help="Show each path's NAR size.")] = False,
     closure_size: Annotated[
-        bool, typer.Option("-S", "--closure-size", help="Add each path's closure size.")
+        bool,
+        typer.Option(
+            "-S", "--closure-size", help="Show each path's closure size (the sum of its NAR sizes)."
+        ),
     ] = False,
-    json_: Annotated[bool, typer.Option("--json", help="JSON as `nix path-info --json` prints it.")] = False,
+    human: Annotated[
+        bool, typer.Option("-h", "--human-readable", help="With -s and -S, sizes such as '5.7 MiB'.")
+    ] = False,
+    sigs: Annotated[bool, typer.Option("--sigs", help="Show signatures (and 'ultimate', 'ca:...').")] = False,
+    json_: Annotated[
+        bool,
+        typer.Option(
+            "--json", help="JSON as current `nix path-info --json` prints it: an object keyed by path."
+        ),
+    ] = False,
+    json_array: Annotated[
+        bool,
+        typer.Option(
+            "--json-array",
+            help="JSON as Nix 2.x printed it before the object form (Nix 2.8, as in Debian): a list "
+            "sorted by path, absent fields left out.",
+        ),
+    ] = False,
 ) -> None:
-    """Show registration data of store paths: NAR hash and size, references, deriver, signatures.
+    """Show store paths (dependencies first), with their NAR size (-s), closure size (-S) and signatures
+    (--sigs) in aligned columns, as `nix path-info` does; or their whole registration as JSON.
 
-    Example: xstore path-info -r --json /nix/store/...-hello-2.12
+    Example: xstore path-info -rsSh ./result
     """
+    from xstore.query import deps_first, path_info_json_array, path_info_lines
     from xstore.storeapi import closure_sizes, path_info_json
 
     with cli_errors(), _open(store) as s:
         wanted = _paths(s, paths, recursive)
-        infos = [s.require(p) for p in wanted]
+        infos = {p: s.require(p) for p in wanted}
         sizes = closure_sizes(s, wanted) if closure_size else None
-        if json_:
+        if json_array:
             sys.stdout.write(
-                json.dumps(path_info_json(infos, closure_sizes=sizes), sort_keys=True, separators=(",", ":"))
+                json.dumps(path_info_json_array(infos.values(), closure_sizes=sizes), separators=(",", ":"))
+                + "\n"
+            )
+        elif json_:
+            sys.stdout.write(
+                json.dumps(
+                    path_info_json(infos.values(), closure_sizes=sizes), sort_keys=True, separators=(",", ":")
+                )
                 + "\n"
             )
         else:
-            for info in infos:
-                extra = f"\t{sizes[info.path]}" if sizes is not None else ""
-                sys.stdout.write(f"{info.path}\t{info.nar_hash_sri()}\t{info.nar_size}{extra}\n")
+            ordered = [infos[p] for p in deps_first(s, wanted)]
+            for line in path_info_lines(s, ordered, size=size, closure_size=sizes, human=human, sigs=sigs):
+                sys.stdout.write(line + "\n")
 
 
 def verify(
@@ -300,5 +330,6 @@ def register(root_app: typer.Typer) -> None:
     root_app.command("import")(import_)
     root_app.command("export")(export)
     root_app.command("copy")(copy)
-    root_app.command("path-info")(path_info)
+    # -h is --human-readable here, as in `nix path-info`.
+    root_app.command("path-info", context_settings={"help_option_names": ["--help"]})(path_info)
     root_app.command("verify")(verify)

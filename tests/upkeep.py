@@ -142,7 +142,8 @@ def register_tree(
 
 def make_store(store: LocalStore, spec: Spec) -> dict[str, StorePath]:
     """Register the paths of `spec` (in an order where references come first); returns them by name.
-    Each path also gets a file `refs` naming its references' full paths, as a build would leave."""
+    Each path also names its references' full paths (in a file `refs`, or at the end of a single file),
+    as a build would leave them."""
     paths = {name: store_path(name) for name in spec}
     done: set[str] = set()
 
@@ -157,7 +158,11 @@ def make_store(store: LocalStore, spec: Spec) -> dict[str, StorePath]:
             add(deriver)
         files = dict(files)
         if refs:
-            files[b"refs"] = " ".join(paths[r].path for r in refs).encode() + b"\n"
+            named = " ".join(paths[r].path for r in refs).encode() + b"\n"
+            if list(files) == [b""]:
+                files[b""] += named
+            else:
+                files[b"refs"] = named
         register_tree(
             store, paths[name], files, [paths[r] for r in refs], paths[deriver] if deriver else None
         )

@@ -30,7 +30,7 @@ from xstore.errors import HashMismatchError, InvalidPathError, StoreError, Xstor
 from xstore.fsops import canonicalise, remove_tree
 from xstore.import_export import export_order, export_paths, import_stream, list_stream
 from xstore.nar.dump import dump_path
-from xstore.store import TEMP_PREFIX, LocalStore, PathLock
+from xstore.store import TEMP_PREFIX, LocalStore, PathLock, temp_token
 from xstore.storeapi import PathInfo, path_info_json
 from xstore.storepath import StorePath, parse_store_path
 from xstore.verify import verify
@@ -126,7 +126,9 @@ def rows(store: LocalStore) -> list[tuple[object, ...]]:
 
 def leftovers(store: LocalStore) -> list[str]:
     return sorted(
-        n for n in os.listdir(store.real_store_dir) if n.startswith(".xstore") or n.endswith(".lock")
+        n
+        for n in os.listdir(store.real_store_dir)
+        if n.startswith(".xstore") or n.endswith((".lock", "-xstore-tmp"))
     )
 
 
@@ -653,6 +655,6 @@ def test_clean_temp_removes_only_dead_temporaries(tmp_path: Path) -> None:
         names = os.listdir(root / "nix" / "store")
         assert names == [os.path.basename(os.fsdecode(live))]
         assert (Path(os.fsdecode(live)) / "partial").read_bytes() == b"x"
-        assert sorted(os.listdir(root / "nix" / "var" / "xstore" / "locks")) == [names[0][len(TEMP_PREFIX) :]]
+        assert sorted(os.listdir(root / "nix" / "var" / "xstore" / "locks")) == [temp_token(names[0])]
     assert os.listdir(root / "nix" / "store") == []
     assert os.listdir(root / "nix" / "var" / "xstore" / "locks") == []

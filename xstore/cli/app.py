@@ -12,6 +12,7 @@ import typer
 
 from xstore import __version__
 from xstore.cli import casehack as casehack_cli
+from xstore.cli import gc as gc_cli
 from xstore.cli import hash as hash_cli
 from xstore.cli import mount as mount_cli
 from xstore.cli import nar as nar_cli
@@ -41,6 +42,7 @@ app.add_typer(mount_cli.app, name="mount")
 app.command("umount")(mount_cli.umount)
 store_cli.register(app)
 query_cli.register(app)
+gc_cli.register(app)
 
 
 def _version(value: bool) -> None:

@@ -33,6 +33,10 @@ def query(
         typer.Option("-d", "--deriver", help="The derivation that built each path, or 'unknown-deriver'."),
     ] = False,
     tree: Annotated[bool, typer.Option("--tree", help="The references as a tree.")] = False,
+    roots: Annotated[
+        bool,
+        typer.Option("--roots", help="The garbage collector roots that keep each path alive (local store)."),
+    ] = False,
     hash_: Annotated[bool, typer.Option("--hash", help="Each path's NAR hash (sha256, nix32).")] = False,
     size: Annotated[bool, typer.Option("--size", help="Each path's NAR size in bytes.")] = False,
     include_outputs: Annotated[
@@ -46,7 +50,7 @@ def query(
     Example: xstore query --referrers /nix/store/...-glibc-2.37
     """
     from xstore import query as q
-    from xstore.errors import UsageError
+    from xstore.errors import UnsupportedError, UsageError
     from xstore.stores import open_store, resolve_paths
 
     chosen = [
@@ -58,6 +62,7 @@ def query(
             ("--referrers-closure", referrers_closure),
             ("--deriver", deriver),
             ("--tree", tree),
+            ("--roots", roots),
             ("--hash", hash_),
             ("--size", size),
         )
@@ -67,7 +72,8 @@ def query(
         if len(chosen) != 1:
             raise UsageError(
                 "give one query: --references, --referrers, --requisites, --referrers-closure, --deriver, "
-                "--tree, --hash or --size" + (f" (not {' and '.join(chosen)} together)" if chosen else "")
+                "--tree, --roots, --hash or --size"
+                + (f" (not {' and '.join(chosen)} together)" if chosen else "")
             )
         if include_outputs and not requisites:
             raise UsageError("--include-outputs goes with --requisites")
@@ -87,6 +93,13 @@ def query(
                 lines = [i.deriver.path if i.deriver else "unknown-deriver" for i in infos]
             elif tree:
                 lines = list(q.tree_lines(s, wanted))
+            elif roots:
+                from xstore.gc import roots_keeping
+                from xstore.store import LocalStore
+
+                if not isinstance(s, LocalStore):
+                    raise UnsupportedError(f"--roots needs a local store; {s.describe()} is not one")
+                lines = [f"{link} -> {path}" for link, path in roots_keeping(s, wanted)]
             elif hash_:
                 lines = [s.require(p).nar_hash_nix32() for p in wanted]
             else:

@@ -171,3 +171,42 @@ def make_store(store: LocalStore, spec: Spec) -> dict[str, StorePath]:
     for name in spec:
         add(name)
     return paths
+
+
+# -- stores Nix makes ---------------------------------------------------------------------------------
+
+
+def nix_eval_paths(nix: Nix, root: Path, expression: str) -> list[str]:
+    """`nix-instantiate --store ROOT --read-write-mode --eval --strict --json -E EXPRESSION`, an expression
+    giving a list of store paths (made by `builtins.toFile`); returns them."""
+    import json
+
+    exe = os.path.join(os.path.dirname(nix.nix_store_exe), "nix-instantiate")
+    argv: list[Arg] = [
+        exe,
+        *NixStore(root, {}).store_args(),
+        "--read-write-mode",
+        "--eval",
+        "--strict",
+        "--json",
+    ]
+    values = json.loads(nix.run([*argv, "-E", expression]).stdout)
+    assert isinstance(values, list)
+    assert all(isinstance(value, str) for value in values)
+    return values
+
+
+def build_chain(nix: Nix, root: Path, length: int, *, name: str = "link", lines: int = 2000) -> list[str]:
+    """A chain of `length` text paths in a Nix-made store at `root`, each referring to the one before
+    (and so holding all of them in its closure), each some `lines` lines long; dependencies first."""
+    parts = [f'p0 = builtins.toFile "{name}-0" (body 0);']
+    parts += [f'p{i} = builtins.toFile "{name}-{i}" ((body {i}) + "${{p{i - 1}}}");' for i in range(1, length)]  # noqa: E501
+    expression = (
+        'let body = n: builtins.concatStringsSep "" (builtins.genList (x: "line ${toString x} of '
+        f'${{toString n}}\\n") {lines});\n'
+        + "\n".join(parts)
+        + "\nin [ "
+        + " ".join(f"p{i}" for i in range(length))
+        + " ]"
+    )
+    return nix_eval_paths(nix, root, expression)

@@ -39,6 +39,20 @@ def query(
     ] = False,
     hash_: Annotated[bool, typer.Option("--hash", help="Each path's NAR hash (sha256, nix32).")] = False,
     size: Annotated[bool, typer.Option("--size", help="Each path's NAR size in bytes.")] = False,
+    keep_derivations: Annotated[
+        bool,
+        typer.Option(
+            "--keep-derivations/--no-keep-derivations",
+            help="With --roots: a derivation is kept by its live outputs (keep-derivations, on by default).",
+        ),
+    ] = True,
+    keep_outputs: Annotated[
+        bool,
+        typer.Option(
+            "--keep-outputs/--no-keep-outputs",
+            help="With --roots: outputs are kept by their live derivations (keep-outputs, off by default).",
+        ),
+    ] = False,
     include_outputs: Annotated[
         bool,
         typer.Option("--include-outputs", help="With -R: also the outputs of derivations in the closure."),
@@ -99,7 +113,10 @@ def query(
 
                 if not isinstance(s, LocalStore):
                     raise UnsupportedError(f"--roots needs a local store; {s.describe()} is not one")
-                lines = [f"{link} -> {path}" for link, path in roots_keeping(s, wanted)]
+                lines = [
+                    f"{link} -> {path}"
+                    for link, path in roots_keeping(s, wanted, keep=(keep_derivations, keep_outputs))
+                ]
             elif hash_:
                 lines = [s.require(p).nar_hash_nix32() for p in wanted]
             else:

@@ -151,7 +151,8 @@ def import_(
         with open_input(input_) as f:
             if f.isatty():
                 raise UsageError("no export stream on stdin: pipe one in or use -i FILE")
-            kind, method, read = sniff.open_input(f.read)
+            # read1: what a pipe has now, so each path is imported as soon as its record is complete.
+            kind, method, read = sniff.open_input(getattr(f, "read1", f.read))
             sniff.expect(kind, sniff.Kind.EXPORT, input_ or "the input")
             total = file_size(f) if method.value == "none" else None
             with Progress("importing", total) as progress:

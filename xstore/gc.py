@@ -75,6 +75,7 @@ LINKS_DIR: Final = ".links"
 TRASH_DIR: Final = ".xstore-trash"
 CENSORED: Final = "{censored}"
 MIB: Final = 1024 * 1024
+PLATFORM: str = sys.platform  # a plain string: both branches type-check on every platform
 
 # A store path inside text (an environment), as Nix's runtime-root scan finds them.
 _STORE_PATH_RE: Final = re.compile(rb"/[0-9a-z]{32}-[0-9a-zA-Z+\-._?=]*")
@@ -217,7 +218,7 @@ def _find_roots_in(store: LocalStore, path: str, roots: Roots) -> None:
 def find_runtime_roots(store: LocalStore) -> Roots:
     """Valid paths that running processes use (Linux: /proc; elsewhere none). Nix: `findRuntimeRoots`."""
     unchecked: dict[str, set[str]] = {}
-    if not sys.platform.startswith("linux"):
+    if not PLATFORM.startswith("linux"):
         return {}
     real = os.fspath(store.real_store_dir)
 

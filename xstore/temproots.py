@@ -43,6 +43,7 @@ TEMP_ROOTS_DIR: Final = "temproots"
 GC_LOCK: Final = "gc.lock"
 GC_SOCKET: Final = "gc-socket/socket"
 _UNIX_PATH_MAX: Final = 107  # sun_path holds 108 bytes, the last a NUL
+PLATFORM: str = sys.platform  # a plain string: both branches type-check on every platform
 
 
 def open_gc_lock(state_dir: Path) -> int:
@@ -57,7 +58,7 @@ def socket_address(path: Path) -> tuple[str, int]:
     text = os.fspath(path)
     if len(os.fsencode(text)) <= _UNIX_PATH_MAX:
         return text, -1
-    if not sys.platform.startswith("linux"):
+    if not PLATFORM.startswith("linux"):
         raise StoreError(f"the socket path '{text}' is too long (at most {_UNIX_PATH_MAX} bytes)")
     fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     return f"/proc/self/fd/{fd}/{path.name}", fd

@@ -16,6 +16,7 @@ from xstore.cli import gc as gc_cli
 from xstore.cli import hash as hash_cli
 from xstore.cli import mount as mount_cli
 from xstore.cli import nar as nar_cli
+from xstore.cli import optimise as optimise_cli
 from xstore.cli import query as query_cli
 from xstore.cli import ro as ro_cli
 from xstore.cli import store as store_cli
@@ -43,6 +44,7 @@ app.command("umount")(mount_cli.umount)
 store_cli.register(app)
 query_cli.register(app)
 gc_cli.register(app)
+optimise_cli.register(app)
 
 
 def _version(value: bool) -> None:

@@ -181,6 +181,10 @@ class InvalidPathError(StateError, LookupError):
     """A store path is not valid in this store."""
 
 
+class RepairError(StateError, LookupError):
+    """A path cannot be repaired: no source has it with its registered hash, or no source was given."""
+
+
 class UnsupportedError(StateError, NotImplementedError):
     """xstore cannot do this here (yet): a store kind not supported, a missing optional package."""
 

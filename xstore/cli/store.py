@@ -1,7 +1,8 @@
-"""Store commands: `xstore store init`, `import`, `export`, `copy`, `path-info`, `verify`."""
+"""Store commands: `xstore store init`, `import`, `export`, `copy`, `path-info`, `verify`, `repair`."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from typing import TYPE_CHECKING, Annotated
@@ -14,6 +15,7 @@ from xstore.cli.common import (
     Progress,
     atomic_output,
     cli_errors,
+    err,
     file_size,
     open_input,
 )
@@ -299,31 +301,93 @@ def path_info(
                 sys.stdout.write(line + "\n")
 
 
+FromOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--from",
+        metavar="SOURCE",
+        help="Where to fetch damaged paths again: a store URL or an export file; repeatable, tried in order.",
+    ),
+]
+
+
 def verify(
     store: StoreOpt = None,
     check_contents: Annotated[
         bool, typer.Option("--check-contents", help="Also re-hash every path and compare with the database.")
     ] = False,
+    repair: Annotated[
+        bool, typer.Option("--repair", help="Fetch missing or modified paths again (see --from).")
+    ] = False,
+    from_: FromOpt = None,
     json_: Annotated[bool, typer.Option("--json", help="Print the problems as JSON.")] = False,
 ) -> None:
     """Check a local store: every registered path exists and, with --check-contents, still has its
-    registered hash. Reports problems and exits 1 if there are any; never changes the store.
+    registered hash. Reports problems and exits 1 if there are any; changes nothing unless --repair is
+    given, which fetches each damaged path again from the --from sources and puts it in place.
 
-    Example: xstore verify --check-contents
+    Example: xstore verify --check-contents --repair --from https://cache.nixos.org
     """
+    from xstore.errors import RepairError, UsageError
+    from xstore.repair import open_source, repair_path
     from xstore.verify import verify as verify_store
 
     with cli_errors(), _open_local(store, "verify") as s:
-        with Progress("verifying", unit="paths") as progress:
+        if from_ and not repair:
+            raise UsageError("--from goes with --repair")
+        with Progress("verifying", unit="paths") as progress, contextlib.ExitStack() as stack:
             problems = verify_store(s, check_contents=check_contents, progress=progress)
+            left = problems
+            if repair and problems:
+                sources = [stack.enter_context(open_source(text)) for text in from_ or []]
+                left = []
+                for problem in problems:
+                    try:
+                        done = repair_path(s, problem.path, sources, force=True)
+                    except RepairError as e:
+                        progress.echo(f"{problem.detail}; {e}", err=True)
+                        left.append(problem)
+                    else:
+                        shown = f"repaired '{problem.path}' ({problem.kind}) from {done.source}"
+                        progress.echo(shown, err=True)
             if json_:
-                report = [{"path": p.path.path, "problem": p.kind, "detail": p.detail} for p in problems]
-                sys.stdout.write(json.dumps({"ok": not problems, "problems": report}) + "\n")
-            else:
+                report = [{"path": p.path.path, "problem": p.kind, "detail": p.detail} for p in left]
+                repaired = [p.path.path for p in problems if p not in left]
+                result = {"ok": not left, "problems": report, "repaired": repaired}
+                sys.stdout.write(json.dumps(result) + "\n")
+            elif not repair:
                 for p in problems:
                     progress.echo(p.detail, err=True)
-        if problems:
+        if left:
             raise typer.Exit(1)
+
+
+def repair(
+    paths: PathsArg,
+    from_: FromOpt = None,
+    store: StoreOpt = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Fetch and replace even paths that are intact.")
+    ] = False,
+) -> None:
+    """Fetch PATHS again from the --from sources (store URLs or export files, tried in order) and put
+    them in place of what is in the local store, as atomically as the filesystem allows; each one is
+    checked against its registered hash before and after. Intact paths are left alone.
+
+    Example: xstore repair /nix/store/...-glibc-2.37 --from ssh://builder --from ./backup.closure
+    """
+    from xstore.repair import open_source, repair_path
+    from xstore.stores import resolve_paths
+
+    with cli_errors(), _open_local(store, "repair") as s, contextlib.ExitStack() as stack:
+        wanted = resolve_paths(s, paths)
+        sources = [stack.enter_context(open_source(text)) for text in from_ or []]
+        for path in wanted:
+            done = repair_path(s, path, sources, force=force)
+            if done.source is None:
+                err(f"'{path}' is intact")
+            else:
+                err(f"repaired '{path}' from {done.source}")
 
 
 def register(root_app: typer.Typer) -> None:
@@ -334,3 +398,4 @@ def register(root_app: typer.Typer) -> None:
     # -h is --human-readable here, as in `nix path-info`.
     root_app.command("path-info", context_settings={"help_option_names": ["--help"]})(path_info)
     root_app.command("verify")(verify)
+    root_app.command("repair")(repair)

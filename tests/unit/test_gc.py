@@ -424,3 +424,42 @@ def test_sigkill_leaves_a_consistent_store(
     assert valid_names(store, paths) == {"tool", "base"}
     assert sorted(os.listdir(store.real_store_dir)) == sorted([paths["tool"].base, paths["base"].base])
     assert verify(store, check_contents=True) == []
+
+
+# -- the commands ---------------------------------------------------------------------------------------
+
+
+def test_byte_counts_as_nix() -> None:
+    from xstore.cli.gc import parse_bytes
+
+    assert [parse_bytes(t) for t in ("0", "1000", "1K", "10M", "2G", "1T", "-5")] == [
+        0, 1000, 1024, 10 << 20, 2 << 30, 1 << 40, 0,
+    ]  # fmt: skip
+    with pytest.raises(UsageError):
+        parse_bytes("10 MB")
+
+
+def test_gc_commands(store: LocalStore, paths: dict[str, StorePath], tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from xstore.cli.app import app
+
+    root = str(store.root)
+    store.close()
+    runner = CliRunner()
+    both = runner.invoke(app, ["gc", "--store", root, "--print-dead", "--dry-run"])
+    assert both.exit_code == 2
+    made = runner.invoke(app, ["add-root", "--store", root, str(tmp_path / "result"), paths["app"].path])
+    assert made.exit_code == 0
+    assert made.stdout == f"{tmp_path / 'result'}\n"
+    dry = runner.invoke(app, ["gc", "--store", root, "--dry-run"])
+    assert dry.stdout.startswith("2 store paths would be deleted, ")
+    refused = runner.invoke(app, ["delete", "--store", root, paths["base"].path])
+    assert refused.exit_code == 1
+    assert refused.stderr.splitlines()[-1].startswith(f"error: cannot delete '{paths['base']}': ")
+    done = runner.invoke(app, ["gc", "--store", root])
+    assert done.exit_code == 0
+    assert done.stdout.startswith("2 store paths deleted, ")
+    assert sorted(line for line in done.stderr.splitlines() if line.startswith("deleting '/")) == sorted(
+        f"deleting '{paths[n]}'" for n in ("tool", "junk")
+    )

@@ -82,7 +82,7 @@ def gc(
     with cli_errors():
         if print_roots + print_live + print_dead + dry_run > 1:
             raise UsageError("give at most one of --print-roots, --print-live, --print-dead and --dry-run")
-        with _open_local(store, "gc") as s:
+        with _open_local(store, "gc", writes=not (print_roots or print_live or print_dead or dry_run)) as s:
             if print_roots:
                 roots = sorted((link, path) for path, links in find_roots(s).items() for link in links)
                 for link, path in roots:
@@ -137,7 +137,7 @@ def delete(
     from xstore.gc import delete_paths
     from xstore.stores import resolve_paths
 
-    with cli_errors(), _open_local(store, "delete") as s:
+    with cli_errors(), _open_local(store, "delete", writes=True) as s:
         result = delete_paths(
             s,
             resolve_paths(s, paths),

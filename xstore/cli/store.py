@@ -69,9 +69,13 @@ def _open(url: str | None) -> Store:
     return open_store(url)
 
 
-def _open_local(url: str | None, what: str, create: tuple[CaseHackOpt, FoldOpt] | None = None) -> LocalStore:
+def _open_local(
+    url: str | None, what: str, create: tuple[CaseHackOpt, FoldOpt] | None = None, *, writes: bool = False
+) -> LocalStore:
     """A local store for the commands that work only on one (`import`, `verify`, `store init`); with
-    `create` (the case-hack options for a new store), created when missing."""
+    `create` (the case-hack options for a new store), created when missing. `writes` (gc, optimise,
+    repair): a read-only bind-mounted store directory is made writable for this process, as `create`
+    does."""
     from xstore.casehack import CaseHackMode, Fold
     from xstore.errors import UnsupportedError
     from xstore.store import LocalStore
@@ -85,6 +89,10 @@ def _open_local(url: str | None, what: str, create: tuple[CaseHackOpt, FoldOpt] 
             + ("; import locally, then 'xstore copy --to' it" if what == "import" else "")
         )
     if create is None:
+        if writes:
+            from xstore.stores import ensure_writable, local_root
+
+            ensure_writable(local_root(parsed) / "nix" / "store")
         store = open_store(parsed)
     else:
         case_hack, fold = create
@@ -332,7 +340,7 @@ def verify(
     from xstore.repair import open_source, repair_path
     from xstore.verify import verify as verify_store
 
-    with cli_errors(), _open_local(store, "verify") as s:
+    with cli_errors(), _open_local(store, "verify", writes=repair) as s:
         if from_ and not repair:
             raise UsageError("--from goes with --repair")
         with Progress("verifying", unit="paths") as progress, contextlib.ExitStack() as stack:
@@ -353,7 +361,9 @@ def verify(
             if json_:
                 report = [{"path": p.path.path, "problem": p.kind, "detail": p.detail} for p in left]
                 repaired = [p.path.path for p in problems if p not in left]
-                result = {"ok": not left, "problems": report, "repaired": repaired}
+                result: dict[str, object] = {"ok": not left, "problems": report}
+                if repair:
+                    result["repaired"] = repaired
                 sys.stdout.write(json.dumps(result) + "\n")
             elif not repair:
                 for p in problems:
@@ -379,7 +389,7 @@ def repair(
     from xstore.repair import open_source, repair_path
     from xstore.stores import resolve_paths
 
-    with cli_errors(), _open_local(store, "repair") as s, contextlib.ExitStack() as stack:
+    with cli_errors(), _open_local(store, "repair", writes=True) as s, contextlib.ExitStack() as stack:
         wanted = resolve_paths(s, paths)
         sources = [stack.enter_context(open_source(text)) for text in from_ or []]
         for path in wanted:

@@ -587,6 +587,11 @@ class Collector:
             self._check_deletable(graph, wanted, live, perm, temp)
             dead = wanted & set(refs)
             others = sorted(p for p in options.paths if p.path not in refs)
+            for path in others:
+                if not os.path.lexists(store.real_path(path)):
+                    raise InvalidPathError(
+                        f"path '{path}' is not valid in {store.describe()}", path=path.path
+                    )
         else:
             dead = set(refs) - live
             others = []
@@ -616,13 +621,8 @@ class Collector:
             for path_text in graph.referrers_first(dead):
                 self._delete_valid(shared, graph, live, path_text)
             if specific:
-                for path in others:
-                    if os.path.lexists(store.real_path(path)):
-                        self._delete_invalid(shared, path.base, path)
-                    else:
-                        raise InvalidPathError(
-                            f"path '{path}' is not valid in {store.describe()}", path=path.path
-                        )
+                for path in others:  # present but not valid: leftovers the caller named
+                    self._delete_invalid(shared, path.base, path)
             else:
                 for name, path in invalid:
                     self._delete_invalid(shared, name, path)
@@ -644,9 +644,7 @@ class Collector:
         real = os.fspath(self.store.real_store_dir)
         names = [t[len(STORE_DIR) + 1 :] for t in graph.referrers_first(dead)]
         names += [n for n, _ in invalid]
-        names += [
-            n for n in junk if temp_token(n) is None and not n.startswith("tmp-") and not self._in_use(n)
-        ]
+        names += [n for n in junk if temp_token(n) is None and not self._in_use(n)]
         for name in names:
             self.result.paths.append(f"{STORE_DIR}/{name}")
             self.result.bytes_freed += count_freed(os.path.join(real, name))
@@ -692,7 +690,7 @@ class Collector:
                 via = "" if current == text else f" through '{current}'"
                 return f"it is a garbage collector {kind} ('{link}'){via} (see 'xstore query --roots {text}')"
             for referrer in wanted:
-                if referrer not in seen and current in graph.refs[referrer]:
+                if referrer not in seen and current in graph.refs.get(referrer, ()):
                     seen.add(referrer)
                     todo.append(referrer)
         return f"see 'xstore query --roots {text}'"
@@ -721,24 +719,38 @@ class Collector:
 
     def _in_use(self, name: str) -> bool:
         """A process holds a lock on the entry (a lock file, a temporary directory of current Nix's)."""
+        with self._claimed(name) as free:
+            return not free
+
+    @contextlib.contextmanager
+    def _claimed(self, name: str) -> Iterator[bool]:
+        """Hold an exclusive lock on the entry `name` for the block (yields False if another process
+        holds one: it is in use). A lock file deleted under it is marked "d" at the end, so a process
+        that opened it meanwhile takes it for stale, as with Nix's lock files."""
         real = os.path.join(os.fspath(self.store.real_store_dir), name)
+        flags = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+        fd = -1
+        for mode in (os.O_RDWR, os.O_RDONLY):
+            try:
+                fd = os.open(real, mode | flags)
+                break
+            except OSError:
+                continue
+        if fd < 0:
+            yield True  # a symlink, a special file or gone: nothing anybody could lock
+            return
         try:
-            st = os.lstat(real)
-        except FileNotFoundError:
-            return False
-        if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
-            return False
-        try:
-            fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-        except OSError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+            if stat.S_ISREG(os.fstat(fd).st_mode) and not os.path.lexists(real):
+                with contextlib.suppress(OSError):
+                    os.write(fd, b"d")
         finally:
             os.close(fd)
-        return False
 
     # -- deleting -------------------------------------------------------------------------------------------
 
@@ -769,16 +781,20 @@ class Collector:
         self._finish(text, trashed)
 
     def _delete_invalid(self, shared: _Shared, name: str, path: StorePath) -> None:
-        with shared.deleting(path.hash_part) as allowed:
-            if not allowed or self._in_use(name):
+        with shared.deleting(path.hash_part) as allowed, self._claimed(name) as free:
+            if not allowed or not free:
                 return
             trashed = self._to_trash(name)
         self._finish(path.path, trashed)
 
     def _delete_junk(self, name: str) -> None:
-        if temp_token(name) is not None or name.startswith("tmp-") or self._in_use(name):
-            return  # a temporary directory of a live process (the dead ones went with clean_temp)
-        self._finish(f"{STORE_DIR}/{name}", self._to_trash(name))
+        if temp_token(name) is not None:
+            return  # a temporary directory of a live xstore (the dead ones went with clean_temp)
+        with self._claimed(name) as free:
+            if not free:
+                return  # in use: a lock file, a temporary directory of current Nix's
+            trashed = self._to_trash(name)
+        self._finish(f"{STORE_DIR}/{name}", trashed)
 
     def _to_trash(self, name: str) -> str | None:
         """Move the entry `name` of the store directory into the trash (one rename); its name there, or

@@ -93,7 +93,9 @@ def rows(store: LocalStore) -> list[tuple[object, ...]]:
 
 def leftovers(store: LocalStore) -> list[str]:
     return sorted(
-        n for n in os.listdir(store.real_store_dir) if n.startswith(".xstore") or n.endswith(".lock")
+        n
+        for n in os.listdir(store.real_store_dir)
+        if n.startswith(".xstore") or n.endswith((".lock", "-xstore-tmp"))
     )
 
 

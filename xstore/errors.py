@@ -201,6 +201,9 @@ class StreamClosedError(StateError, OSError):
 class BinaryCacheError(StateError, OSError):
     """A binary cache cannot be used: unreachable, refusing, for another store directory, not a cache."""
 
+class RepairError(StateError, LookupError):
+    """A path cannot be repaired: no source has it with its registered hash, or no source was given."""
+
 
 class UnsupportedError(StateError, NotImplementedError):
     """xstore cannot do this here (yet): a store kind not supported, a missing optional package."""

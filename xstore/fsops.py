@@ -20,9 +20,12 @@ import re
 import secrets
 import shutil
 import stat
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Final
+
+PLATFORM: str = sys.platform  # a plain string: both branches type-check on every platform
 
 
 def canonicalise(real_path: bytes) -> None:
@@ -239,3 +242,30 @@ class FdSink:
         view = memoryview(data)
         while view:
             view = view[os.write(self.fd, view) :]
+
+
+# Linux renameat2(2): swap two names in one step. Nix has no equivalent; repair uses it to put a fetched
+# copy in place of a damaged path without a moment where the path is missing.
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def exchange(a: bytes, b: bytes) -> bool:
+    """Swap the entries `a` and `b` atomically (Linux `renameat2(RENAME_EXCHANGE)`). Returns False where
+    the system or the filesystem cannot (then nothing changed); raises `OSError` for other failures."""
+    if not PLATFORM.startswith("linux"):
+        return False
+    import ctypes
+    import errno
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, a, _AT_FDCWD, b, _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), os.fsdecode(a), None, os.fsdecode(b))

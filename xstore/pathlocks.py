@@ -80,11 +80,13 @@ class DeletableLock:
     """An exclusive lock on a file that is deleted on release, with Nix's protocol (see the module
     docstring). Use as a context manager."""
 
-    def __init__(self, path: PathLike, what: str) -> None:
+    def __init__(self, path: PathLike, what: str, *, blocking: bool = True) -> None:
         self.path = path
+        self._fd = -1
         for _ in range(_MAX_STALE_RETRIES):
-            fd = lock_file(path, what=what)
-            assert fd is not None
+            fd = lock_file(path, what=what, blocking=blocking)
+            if fd is None:
+                return  # taken, and not waited for: `acquired` is False
             linked = _still_linked(path, fd)
             if linked and os.fstat(fd).st_size == 0:
                 self._fd = fd
@@ -94,6 +96,10 @@ class DeletableLock:
                     os.unlink(path)
             os.close(fd)  # released and deleted by its owner while we waited: take the new file
         raise OSError(errno.EAGAIN, f"cannot lock '{os.fsdecode(path)}': it keeps changing")
+
+    @property
+    def acquired(self) -> bool:
+        return self._fd >= 0
 
     def release(self) -> None:
         if self._fd < 0:
@@ -119,9 +125,12 @@ class NixLockFile:
     """Nix's `<path>.lock`, taken only where that is safe (see the module docstring). `held` says
     whether it was; when it was not, the caller relies on its own lock alone."""
 
-    def __init__(self, path: bytes, what: str, is_valid_path: Callable[[], bool]) -> None:
+    def __init__(
+        self, path: bytes, what: str, is_valid_path: Callable[[], bool], *, blocking: bool = True
+    ) -> None:
         self.path = path
         self._fd = -1
+        self.busy = False  # taken by someone else, and not waited for
         self._is_valid_path = is_valid_path
         for _ in range(_MAX_STALE_RETRIES):
             if is_valid_path():
@@ -133,7 +142,10 @@ class NixLockFile:
                     return  # not a lock file (a directory, a symlink...) or not ours to use
                 raise
             try:
-                flock_fd(fd, False, True, what)
+                if not flock_fd(fd, False, blocking, what):
+                    os.close(fd)
+                    self.busy = True
+                    return
                 linked = _still_linked(path, fd)
                 if linked and os.fstat(fd).st_size == 0 and not is_valid_path():
                     self._fd = fd
@@ -168,23 +180,38 @@ class PathLock:
     """The lock on a store path being added: xstore's own lock, and Nix's beside it where safe."""
 
     def __init__(
-        self, own: PathLike, nix: bytes, shown: str, is_lock_a_valid_path: Callable[[], bool]
+        self,
+        own: PathLike,
+        nix: bytes,
+        shown: str,
+        is_lock_a_valid_path: Callable[[], bool],
+        *,
+        blocking: bool = True,
     ) -> None:
         what = f"the lock on '{shown}'"
-        self._own = DeletableLock(own, what)
+        self.acquired = False
+        self._own = DeletableLock(own, what, blocking=blocking)
+        self._nix = None
+        if not self._own.acquired:
+            return
         try:
-            self._nix = NixLockFile(nix, what, is_lock_a_valid_path)
+            self._nix = NixLockFile(nix, what, is_lock_a_valid_path, blocking=blocking)
         except BaseException:
             self._own.release()
             raise
+        if self._nix.busy:
+            self._own.release()
+            return
+        self.acquired = True
 
     @property
     def holds_nix_lock(self) -> bool:
-        return self._nix.held
+        return self._nix is not None and self._nix.held
 
     def release(self) -> None:
         try:
-            self._nix.release()
+            if self._nix is not None:
+                self._nix.release()
         finally:
             self._own.release()
 

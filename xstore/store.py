@@ -41,11 +41,12 @@ from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 from xstore.casehack import CaseHackMode, Fold, probe, probe_read_only
 from xstore.errors import HashMismatchError, InputError, InvalidPathError, InvalidStorePathError, StoreError
 from xstore.fsops import remove_tree
-from xstore.hashing import HashAlgorithm, HashFormat, HashSink, parse_hash
+from xstore.hashing import HashAlgorithm, HashFormat, HashSink, encode_nix32, parse_hash
 from xstore.notices import notice
 from xstore.pathlocks import PathLock, flock_fd, lock_file
 from xstore.storeapi import PathInfo, Read, Sink, Store, batched
 from xstore.storepath import HASH_PART_LEN, STORE_DIR, StorePath, parse_store_path
+from xstore.temproots import RootsFile, roots_file
 
 SCHEMA_VERSION: Final = 10
 SETTINGS_VERSION: Final = 1
@@ -86,7 +87,17 @@ create table if not exists DerivationOutputs (
 create index if not exists IndexDerivationOutputs on DerivationOutputs(path);
 """
 
-TEMP_PREFIX: Final = ".xstore-tmp-"
+TEMP_NAME: Final = "xstore-tmp"  # temporary directories: `<random hash part>-xstore-tmp`
+TEMP_PREFIX: Final = ".xstore-tmp-"  # their name before (`.xstore-tmp-<token>`), still cleaned up
+
+
+def temp_token(name: str) -> str | None:
+    """The token of an xstore temporary directory's name (either form), or None for other names."""
+    if name.startswith(TEMP_PREFIX):
+        return name[len(TEMP_PREFIX) :] or None
+    if len(name) == HASH_PART_LEN + 1 + len(TEMP_NAME) and name.endswith("-" + TEMP_NAME):
+        return name[:HASH_PART_LEN]
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +201,7 @@ class LocalStore(Store):
         self._db_lock = threading.RLock()
         self.read_only = read_only
         self.extra_trusted_keys: list[str] = []
+        self._temp_roots: RootsFile | None = None
         if not (self.db_dir / "db.sqlite").exists() and not _create:
             raise StoreError(
                 f"no store at '{self.root}' (no nix/var/nix/db/db.sqlite); "
@@ -426,6 +438,9 @@ class LocalStore(Store):
         return self._db
 
     def close(self) -> None:
+        if self._temp_roots is not None:
+            self._temp_roots.release()
+            self._temp_roots = None
         if self._db is not None:
             self._db.close()
             self._db = None
@@ -625,9 +640,10 @@ class LocalStore(Store):
             added += self.add_signatures(path, signed.sigs)
         return added
 
-    def lock(self, path: StorePath) -> PathLock:
+    def lock(self, path: StorePath, *, blocking: bool = True) -> PathLock:
         """Lock `path` for adding it: xstore's own lock and, where safe, Nix's `<path>.lock`
-        (`pathlocks.py` says why both)."""
+        (`pathlocks.py` says why both). Without `blocking`, the lock's `acquired` says whether it was
+        free."""
         locks = self.xstore_dir / "locks"
         locks.mkdir(parents=True, exist_ok=True)
 
@@ -639,8 +655,26 @@ class LocalStore(Store):
             return self.is_valid(lock_path)
 
         return PathLock(
-            locks / f"path-{path.hash_part}", self.real_path(path) + b".lock", path.path, lock_is_a_valid_path
+            locks / f"path-{path.hash_part}",
+            self.real_path(path) + b".lock",
+            path.path,
+            lock_is_a_valid_path,
+            blocking=blocking,
         )
+
+    def try_lock(self, path: StorePath) -> PathLock | None:
+        """`lock(path)` if nobody holds it now, else None (the garbage collector skips such paths)."""
+        lock = self.lock(path, blocking=False)
+        return lock if lock.acquired else None
+
+    # -- temporary roots (Nix's protocol: temproots.py) ------------------------------------------------
+
+    def add_temp_root(self, path: StorePath) -> None:
+        """Keep `path` from being garbage-collected (by xstore or by Nix) until this store is closed:
+        recorded in `nix/var/nix/temproots/<pid>`, or told to a collector that is running now."""
+        if self._temp_roots is None:
+            self._temp_roots = roots_file(self.state_dir)
+        self._temp_roots.add(path)
 
     # -- temporary space inside the store -------------------------------------------------------------
 
@@ -648,12 +682,17 @@ class LocalStore(Store):
     def temp_dir(self) -> Iterator[bytes]:
         """A fresh private directory inside the real store directory (same filesystem, so a rename
         moves a finished path into place), removed on exit. It is guarded by a lock in
-        `nix/var/xstore/locks`, so `clean_temp` can tell a live one from one a killed process left."""
-        token = secrets.token_hex(8)
+        `nix/var/xstore/locks`, so `clean_temp` can tell a live one from one a killed process left.
+
+        Its name is a made-up store path (`<random hash>-xstore-tmp`) held as a temporary root: a
+        garbage collector, xstore's or Nix's (which deletes whatever else it finds in the store
+        directory), leaves it alone while this process lives."""
+        token = encode_nix32(secrets.token_bytes(20))
+        self.add_temp_root(StorePath(token, TEMP_NAME))
         locks = self.xstore_dir / "locks"
         locks.mkdir(parents=True, exist_ok=True)
         lock_fd = lock_file(locks / token)
-        path = os.fsencode(self.real_store_dir / (TEMP_PREFIX + token))
+        path = os.fsencode(self.real_store_dir / f"{token}-{TEMP_NAME}")
         try:
             os.mkdir(path, 0o700)
             try:
@@ -672,9 +711,8 @@ class LocalStore(Store):
         removed = []
         locks = self.xstore_dir / "locks"
         with os.scandir(self.real_store_dir) as it:
-            names = [e.name for e in it if e.name.startswith(TEMP_PREFIX)]
-        for name in names:
-            token = name[len(TEMP_PREFIX) :]
+            names = [(e.name, token) for e in it if (token := temp_token(e.name)) is not None]
+        for name, token in names:
             locks.mkdir(parents=True, exist_ok=True)
             fd = lock_file(locks / token, blocking=False)
             if fd is None:
@@ -737,6 +775,88 @@ class LocalStore(Store):
             except FileNotFoundError:
                 continue
         remove_tree(real)
+
+    # -- referrers and derivation outputs (queries, garbage collection) -------------------------------
+
+    @_db_errors
+    def query_referrers(self, path: StorePath) -> set[StorePath]:
+        """The valid paths that refer to `path` (itself included when it refers to itself).
+        Nix: `LocalStore::queryReferrers`."""
+        rows = self.db.execute(
+            "select path from Refs join ValidPaths on referrer = id "
+            "where reference = (select id from ValidPaths where path = ?)",
+            (path.path,),
+        )
+        return {parse_store_path(p) for (p,) in rows}
+
+    @_db_errors
+    def query_derivation_outputs(self, drv: StorePath) -> dict[str, StorePath]:
+        """The outputs a valid derivation `drv` declares (output name -> path), from the
+        `DerivationOutputs` table; empty when the derivation is not valid or was registered without
+        them. Nix: `queryStaticPartialDerivationOutputMap`."""
+        rows = self.db.execute(
+            "select d.id, d.path from DerivationOutputs d join ValidPaths v on d.drv = v.id "
+            "where v.path = ?",
+            (drv.path,),
+        )
+        return {str(name): parse_store_path(p) for name, p in rows}
+
+    @_db_errors
+    def query_valid_derivers(self, path: StorePath) -> set[StorePath]:
+        """The valid derivations that declare `path` as an output. Nix: `queryValidDerivers`."""
+        rows = self.db.execute(
+            "select v.path from DerivationOutputs d join ValidPaths v on d.drv = v.id where d.path = ?",
+            (path.path,),
+        )
+        return {parse_store_path(p) for (p,) in rows}
+
+    @_db_errors
+    def reference_graph(self) -> tuple[dict[str, list[str]], dict[str, str], dict[str, list[str]]]:
+        """The whole graph at once, for the garbage collector: every valid path's references (path
+        texts), the derivers recorded for valid paths, and each valid derivation's declared outputs that
+        are valid."""
+        refs: dict[str, list[str]] = {p: [] for (p,) in self.db.execute("select path from ValidPaths")}
+        rows = self.db.execute(
+            "select a.path, b.path from Refs join ValidPaths a on referrer = a.id "
+            "join ValidPaths b on reference = b.id"
+        )
+        for referrer, reference in rows:
+            refs[referrer].append(reference)
+        derivers = dict(self.db.execute("select path, deriver from ValidPaths where deriver is not null"))
+        outputs: dict[str, list[str]] = {}
+        rows = self.db.execute(
+            "select v.path, d.path from DerivationOutputs d join ValidPaths v on d.drv = v.id"
+        )
+        for drv, out in rows:
+            if out in refs:
+                outputs.setdefault(drv, []).append(out)
+        return refs, derivers, outputs
+
+    @_db_errors
+    def unregister(self, path: StorePath) -> StorePath | None:
+        """Make `path` invalid in one transaction, unless another valid path refers to it: then nothing
+        changes and that referrer is returned. Returns None when done (or when it was not valid). The
+        caller deletes the contents after, so a crash in between leaves an invalid path (garbage), never
+        a valid one without its contents. Nix: `invalidatePathChecked`."""
+        db = self.db
+        db.execute("begin immediate")
+        try:
+            row = db.execute("select id from ValidPaths where path = ?", (path.path,)).fetchone()
+            referrer = None
+            if row is not None:
+                referrer = db.execute(
+                    "select path from Refs join ValidPaths on referrer = id "
+                    "where reference = ? and referrer != ? limit 1",
+                    (row[0], row[0]),
+                ).fetchone()
+                if referrer is None:
+                    db.execute("delete from ValidPaths where id = ?", (row[0],))
+            db.execute("commit")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("rollback")
+            raise
+        return parse_store_path(referrer[0]) if referrer is not None else None
 
 
 def _read_only_lock(path: Path, what: str) -> int:

@@ -9,10 +9,11 @@ cache's narinfo, the serve and daemon protocols and `copy` (metadata before it).
    the NAR on the way (one read of every byte).
 3. `commit(info)`: the NAR hash and size must equal the metadata announced before the NAR, when there
    was any; every reference must be valid or be the path itself. Nothing is valid before these checks.
-4. Under the path's lock: a path that became valid meanwhile is left alone (its hash must agree);
-   anything occupying the path's place that is not valid is removed (a killed earlier import); the tree
-   is renamed into place, canonicalised and registered in one SQLite transaction. A failure after the
-   rename removes the tree again.
+4. The path and its references are held as temporary roots (Nix's protocol, `temproots.py`), so a
+   garbage collection running meanwhile keeps them. Under the path's lock: a path that became valid
+   meanwhile is left alone (its hash must agree); anything occupying the path's place that is not valid
+   is removed (a killed earlier import); the tree is renamed into place, canonicalised and registered in
+   one SQLite transaction. A failure after the rename removes the tree again.
 
 An error or an interrupt at any point leaves nothing: no temporary directory, no lock file, no row.
 
@@ -78,6 +79,11 @@ class PathAdder:
         self.writer.handle(event)
 
     def _check_references(self, info: PathInfo) -> None:
+        # Held as temporary roots first, so a garbage collection cannot delete them between this check
+        # and the registration.
+        for ref in info.references:
+            if ref != info.path:
+                self.store.add_temp_root(ref)
         missing = sorted(set(info.references) - {info.path} - self.store.query_valid_paths(info.references))
         if missing:
             raise InvalidPathError(
@@ -114,6 +120,7 @@ class PathAdder:
                 info = expected.replace(nar_size=info.nar_size)
             self.writer.commit()
             store = self.store
+            store.add_temp_root(info.path)
             existing = store.query_path_info(info.path)
             if existing is not None:
                 self._check_same(existing, info)
@@ -148,6 +155,7 @@ def add_nar(store: LocalStore, info: PathInfo, read: Read) -> bool:
     hasher = hashlib.sha256()
     parser = NarParser(hasher=hasher)
     limit = info.nar_size or None
+    store.add_temp_root(info.path)  # whether added now or valid already, a collection must keep it
     if store.query_path_info(info.path) is not None:
         for _ in iter_events(read, parser, contents=False):
             _check_limit(info, parser, limit)

@@ -166,7 +166,9 @@ def remove_tree(top: Path) -> None:
 def leftovers(root: Path) -> list[str]:
     """What xstore must never leave in a real store directory: temporaries and lock files."""
     return sorted(
-        n for n in os.listdir(root / "nix" / "store") if n.startswith(".xstore") or n.endswith(".lock")
+        n
+        for n in os.listdir(root / "nix" / "store")
+        if n.startswith(".xstore") or n.endswith((".lock", "-xstore-tmp"))
     )
 
 

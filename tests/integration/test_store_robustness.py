@@ -154,7 +154,9 @@ def kill_after(store: Path, stream: bytes, cut: int) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     proc.stdin.close()
-    assert proc.returncode == -signal.SIGKILL
+    # The whole stream (its end marker included) may be imported and done before the kill: the import
+    # handles each record as soon as it has arrived.
+    assert proc.returncode == -signal.SIGKILL or (cut == len(stream) and proc.returncode == 0)
 
 
 @pytest.mark.slow

@@ -24,7 +24,7 @@ from xstore.cli.app import app
 from xstore.errors import HashMismatchError, InvalidPathError, StoreError, XstoreError
 from xstore.fsops import canonicalise, remove_tree
 from xstore.import_export import export_order, export_paths, import_stream, list_stream
-from xstore.store import TEMP_PREFIX, LocalStore
+from xstore.store import TEMP_PREFIX, LocalStore, temp_token
 from xstore.storeapi import PathInfo, path_info_json
 from xstore.storepath import StorePath
 from xstore.verify import verify
@@ -440,6 +440,6 @@ def test_clean_temp_removes_only_dead_temporaries(tmp_path: Path) -> None:
         names = os.listdir(root / "nix" / "store")
         assert names == [os.path.basename(os.fsdecode(live))]
         assert (Path(os.fsdecode(live)) / "partial").read_bytes() == b"x"
-        assert sorted(os.listdir(root / "nix" / "var" / "xstore" / "locks")) == [names[0][len(TEMP_PREFIX) :]]
+        assert sorted(os.listdir(root / "nix" / "var" / "xstore" / "locks")) == [temp_token(names[0])]
     assert os.listdir(root / "nix" / "store") == []
     assert os.listdir(root / "nix" / "var" / "xstore" / "locks") == []

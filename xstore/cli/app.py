@@ -12,10 +12,13 @@ import typer
 
 from xstore import __version__
 from xstore.cli import casehack as casehack_cli
+from xstore.cli import gc as gc_cli
 from xstore.cli import hash as hash_cli
 from xstore.cli import key as key_cli
 from xstore.cli import mount as mount_cli
 from xstore.cli import nar as nar_cli
+from xstore.cli import optimise as optimise_cli
+from xstore.cli import query as query_cli
 from xstore.cli import ro as ro_cli
 from xstore.cli import store as store_cli
 from xstore.cli.common import guard_standard_streams
@@ -43,6 +46,9 @@ app.command("umount")(mount_cli.umount)
 app.add_typer(key_cli.app, name="key")
 app.command("sign")(key_cli.sign)
 store_cli.register(app)
+query_cli.register(app)
+gc_cli.register(app)
+optimise_cli.register(app)
 
 
 def _version(value: bool) -> None:

@@ -1,7 +1,8 @@
-"""Store commands: `xstore store init`, `import`, `export`, `copy`, `path-info`, `verify`."""
+"""Store commands: `xstore store init`, `import`, `export`, `copy`, `path-info`, `verify`, `repair`."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from typing import TYPE_CHECKING, Annotated
@@ -14,6 +15,7 @@ from xstore.cli.common import (
     Progress,
     atomic_output,
     cli_errors,
+    err,
     file_size,
     open_input,
     require_stdout,
@@ -69,9 +71,13 @@ def _open(url: str | None) -> Store:
     return open_store(url, read_only=True)
 
 
-def _open_local(url: str | None, what: str, create: tuple[CaseHackOpt, FoldOpt] | None = None) -> LocalStore:
+def _open_local(
+    url: str | None, what: str, create: tuple[CaseHackOpt, FoldOpt] | None = None, *, writes: bool = False
+) -> LocalStore:
     """A local store for the commands that work only on one (`import`, `verify`, `store init`); with
-    `create` (the case-hack options for a new store), created when missing."""
+    `create` (the case-hack options for a new store), created when missing. `writes` (gc, optimise,
+    repair): a read-only bind-mounted store directory is made writable for this process, as `create`
+    does."""
     from xstore.casehack import CaseHackMode, Fold
     from xstore.errors import UnsupportedError
     from xstore.store import LocalStore
@@ -85,7 +91,11 @@ def _open_local(url: str | None, what: str, create: tuple[CaseHackOpt, FoldOpt] 
             + ("; import locally, then 'xstore copy --to' it" if what == "import" else "")
         )
     if create is None:
-        store = open_store(parsed, read_only=True)
+        if writes:
+            from xstore.stores import ensure_writable, local_root
+
+            ensure_writable(local_root(parsed) / "nix" / "store")
+        store = open_store(parsed, read_only=not writes)
     else:
         case_hack, fold = create
         store = open_store(
@@ -188,7 +198,8 @@ def import_(
         with open_input(input_) as f:
             if f.isatty():
                 raise UsageError("no export stream on stdin: pipe one in or use -i FILE")
-            kind, method, read = sniff.open_input(f.read)
+            # read1: what a pipe has now, so each path is imported as soon as its record is complete.
+            kind, method, read = sniff.open_input(getattr(f, "read1", f.read))
             sniff.expect(kind, sniff.Kind.EXPORT, input_ or "the input")
             total = file_size(f) if method.value == "none" else None
             require_stdout()  # a closed standard output stops the import before it starts
@@ -321,30 +332,70 @@ def path_info(
     paths: PathsArg,
     store: StoreOpt = None,
     recursive: RecursiveOpt = False,
+    size: Annotated[bool, typer.Option("-s", "--size", help="Show each path's NAR size.")] = False,
     closure_size: Annotated[
-        bool, typer.Option("-S", "--closure-size", help="Add each path's closure size.")
+        bool,
+        typer.Option(
+            "-S", "--closure-size", help="Show each path's closure size (the sum of its NAR sizes)."
+        ),
     ] = False,
-    json_: Annotated[bool, typer.Option("--json", help="JSON as `nix path-info --json` prints it.")] = False,
+    human: Annotated[
+        bool, typer.Option("-h", "--human-readable", help="With -s and -S, sizes such as '5.7 MiB'.")
+    ] = False,
+    sigs: Annotated[bool, typer.Option("--sigs", help="Show signatures (and 'ultimate', 'ca:...').")] = False,
+    json_: Annotated[
+        bool,
+        typer.Option(
+            "--json", help="JSON as current `nix path-info --json` prints it: an object keyed by path."
+        ),
+    ] = False,
+    json_array: Annotated[
+        bool,
+        typer.Option(
+            "--json-array",
+            help="JSON as Nix 2.x printed it before the object form (Nix 2.8, as in Debian): a list "
+            "sorted by path, absent fields left out.",
+        ),
+    ] = False,
 ) -> None:
-    """Show registration data of store paths: NAR hash and size, references, deriver, signatures.
+    """Show store paths (dependencies first), with their NAR size (-s), closure size (-S) and signatures
+    (--sigs) in aligned columns, as `nix path-info` does; or their whole registration as JSON.
 
-    Example: xstore path-info -r --json /nix/store/...-hello-2.12
+    Example: xstore path-info -rsSh ./result
     """
+    from xstore.query import deps_first, path_info_json_array, path_info_lines
     from xstore.storeapi import closure_sizes, path_info_json
 
     with cli_errors(), _open(store) as s:
         wanted = _paths(s, paths, recursive)
-        infos = [s.require(p) for p in wanted]
+        infos = {p: s.require(p) for p in wanted}
         sizes = closure_sizes(s, wanted) if closure_size else None
-        if json_:
+        if json_array:
             sys.stdout.write(
-                json.dumps(path_info_json(infos, closure_sizes=sizes), sort_keys=True, separators=(",", ":"))
+                json.dumps(path_info_json_array(infos.values(), closure_sizes=sizes), separators=(",", ":"))
+                + "\n"
+            )
+        elif json_:
+            sys.stdout.write(
+                json.dumps(
+                    path_info_json(infos.values(), closure_sizes=sizes), sort_keys=True, separators=(",", ":")
+                )
                 + "\n"
             )
         else:
-            for info in infos:
-                extra = f"\t{sizes[info.path]}" if sizes is not None else ""
-                sys.stdout.write(f"{info.path}\t{info.nar_hash_sri()}\t{info.nar_size}{extra}\n")
+            ordered = [infos[p] for p in deps_first(s, wanted)]
+            for line in path_info_lines(s, ordered, size=size, closure_size=sizes, human=human, sigs=sigs):
+                sys.stdout.write(line + "\n")
+
+
+FromOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--from",
+        metavar="SOURCE",
+        help="Where to fetch damaged paths again: a store URL or an export file; repeatable, tried in order.",
+    ),
+]
 
 
 def verify(
@@ -352,26 +403,85 @@ def verify(
     check_contents: Annotated[
         bool, typer.Option("--check-contents", help="Also re-hash every path and compare with the database.")
     ] = False,
+    repair: Annotated[
+        bool, typer.Option("--repair", help="Fetch missing or modified paths again (see --from).")
+    ] = False,
+    from_: FromOpt = None,
     json_: Annotated[bool, typer.Option("--json", help="Print the problems as JSON.")] = False,
 ) -> None:
     """Check a local store: every registered path exists and, with --check-contents, still has its
-    registered hash. Reports problems and exits 1 if there are any; never changes the store.
+    registered hash. Reports problems and exits 1 if there are any; changes nothing unless --repair is
+    given, which fetches each damaged path again from the --from sources and puts it in place.
 
-    Example: xstore verify --check-contents
+    Example: xstore verify --check-contents --repair --from https://cache.nixos.org
     """
+    from xstore.errors import RepairError, UsageError
+    from xstore.repair import open_source, repair_path
+    from xstore.storepath import parse_store_path
     from xstore.verify import verify as verify_store
 
-    with cli_errors(), _open_local(store, "verify") as s:
-        with Progress("verifying", unit="paths") as progress:
+    with cli_errors(), _open_local(store, "verify", writes=repair) as s:
+        if from_ and not repair:
+            raise UsageError("--from goes with --repair")
+        with Progress("verifying", unit="paths") as progress, contextlib.ExitStack() as stack:
             problems = verify_store(s, check_contents=check_contents, progress=progress)
+            left = problems
+            if repair and problems:
+                sources = [stack.enter_context(open_source(text)) for text in from_ or []]
+                left = []
+                for problem in problems:
+                    if problem.kind == "corrupt-row":  # a row, not contents: nothing to fetch
+                        left.append(problem)
+                        progress.echo(problem.detail, err=True)
+                        continue
+                    try:
+                        done = repair_path(s, parse_store_path(problem.path), sources, force=True)
+                    except RepairError as e:
+                        progress.echo(f"{problem.detail}; {e}", err=True)
+                        left.append(problem)
+                    else:
+                        shown = f"repaired '{problem.path}' ({problem.kind}) from {done.source}"
+                        progress.echo(shown, err=True)
             if json_:
-                report = [{"path": p.path, "problem": p.kind, "detail": p.detail} for p in problems]
-                sys.stdout.write(json.dumps({"ok": not problems, "problems": report}) + "\n")
-            else:
+                report = [{"path": p.path, "problem": p.kind, "detail": p.detail} for p in left]
+                repaired = [p.path for p in problems if p not in left]
+                result: dict[str, object] = {"ok": not left, "problems": report}
+                if repair:
+                    result["repaired"] = repaired
+                sys.stdout.write(json.dumps(result) + "\n")
+            elif not repair:
                 for p in problems:
                     progress.echo(p.detail, err=True)
-        if problems:
+        if left:
             raise typer.Exit(1)
+
+
+def repair(
+    paths: PathsArg,
+    from_: FromOpt = None,
+    store: StoreOpt = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Fetch and replace even paths that are intact.")
+    ] = False,
+) -> None:
+    """Fetch PATHS again from the --from sources (store URLs or export files, tried in order) and put
+    them in place of what is in the local store, as atomically as the filesystem allows; each one is
+    checked against its registered hash before and after. Intact paths are left alone.
+
+    Example: xstore repair /nix/store/...-glibc-2.37 --from ssh://builder --from ./backup.closure
+    """
+    from xstore.repair import open_source, repair_path
+    from xstore.stores import resolve_paths
+
+    with cli_errors(), _open_local(store, "repair", writes=True) as s, contextlib.ExitStack() as stack:
+        wanted = resolve_paths(s, paths)
+        sources = [stack.enter_context(open_source(text)) for text in from_ or []]
+        for path in wanted:
+            done = repair_path(s, path, sources, force=force)
+            if done.source is None:
+                err(f"'{path}' is intact")
+            else:
+                err(f"repaired '{path}' from {done.source}")
 
 
 def register(root_app: typer.Typer) -> None:
@@ -379,5 +489,7 @@ def register(root_app: typer.Typer) -> None:
     root_app.command("import")(import_)
     root_app.command("export")(export)
     root_app.command("copy")(copy)
-    root_app.command("path-info")(path_info)
+    # -h is --human-readable here, as in `nix path-info`.
+    root_app.command("path-info", context_settings={"help_option_names": ["--help"]})(path_info)
     root_app.command("verify")(verify)
+    root_app.command("repair")(repair)

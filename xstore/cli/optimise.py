@@ -1,0 +1,32 @@
+"""`xstore optimise`: hard-link identical files of a local store, as `nix-store --optimise` does."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from xstore.cli.common import Progress, cli_errors
+from xstore.cli.store import StoreOpt
+
+
+def optimise(store: StoreOpt = None) -> None:
+    """Save space in a local store by hard-linking identical files through nix/store/.links, with
+    Nix's names for the links, so Nix and xstore share them (either can run after the other). Prints
+    what it freed, as Nix does.
+
+    Example: xstore optimise --store ~/nix-root
+    """
+    from xstore.cli.store import _open_local
+    from xstore.optimise import optimise_store
+
+    with cli_errors(), _open_local(store, "optimise", writes=True) as s:
+        paths = s.all_paths()
+        with Progress("optimising", len(paths), unit="paths") as progress:
+            stats = optimise_store(s, paths=paths, progress=progress)
+        sys.stdout.write(stats.summary() + "\n")
+
+
+def register(root_app: typer.Typer) -> None:
+    """Add `optimise` to the main app."""
+    root_app.command("optimise")(optimise)

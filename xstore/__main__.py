@@ -1,6 +1,6 @@
 """`python -m xstore`: the same entry point as the `xstore` console script."""
 
-from xstore.cli.app import main
+from xstore.cli.entry import main
 
 if __name__ == "__main__":
     main()

@@ -21,7 +21,6 @@ import contextlib
 import enum
 import errno
 import os
-import secrets
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -242,7 +241,7 @@ def probe(directory: str | bytes | os.PathLike[str] | os.PathLike[bytes]) -> FsC
 
 
 def _probe_by_writing(dir_fd: int) -> FsCaseBehaviour:
-    scratch = b".xstore-probe-" + secrets.token_hex(8).encode()
+    scratch = b".xstore-probe-" + os.urandom(8).hex().encode()
     os.mkdir(scratch, 0o700, dir_fd=dir_fd)
     created: list[bytes] = []
     try:

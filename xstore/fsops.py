@@ -17,7 +17,6 @@ import errno
 import fcntl
 import os
 import re
-import secrets
 import shutil
 import stat
 import sys
@@ -77,7 +76,7 @@ STAGING_GRACE: Final = 30.0  # seconds: never touch a staging entry changed more
 
 
 def staging_name(dest_name: bytes) -> bytes:
-    return b"." + dest_name[:200] + b".xstore-" + secrets.token_hex(6).encode()
+    return b"." + dest_name[:200] + b".xstore-" + os.urandom(6).hex().encode()
 
 
 def hold(fd: int) -> None:

@@ -50,7 +50,6 @@ import fcntl
 import hashlib
 import os
 import re
-import secrets
 import selectors
 import socket
 import stat
@@ -284,7 +283,7 @@ def indirect_root_name(store: LocalStore, link: str) -> Path:
 def _make_symlink(link: str, target: str) -> None:
     """Point `link` at `target`, replacing an existing link atomically (a temporary link, renamed)."""
     os.makedirs(os.path.dirname(link), exist_ok=True)
-    temp = f"{link}.tmp-{os.getpid()}-{secrets.randbelow(1 << 31)}"
+    temp = f"{link}.tmp-{os.getpid()}-{int.from_bytes(os.urandom(4), 'little') >> 1}"
     os.symlink(target, temp)
     try:
         os.replace(temp, link)
@@ -421,7 +420,7 @@ class _RootsServer:
         self.shared = shared
         self.path = store.state_dir / GC_SOCKET
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        temp = self.path.with_name(f".socket-{os.getpid()}-{secrets.token_hex(4)}")
+        temp = self.path.with_name(f".socket-{os.getpid()}-{os.urandom(4).hex()}")
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         address, dir_fd = socket_address(temp)
         try:
@@ -807,7 +806,7 @@ class Collector:
         os.makedirs(self.trash, mode=0o700, exist_ok=True)
         if stat.S_ISDIR(st.st_mode) and not st.st_mode & stat.S_IWUSR:
             os.chmod(real, 0o755)  # noqa: S103 (moving a directory to another parent updates its "..")
-        trashed = f"{name}-{secrets.token_hex(4)}"
+        trashed = f"{name}-{os.urandom(4).hex()}"
         os.rename(real, os.path.join(self.trash, trashed))
         self.hook("trashed", name)
         return trashed

@@ -25,7 +25,6 @@ import contextlib
 import errno
 import hashlib
 import os
-import secrets
 import stat
 import sys
 from collections.abc import Callable
@@ -130,9 +129,8 @@ class _Optimiser:
         if toggle:
             os.chmod(parent, stat.S_IMODE(os.lstat(parent).st_mode) | stat.S_IWUSR)
         try:
-            temp = os.path.join(
-                self.store_dir, f".tmp-link-{os.getpid()}-{secrets.randbelow(1 << 31)}".encode()
-            )
+            token = int.from_bytes(os.urandom(4), "little") >> 1
+            temp = os.path.join(self.store_dir, f".tmp-link-{os.getpid()}-{token}".encode())
             try:
                 os.link(link, temp, follow_symlinks=False)
             except OSError as e:

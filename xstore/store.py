@@ -28,7 +28,6 @@ import contextlib
 import fcntl
 import json
 import os
-import secrets
 import sqlite3
 import sys
 import threading
@@ -332,7 +331,7 @@ class LocalStore(Store):
         try:
             if not schema_file.exists():
                 self.db.executescript(_SCHEMA)
-                tmp = schema_file.with_name(f".schema.{secrets.token_hex(4)}")
+                tmp = schema_file.with_name(f".schema.{os.urandom(4).hex()}")
                 tmp.write_text(str(SCHEMA_VERSION))  # no newline, as Nix writes it
                 os.replace(tmp, schema_file)
         finally:
@@ -357,7 +356,7 @@ class LocalStore(Store):
     def _write_settings(self, settings: StoreSettings) -> None:
         self.xstore_dir.mkdir(parents=True, exist_ok=True)
         path = self.xstore_dir / "settings.json"
-        tmp = path.with_name(f".settings.{secrets.token_hex(4)}")
+        tmp = path.with_name(f".settings.{os.urandom(4).hex()}")
         tmp.write_text(json.dumps(settings.to_json(), indent=2) + "\n")
         os.replace(tmp, path)
 
@@ -687,7 +686,7 @@ class LocalStore(Store):
         Its name is a made-up store path (`<random hash>-xstore-tmp`) held as a temporary root: a
         garbage collector, xstore's or Nix's (which deletes whatever else it finds in the store
         directory), leaves it alone while this process lives."""
-        token = encode_nix32(secrets.token_bytes(20))
+        token = encode_nix32(os.urandom(20))
         self.add_temp_root(StorePath(token, TEMP_NAME))
         locks = self.xstore_dir / "locks"
         locks.mkdir(parents=True, exist_ok=True)

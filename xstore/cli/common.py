@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import enum
 import os
-import shutil
 import stat
 import sys
 import threading
@@ -257,8 +256,7 @@ class Progress:
         text = f"{spin} {self.label}: " + ", ".join(details)
         if self.current:
             text += f" {self.current}"
-        width = shutil.get_terminal_size((100, 20)).columns
-        return text[: max(20, width - 1)]
+        return text[: max(20, _columns() - 1)]
 
     def _draw(self) -> None:
         sys.stderr.write("\r" + self._text() + "\x1b[K")
@@ -286,6 +284,21 @@ class Progress:
         if self._listening is not None:
             self._listening.close()
             self._listening = None
+
+
+def _columns() -> int:
+    """The terminal's width: $COLUMNS, else what the terminal says, else 100 (as shutil's, without
+    importing shutil at start-up)."""
+    try:
+        columns = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.stderr.fileno()).columns
+        except (OSError, ValueError):
+            columns = 0
+    return columns if columns > 0 else 100
 
 
 def _mib(n: int) -> str:

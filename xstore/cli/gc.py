@@ -165,10 +165,3 @@ def add_root(
 
     with cli_errors(), _open_local(store, "add-root") as s:
         sys.stdout.write(make_root(s, link, resolve_path(s, path)) + "\n")
-
-
-def register(root_app: typer.Typer) -> None:
-    """Add `gc`, `delete` and `add-root` to the main app."""
-    root_app.command("gc")(gc)
-    root_app.command("delete")(delete)
-    root_app.command("add-root")(add_root)

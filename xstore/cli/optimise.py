@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import sys
 
-import typer
-
 from xstore.cli.common import Progress, cli_errors
 from xstore.cli.store import StoreOpt
 
@@ -25,8 +23,3 @@ def optimise(store: StoreOpt = None) -> None:
         with Progress("optimising", len(paths), unit="paths") as progress:
             stats = optimise_store(s, paths=paths, progress=progress)
         sys.stdout.write(stats.summary() + "\n")
-
-
-def register(root_app: typer.Typer) -> None:
-    """Add `optimise` to the main app."""
-    root_app.command("optimise")(optimise)

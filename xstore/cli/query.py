@@ -154,9 +154,3 @@ def why_depends(
             return
         for line in lines:
             sys.stdout.write(line + "\n")
-
-
-def register(root_app: typer.Typer) -> None:
-    """Add `query` and `why-depends` to the main app."""
-    root_app.command("query")(query)
-    root_app.command("why-depends")(why_depends)

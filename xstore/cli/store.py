@@ -482,14 +482,3 @@ def repair(
                 err(f"'{path}' is intact")
             else:
                 err(f"repaired '{path}' from {done.source}")
-
-
-def register(root_app: typer.Typer) -> None:
-    """Add the top-level store commands (import, export, copy, path-info, verify) to the main app."""
-    root_app.command("import")(import_)
-    root_app.command("export")(export)
-    root_app.command("copy")(copy)
-    # -h is --human-readable here, as in `nix path-info`.
-    root_app.command("path-info", context_settings={"help_option_names": ["--help"]})(path_info)
-    root_app.command("verify")(verify)
-    root_app.command("repair")(repair)

@@ -65,6 +65,7 @@ class LazyGroup(TyperGroup):
             return None
         module, attribute = where
         target = getattr(importlib.import_module(module), attribute)
+        command: Any
         if isinstance(target, typer.Typer):
             command = typer.main.get_group(target)  # a group even with one subcommand, as add_typer makes
         else:

@@ -461,6 +461,22 @@ class LocalStore(Store):
 
         return add_nar(self, info, read)
 
+    def add_temp_root(self, path: StorePath) -> None:
+        """Keep `path` from garbage collection (Nix's or xstore's) until this process exits: Nix's
+        per-process temporary roots file (`xstore.temproots`)."""
+        from xstore.temproots import add_temp_root
+
+        add_temp_root(self.state_dir, path)
+
+    @_db_errors
+    def query_derivation_outputs(self, drv: StorePath) -> list[StorePath]:
+        """The output paths recorded for the derivation `drv` (Nix's DerivationOutputs), valid or not."""
+        rows = self.db.execute(
+            "select o.path from DerivationOutputs o join ValidPaths v on o.drv = v.id where v.path = ?",
+            (drv.path,),
+        )
+        return sorted(parse_store_path(p) for (p,) in rows)
+
     @_db_errors
     def register(self, info: PathInfo) -> None:
         """Add `info` to the database in one transaction. Every reference must be valid already

@@ -16,6 +16,7 @@ from xstore.cli import hash as hash_cli
 from xstore.cli import mount as mount_cli
 from xstore.cli import nar as nar_cli
 from xstore.cli import ro as ro_cli
+from xstore.cli import serve as serve_cli
 from xstore.cli import store as store_cli
 
 app = typer.Typer(
@@ -37,6 +38,7 @@ app.add_typer(casehack_cli.app, name="casehack")
 app.add_typer(store_cli.app, name="store")
 app.add_typer(ro_cli.app, name="ro")
 app.add_typer(mount_cli.app, name="mount")
+app.add_typer(serve_cli.app, name="serve")
 app.command("umount")(mount_cli.umount)
 store_cli.register(app)
 

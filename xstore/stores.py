@@ -73,6 +73,10 @@ def open_store(
             return LocalStore.open(root)
         ensure_writable(root / "nix" / "store")
         return LocalStore.create(root, case_hack=case_hack, fold=fold)
+    if url.scheme == "ssh":
+        from xstore.remote.ssh import open_ssh_store
+
+        return open_ssh_store(url)
     raise UnsupportedError(f"stores of the kind '{url.scheme}' ({url.base()}) are not supported yet")
 
 

@@ -197,6 +197,9 @@ def copy(
     recursive: RecursiveOpt = False,
     case_hack: CaseHackStoreOpt = CaseHackOpt.auto,
     case_fold: FoldStoreOpt = FoldOpt.auto,
+    no_check_sigs: Annotated[
+        bool, typer.Option("--no-check-sigs", help="Ask the destination not to require signatures.")
+    ] = False,
 ) -> None:
     """Copy PATHS from one store to another, streaming each NAR (constant memory); the paths the
     destination has already are skipped. Prints each path copied. --from and --to default to the
@@ -235,7 +238,7 @@ def copy(
                             progress.item(result.path.path, done)
                             progress.echo(result.path.path)
 
-                    copy_paths(src, dst, [], plan=plan, on_path=show)
+                    copy_paths(src, dst, [], plan=plan, on_path=show, check_sigs=not no_check_sigs)
 
 
 def path_info(

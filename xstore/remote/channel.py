@@ -291,7 +291,8 @@ class RemoteProcess:
         said = ""
         if lines:
             errors = [line for line in lines if line.startswith("error:")]
-            said = f": {(errors or lines)[-1]}"
+            last = (errors or lines)[-1]
+            said = f": {last.removeprefix('error: ')}"
         elif status is not None and status != 0:
             said = (
                 f" ('{self.argv[0]}' exited with status {status})"
@@ -300,8 +301,10 @@ class RemoteProcess:
             )
         return f"{reason}{said}"
 
-    def close(self, wait: float = 10.0) -> None:
-        """Close stdin (the far end's sign to finish), wait up to `wait` seconds, then terminate."""
+    def close(self, wait: float = 10.0, *, forward: bool = False) -> None:
+        """Close stdin (the far end's sign to finish), wait up to `wait` seconds, then terminate. With
+        `forward`, what the far end printed on stderr (warnings of a session that went well) is passed
+        on as notices, `remote: ...`."""
         if self._closed:
             return
         self._closed = True
@@ -321,6 +324,9 @@ class RemoteProcess:
                     proc.kill()
                     proc.wait()
             self._stderr.join(2.0)
+            if forward:
+                for line in self._stderr.lines():
+                    notice(f"remote: {line}")
         finally:
             if self._cleanup is not None:
                 self._cleanup()

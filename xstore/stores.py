@@ -77,6 +77,10 @@ def open_store(
         from xstore.remote.ssh import open_ssh_store
 
         return open_ssh_store(url)
+    if url.scheme in ("ssh-ng", "unix", "daemon"):
+        from xstore.remote.daemon import open_daemon_store
+
+        return open_daemon_store(url)
     raise UnsupportedError(f"stores of the kind '{url.scheme}' ({url.base()}) are not supported yet")
 
 

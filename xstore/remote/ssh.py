@@ -32,7 +32,6 @@ from xstore.errors import (
     InvalidPathError,
     InvalidStoreUrlError,
     ProtocolError,
-    RemoteConnectionError,
     UnsupportedError,
 )
 from xstore.hashing import HashAlgorithm, HashFormat, format_digest
@@ -45,10 +44,10 @@ from xstore.remote.channel import (
     shell_escape,
     ssh_argv,
 )
+from xstore.remote.session import Session
 from xstore.storeapi import PathInfo, Read, Sink, Store
 from xstore.storepath import StorePath
 from xstore.storeurl import StoreUrl
-from xstore.wire import NEED_DATA, Signal
 
 PARAMS: Final = frozenset(
     {
@@ -116,14 +115,16 @@ class ServeStore(Store):
         command = f"{url.param('remote-program') or 'nix-store'} --serve --write"
         if remote_store:
             command += " --store " + shell_escape(remote_store)
-        self._proc = start_remote(url, command, timeout=timeout_param(url))
+        proc = start_remote(url, command, timeout=timeout_param(url))
+        self._session = Session(proc.channel, f"'{self.host}'", proc=proc)
         self._conn = proto.ServeClient(peer=f"'{self.host}'")
-        self._broken: str | None = None
         self._infos: dict[StorePath, PathInfo] = {}
         self._valid: set[StorePath] = set()
         self._locked: set[StorePath] = set()
         try:
-            self._exchange(self._conn.hello(), "its greeting", proto.ServerHello)
+            with self._session.exchange():
+                self._session.send(self._conn.hello(), "the greeting")
+                self._session.next_event(self._conn, "its greeting", greeting=True)
         except BaseException:
             self.close()
             raise
@@ -131,69 +132,16 @@ class ServeStore(Store):
     def describe(self) -> str:
         return f"the store 'ssh://{self.host}'"
 
-    # -- the session -------------------------------------------------------------------------------
-
-    def _check(self) -> None:
-        if self._broken is not None:
-            raise RemoteConnectionError(
-                f"the session with '{self.host}' broke earlier ({self._broken}); open the store again"
-            )
-
-    def _break(self, reason: str) -> None:
-        if self._broken is None:
-            self._broken = reason
-            self._proc.kill()
-
-    def _send(self, data: bytes, what: str) -> None:
-        try:
-            self._proc.channel.send(data, what)
-        except RemoteConnectionError as e:
-            message = self._proc.failure(str(e))
-            self._break(message)
-            raise type(e)(message) from None
-
-    def _next(self, what: str) -> proto.ClientEvent:
-        conn = self._conn
-        channel = self._proc.channel
-        while True:
-            try:
-                event = conn.next_event()
-            except ProtocolError as e:
-                message = self._proc.failure(e.message)
-                self._break(message)
-                raise ProtocolError(message, offset=e.context.get("offset", 0)) from None
-            if event is not NEED_DATA:
-                assert not isinstance(event, Signal)
-                return event
-            try:
-                data = channel.recv(what)
-            except RemoteConnectionError as e:
-                self._break(str(e))
-                raise
-            if not data:
-                if conn.waiting_for == "its greeting":
-                    conn.receive_data(b"")
-                    continue  # the machine words it (what the far end printed instead, if anything)
-                message = self._proc.failure(
-                    f"'{self.host}' closed the connection while xstore waited for {what}"
-                )
-                self._break(message)
-                raise RemoteConnectionError(message)
-            conn.receive_data(data)
-
     def _exchange(self, request: bytes, what: str, reply: type[T]) -> T:
-        self._check()
-        try:
-            self._send(request, what)
-            event = self._next(what)
-        except BaseException as e:
-            self._break(f"interrupted: {type(e).__name__}")
-            raise
-        if not isinstance(event, reply):
-            self._break("unexpected reply")
-            raise ProtocolError(
-                f"'{self.host}' answered {type(event).__name__} where {reply.__name__} was expected", offset=0
-            )
+        session = self._session
+        with session.exchange():
+            session.send(request, what)
+            event = session.next_event(self._conn, what)
+            if not isinstance(event, reply):
+                raise ProtocolError(
+                    f"'{self.host}' answered {type(event).__name__} where {reply.__name__} was expected",
+                    offset=0,
+                )
         return event
 
     # -- queries -----------------------------------------------------------------------------------
@@ -216,7 +164,7 @@ class ServeStore(Store):
         reply = self._exchange(self._conn.query_path_infos(wanted), "path infos", proto.PathInfos)
         for info in reply.infos:
             if info.path not in wanted:
-                self._break("an answer about a path not asked for")
+                self._session.break_("an answer about a path not asked for")
                 raise ProtocolError(
                     f"'{self.host}' sent the info of '{info.path}', which xstore did not ask for", offset=0
                 )
@@ -269,29 +217,20 @@ class ServeStore(Store):
 
     def nar_from_path(self, path: StorePath, sink: Sink) -> int:
         info = self.require(path)
-        self._check()
+        session = self._session
         hasher = hashlib.sha256()
         size = 0
-        try:
-            self._send(self._conn.dump_store_path(path), "a request for a NAR")
+        with session.exchange():
+            session.send(self._conn.dump_store_path(path), "a request for a NAR")
             while True:
-                event = self._next("a NAR")
+                event = session.next_event(self._conn, f"the NAR of '{path}'")
                 if isinstance(event, proto.NarEnd):
                     break
                 assert isinstance(event, proto.NarData)
                 hasher.update(event.data)
                 size += len(event.data)
                 sink(event.data)
-        except BaseException as e:
-            self._break(f"interrupted in the NAR of '{path}': {type(e).__name__}")
-            raise
-        if hasher.digest() != info.nar_hash or size != info.nar_size:
-            got = format_digest(HashAlgorithm.SHA256, hasher.digest(), HashFormat.SRI)
-            raise HashMismatchError(
-                f"the NAR of '{path}' from '{self.host}' does not match its path info: expected "
-                f"{info.nar_hash_sri()} ({info.nar_size} bytes), got {got} ({size} bytes)",
-                path=path.path,
-            )
+        check_nar(info, hasher.digest(), size, f"'{self.host}'")
         return size
 
     def add_to_store(self, info: PathInfo, read: Read, *, check_sigs: bool = True) -> bool:
@@ -301,27 +240,35 @@ class ServeStore(Store):
             while read(CHUNK):
                 pass
             return False
-        self._check()
+        session = self._session
         conn = self._conn
-        try:
-            self._send(conn.add_to_store_nar(info), "a path's metadata")
+        with session.exchange():
+            session.send(conn.add_to_store_nar(info), "a path's metadata")
             while chunk := read(CHUNK):
-                self._send(conn.nar_data(chunk), f"the NAR of '{info.path}'")
+                session.send(conn.nar_data(chunk), f"the NAR of '{info.path}'")
             conn.nar_end()
-            event = self._next(f"confirmation that '{info.path}' was added")
+            event = session.next_event(conn, f"confirmation that '{info.path}' was added")
             if not isinstance(event, proto.Added):
                 raise ProtocolError(
                     f"'{self.host}' answered {type(event).__name__} to AddToStoreNar", offset=0
                 )
-        except BaseException as e:
-            self._break(f"interrupted in the NAR of '{info.path}': {type(e).__name__}")
-            raise
         self._valid.add(info.path)
         self._infos[info.path] = info
         return True
 
     def close(self) -> None:
-        self._proc.close(forward=self._broken is None)
+        self._session.close()
+
+
+def check_nar(info: PathInfo, digest: bytes, size: int, peer: str) -> None:
+    """Raise `HashMismatchError` unless a NAR received from `peer` matches `info`."""
+    if digest != info.nar_hash or size != info.nar_size:
+        got = format_digest(HashAlgorithm.SHA256, digest, HashFormat.SRI)
+        raise HashMismatchError(
+            f"the NAR of '{info.path}' from {peer} does not match its path info: expected "
+            f"{info.nar_hash_sri()} ({info.nar_size} bytes), got {got} ({size} bytes)",
+            path=info.path.path,
+        )
 
 
 def open_ssh_store(url: StoreUrl) -> ServeStore:

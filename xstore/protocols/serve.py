@@ -179,7 +179,7 @@ class ServeClient:
         self.peer = peer
         self.version = 0  # agreed on at the server's greeting
         self.server_version = 0
-        self._buf = WireBuffer(error=ProtocolError, where=f"stream from {peer}")
+        self._buf = WireBuffer(error=ProtocolError, where="stream from the server")
         self._pending: deque[_Reply] = deque()
         self._span: NarSpan | ExportSpan | None = None
         self._upload_left: int | None = None  # bytes of an AddToStoreNar payload still to send
@@ -554,7 +554,7 @@ class ServeServer:
         self.peer = peer
         self.version = 0
         self.client_version = 0
-        self._buf = WireBuffer(error=ProtocolError, where=f"stream from {peer}")
+        self._buf = WireBuffer(error=ProtocolError, where="stream from the client")
         self._state = _ServerState.MAGIC
         self._nar_left = 0
         self._nar_size = 0

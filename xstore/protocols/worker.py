@@ -339,7 +339,7 @@ class WorkerClient:
         self.peer = peer
         self.version = 0
         self.daemon_version = 0
-        self._buf = WireBuffer(error=ProtocolError, where=f"stream from {peer}")
+        self._buf = WireBuffer(error=ProtocolError, where="stream from the daemon")
         self._pending: deque[_Pending] = deque()
         self._nar: NarSpan | None = None
         self._framing = False
@@ -749,7 +749,7 @@ class WorkerServer:
         self.local_version = version
         self.local_features = frozenset(features)
         self.version = 0
-        self._buf = WireBuffer(error=ProtocolError, where=f"stream from {peer}")
+        self._buf = WireBuffer(error=ProtocolError, where="stream from the client")
         self._state = _ServerState.HELLO
         self._frames: FrameDecoder | None = None
 

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Final
 
 from xstore.storeapi import PathInfo, Read, Sink, Store, pipe_nar, topo_sort
 from xstore.storepath import StorePath
+
+SMALL_NAR: Final = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +59,14 @@ def copy_one(src: Store, dst: Store, info: PathInfo, *, check_sigs: bool = True)
 
     # As Nix's copyStorePath: a copied path was not built where it lands.
     landed = info.replace(ultimate=False) if info.ultimate else info
+    if 0 < info.nar_size <= SMALL_NAR:
+        # A NAR no bigger than one chunk is taken whole, without the thread and queue of `pipe_nar`
+        # (which keep several chunks in flight anyway): most paths of a closure are small, and the
+        # hand-over between two threads costs more than copying them.
+        parts: list[bytes] = []
+        produce(parts.append)
+        pending = [b"".join(parts)]
+        return dst.add_to_store(landed, lambda _n: pending.pop() if pending else b"", check_sigs=check_sigs)
 
     def consume(read: Read) -> bool:
         return dst.add_to_store(landed, read, check_sigs=check_sigs)

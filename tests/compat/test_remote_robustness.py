@@ -409,3 +409,34 @@ def test_client_going_silent(tmp_path: Path, flags: tuple[str, ...], sent: bytes
     assert stderr.decode().splitlines() == [
         f"error: the client did not answer for 1 seconds (xstore was waiting for {what})"
     ]
+
+
+def test_a_nar_failing_on_our_side_is_cut_off_cleanly(
+    fake: Callable[..., FakeDaemon], tmp_path: Path
+) -> None:
+    info, nar = small_nar(tmp_path)
+    received: list[bytes] = []
+
+    def answer(server: proto.WorkerServer, request: proto.Request, send: Callable[[bytes], None]) -> bool:
+        if request.op == proto.Op.ADD_TO_STORE_NAR:
+            send(server.error("truncated NAR"))  # what a daemon says when the frames end early
+        elif request.op == proto.Op.IS_VALID_PATH:
+            send(server.last() + server.u64(0))
+        else:
+            send(server.last())
+        return True
+
+    daemon = fake(answer)
+    chunks = [nar[:1000]]
+
+    def read(_n: int) -> bytes:
+        if chunks:
+            received.append(chunks[0])
+            return chunks.pop()
+        raise OSError("the source disk failed")
+
+    with open_store(f"unix://{daemon.path}") as remote:
+        with pytest.raises(OSError, match="the source disk failed"):
+            remote.add_to_store(info, read)
+        assert remote.query_valid_paths([info.path]) == set()  # the connection is still in step
+    assert received == [nar[:1000]]

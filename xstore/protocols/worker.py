@@ -679,6 +679,15 @@ class WorkerClient:
             raise CallerError("frame() outside a framed upload")
         return encode_frame(data) if data else b""
 
+    def frame_header(self, size: int) -> bytes:
+        """The header of a frame of `size` bytes (> 0), for a caller that sends the bytes themselves
+        next without joining them to it (no copy of a large chunk)."""
+        if not self._framing:
+            raise CallerError("frame_header() outside a framed upload")
+        if size <= 0:
+            raise CallerError("a frame of no bytes would end the stream")
+        return encode_u64(size)
+
     def end_frames(self) -> bytes:
         if not self._framing:
             raise CallerError("end_frames() outside a framed upload")

@@ -355,7 +355,8 @@ def ssh_argv(
     if host == "localhost":
         return ["bash", "-c", command]
     argv = ["ssh", host, "-x", "-a"]
-    argv += os.environ.get("NIX_SSHOPTS", "").split()
+    # Split as Nix's `tokenizeString` does: on spaces, tabs and line ends, without any quoting.
+    argv += [t for t in re.split(r"[ \t\n\r]+", os.environ.get("NIX_SSHOPTS", "")) if t]
     if ssh_key:
         argv += ["-i", ssh_key]
     if host_key_file:

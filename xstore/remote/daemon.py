@@ -243,30 +243,38 @@ class DaemonStore(Store):
             return True
 
         what = f"the NAR of '{info.path}'"
+        cut: BaseException | None = None
         with session.exchange():
             session.send(conn.add_to_store_nar(info, dont_check_sigs=not check_sigs), "a path's metadata")
-            try:
-                while not failed and (chunk := read(CHUNK)):
-                    if not session.channel.send_watching(conn.frame(chunk), what, watch):
-                        break
-            except BaseException:
-                # Cut the NAR off: the daemon refuses the truncated path and the two ends stay in step.
-                session.send(conn.end_frames(), "the end of a NAR")
-                self._drain_failure(failed, what)
-                raise
+            while not failed:
+                try:
+                    chunk = read(CHUNK)
+                except BaseException as e:  # noqa: BLE001 (raised again below, once the daemon has answered)
+                    cut = e
+                    break
+                if not chunk:
+                    break
+                channel = session.channel
+                if not (
+                    channel.send_watching(conn.frame_header(len(chunk)), what, watch)
+                    and channel.send_watching(chunk, what, watch)
+                ):
+                    break
             session.send(conn.end_frames(), "the end of a NAR")
-            if failed:
+            if cut is not None:
+                # Our side of the NAR failed and it was cut off with the closing frame: the daemon refuses
+                # the truncated path, and the two ends stay in step.
+                if not failed:
+                    with contextlib.suppress(RemoteError):
+                        self._until(proto.Done, what)
+            elif failed:
                 self._handle(failed[0])
-            self._until(proto.Done, f"confirmation that '{info.path}' was added")
+            else:
+                self._until(proto.Done, f"confirmation that '{info.path}' was added")
+        if cut is not None:
+            raise cut
         self._infos.pop(info.path, None)
         return True
-
-    def _drain_failure(self, failed: list[proto.OpFailed], what: str) -> None:
-        """After a NAR was cut off: read the daemon's answer (its error about the truncated NAR)."""
-        if failed:
-            return
-        with contextlib.suppress(RemoteError):
-            self._until(proto.Done, what)
 
     def close(self) -> None:
         self._session.close()

@@ -129,7 +129,11 @@ def test_far_end_dies_in_the_middle_of_a_nar(big: NixStore, env: dict[str, str],
 def test_far_end_stops_answering_in_the_middle_of_a_nar(
     big: NixStore, env: dict[str, str], tmp_path: Path
 ) -> None:
-    program = script(tmp_path, "stall", 'nix-store "$@" | { stdbuf -o0 head -c 100000; exec sleep 600; }')
+    # After 100,000 bytes nix-store dies (SIGPIPE); `cat` keeps the stream open without a word, until
+    # xstore gives up and ends it.
+    program = script(
+        tmp_path, "stall", 'nix-store "$@" | stdbuf -o0 head -c 100000; exec cat 3>&1 >/dev/null'
+    )
     local = tmp_path / "local"
     url = ssh_url(big.root, program, timeout="2")
     message = xstore_fails("copy", "--from", url, "--to", local, big.paths["big"], env=env)

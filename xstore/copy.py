@@ -18,7 +18,8 @@ from typing import Final
 from xstore.storeapi import PathInfo, Read, Sink, Store, pipe_nar, topo_sort
 from xstore.storepath import StorePath
 
-_SMALL_NAR: Final = 4 << 20
+_SMALL_NAR: Final = 4 << 20  # from a binary cache, read without a thread up to this size
+_WHOLE_NAR: Final = 1 << 20  # from other stores, taken whole without a thread up to this size
 _CHUNK: Final = 1 << 20
 
 
@@ -76,7 +77,6 @@ def copy_one(
 
     # As Nix's copyStorePath: a copied path was not built where it lands.
     landed = info.replace(ultimate=False) if info.ultimate else info
-
     # A store that hands out a NAR as a read function (a binary cache) needs no thread in between for a
     # small NAR; a large one is read in a thread of its own all the same, so that decompressing and
     # hashing the file overlap with writing. The destination checks the NAR's hash itself (every
@@ -93,6 +93,16 @@ def copy_one(
         with open_nar(info.path, check_nar_hash=False) as read:
             while chunk := read(_CHUNK):
                 sink(chunk)
+
+    if open_nar is None and 0 < info.nar_size <= _WHOLE_NAR:
+        # A NAR no bigger than one chunk is taken whole, without the thread and queue of `pipe_nar`
+        # (which keep several chunks in flight anyway): most paths of a closure are small, and the
+        # hand-over between two threads costs more than copying them.
+        parts: list[bytes] = []
+        produce(parts.append)
+        pending = [b"".join(parts)]
+        whole: Read = lambda _n: pending.pop() if pending else b""  # noqa: E731
+        return bool(dst.add_to_store(landed, counted(whole), check_sigs=check_sigs))
 
     def consume(read: Read) -> bool:
         return dst.add_to_store(landed, counted(read), check_sigs=check_sigs)
@@ -118,11 +128,13 @@ def copy_paths(
     it copied and nothing of it left. `plan`, from `plan_copy`, saves computing it again. `on_bytes(n)`
     is told as NAR bytes pass (for progress).
 
-    `check_sigs` None (the default) asks the destination to check signatures unless the source is
-    trusted as one (`Store.trusted_as_source`: a local store); True and False force it either way.
+    `check_sigs` None (the default) asks the destination to check signatures unless both ends are
+    local stores (`Store.trusted_as_source`); True and False force it either way.
     """
     if check_sigs is None:
-        check_sigs = not src.trusted_as_source
+        # Only between two local stores are signatures not asked for: any other destination (a
+        # daemon, a remote Nix, a cache) keeps its own policy unless told otherwise.
+        check_sigs = not (src.trusted_as_source and dst.trusted_as_source)
     if plan is None:
         plan = plan_copy(src, dst, paths, recursive=recursive)
     missing = set(plan.missing)

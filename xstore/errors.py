@@ -166,6 +166,11 @@ class SignatureError(InputError, PermissionError):
     """A path that lacks a signature valid for a trusted key, where one is required."""
 
 
+class ProtocolError(InputError, ValueError):
+    """A peer speaking Nix's serve or daemon protocol sent bytes that break it: a wrong magic, an
+    unsupported version, a malformed message, garbage. `offset` is the stream offset, when known."""
+
+
 # -- the state of the system -------------------------------------------------------------------------
 
 
@@ -207,6 +212,24 @@ class RepairError(StateError, LookupError):
 
 class UnsupportedError(StateError, NotImplementedError):
     """xstore cannot do this here (yet): a store kind not supported, a missing optional package."""
+
+
+class RemoteError(StateError, OSError):
+    """The far end of a protocol (a remote `nix-store --serve`, a Nix daemon) reported a failure, or
+    refused the operation; the message is its own, on one line."""
+
+
+class RemoteConnectionError(StateError, ConnectionError):
+    """A connection to a remote store cannot be made or broke: ssh failed, the far end exited or
+    closed the connection in the middle of an exchange."""
+
+
+class RemoteTimeoutError(RemoteConnectionError, TimeoutError):
+    """The far end stopped answering (or reading) for longer than the connection's timeout."""
+
+
+class NotAllowedError(StateError, PermissionError):
+    """The operation is not allowed here (a write to a store served without `--write`)."""
 
 
 class MountError(StateError, OSError):

@@ -196,6 +196,7 @@ class LocalStore(Store):
         self.db_dir = self.state_dir / "db"
         self.xstore_dir = self.root / "nix" / "var" / "xstore"
         self._big_lock = -1
+        self._probed: StoreSettings | None = None
         self._db: sqlite3.Connection | None = None
         self._db_lock = threading.RLock()
         self.read_only = read_only
@@ -384,12 +385,14 @@ class LocalStore(Store):
         found = self._read_settings()
         if found is not None:
             return found
-        fd = os.open(self.real_store_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            behaviour = probe_read_only(fd)
-        finally:
-            os.close(fd)
-        return StoreSettings(behaviour.case_insensitive, Fold.ASCII)
+        if self._probed is None:  # the filesystem does not change under an open store: probe once
+            fd = os.open(self.real_store_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                behaviour = probe_read_only(fd)
+            finally:
+                os.close(fd)
+            self._probed = StoreSettings(behaviour.case_insensitive, Fold.ASCII)
+        return self._probed
 
     def set_trusted_public_keys(self, keys: Iterable[str]) -> StoreSettings:
         """Record `keys` (public keys, `name:base64`, each checked) as the store's trusted keys, replacing

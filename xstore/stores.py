@@ -99,6 +99,14 @@ def open_store(
             return LocalStore.open(root, read_only=read_only)
         ensure_writable(root / "nix" / "store")
         return LocalStore.create(root, case_hack=case_hack, fold=fold)
+    if url.scheme == "ssh":
+        from xstore.remote.ssh import open_ssh_store
+
+        return open_ssh_store(url)
+    if url.scheme in ("ssh-ng", "unix", "daemon"):
+        from xstore.remote.daemon import open_daemon_store
+
+        return open_daemon_store(url)
     if url.scheme in _CACHE_OPENERS:
         import importlib
 

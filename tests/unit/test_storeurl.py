@@ -10,9 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from xstore.cli.app import app
-from xstore.errors import InvalidStoreUrlError, UnsupportedError
+from xstore.errors import InvalidStoreUrlError
 from xstore.stores import open_store
-from xstore.storeurl import StoreUrl, parse_store_url
+from xstore.storeurl import parse_store_url
 
 runner = CliRunner()
 
@@ -118,11 +118,6 @@ def test_base_hides_parameters() -> None:
 def test_unknown_local_parameter_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InvalidStoreUrlError, match="unknown parameter 'rot'"):
         open_store(f"{tmp_path}?rot=/x")
-
-
-def test_kinds_not_supported_yet_say_so() -> None:
-    with pytest.raises(UnsupportedError, match=r"stores of the kind 'unix' \(unix:///x\) are not supported"):
-        open_store(StoreUrl("unix", path="/x", text="unix:///x"))
 
 
 def test_cli_never_takes_a_url_for_a_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

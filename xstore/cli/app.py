@@ -41,6 +41,7 @@ COMMANDS: Final[dict[str, tuple[str, str]]] = {
     "ro": ("xstore.cli.ro", "app"),
     "mount": ("xstore.cli.mount", "app"),
     "umount": ("xstore.cli.mount", "umount"),
+    "serve": ("xstore.cli.serve", "app"),
 }
 
 # Per-command settings for commands given as functions.

@@ -1,0 +1,208 @@
+"""`xstore copy --to/--from ssh://HOST` with a real `nix-store --serve --write` (Nix 2.8) at the far end.
+
+A fake `ssh` first on PATH runs the remote command here (and logs how it was called); `localhost` is run
+directly, as Nix does. In both directions what arrived exports byte for byte as the original and Nix
+verifies its contents; a case-hacked local store sends original names and receives hacked ones. The
+session is one process, and every path is locked on the far end (QueryValidPaths with the lock flag)
+before its NAR is asked for, which a recording of the session shows. `path-info` and `export` read
+through the same store.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import Nix
+from tests.nixstores import NixStore, build_case_closure, build_nix_store
+from tests.remotes import fake_ssh, path_with, run_xstore, ssh_log, write_script, xstore_ok
+from tests.transcripts import events
+from xstore.protocols import serve as proto
+
+CLOSURE = ("text_a", "text_b", "text_c", "dep", "out")
+
+
+@pytest.fixture(scope="module")
+def src(nix: Nix, tmp_path_factory: pytest.TempPathFactory) -> NixStore:
+    return build_nix_store(nix, tmp_path_factory.mktemp("ssh-src") / "root")
+
+
+@pytest.fixture(scope="module")
+def case_src(nix: Nix, tmp_path_factory: pytest.TempPathFactory) -> NixStore:
+    return build_case_closure(nix, tmp_path_factory.mktemp("ssh-case") / "root")
+
+
+@pytest.fixture
+def remote_env(nix: Nix, tmp_path: Path) -> dict[str, str]:
+    """The environment of an xstore whose `ssh` is the fake (logging to `tmp_path/ssh.log`) and whose
+    far end is Nix in its test environment (options as every Nix command of the suite gets)."""
+    bin_dir = tmp_path / "bin"
+    fake_ssh(bin_dir)
+    env = dict(nix.env)
+    env.update(
+        PATH=path_with(bin_dir),
+        FAKE_SSH_LOG=str(tmp_path / "ssh.log"),
+        NIX_SSHOPTS="-p 2222 -oBatchMode=yes",
+        NIX_CONFIG="build-users-group =",  # as STORE_OPTIONS for the Nix commands of the suite
+    )
+    return env
+
+
+def closure_export(nix: Nix, store: NixStore, label: str) -> bytes:
+    return store.export(nix, *store.query_requisites(nix, label))
+
+
+def url(root: Path, host: str = "fakehost", **params: str) -> str:
+    query = "&".join([f"remote-store={root}", *(f"{k}={v}" for k, v in params.items())])
+    return f"ssh://{host}?{query}"
+
+
+def test_copy_to_nix_store_serve(nix: Nix, src: NixStore, remote_env: dict[str, str], tmp_path: Path) -> None:
+    dst = tmp_path / "dst"
+    out = xstore_ok("copy", "--from", src.root, "--to", url(dst), "-r", src.paths["out"], env=remote_env)
+    assert out.decode().split() == src.query_requisites(nix, "out")
+    got = NixStore(dst, dict(src.paths))
+    got.verify(nix)
+    assert closure_export(nix, got, "out") == closure_export(nix, src, "out")
+    (argv,) = ssh_log(tmp_path / "ssh.log")  # one session for queries, locks and every path
+    assert argv == [
+        "fakehost",
+        "-x",
+        "-a",
+        "-p",
+        "2222",
+        "-oBatchMode=yes",
+        f"nix-store --serve --write --store '{dst}'",
+    ]
+    # Nothing left to copy the second time.
+    assert (
+        xstore_ok("copy", "--from", src.root, "--to", url(dst), "-r", src.paths["out"], env=remote_env) == b""
+    )
+
+
+def test_copy_from_nix_store_serve(
+    nix: Nix, src: NixStore, remote_env: dict[str, str], tmp_path: Path
+) -> None:
+    local = tmp_path / "local"
+    xstore_ok(
+        "copy",
+        "--no-check-sigs",
+        "--from",
+        url(src.root),
+        "--to",
+        local,
+        "-r",
+        src.paths["out"],
+        env=remote_env,
+    )
+    assert xstore_ok("export", "--store", local, "-r", src.paths["out"]) == closure_export(nix, src, "out")
+    NixStore(local, dict(src.paths)).verify(nix)
+    assert len(ssh_log(tmp_path / "ssh.log")) == 1
+
+
+def test_ssh_parameters_reach_ssh(src: NixStore, remote_env: dict[str, str], tmp_path: Path) -> None:
+    key = tmp_path / "id_test"
+    key.write_text("not a key; the fake ssh ignores it\n")
+    store = url(
+        src.root, "user@fakehost", **{"ssh-key": str(key), "compress": "true", "remote-program": "nix-store"}
+    )
+    xstore_ok("path-info", "--store", store, src.paths["file"], env=remote_env)
+    (argv,) = ssh_log(tmp_path / "ssh.log")
+    assert argv[:6] == ["user@fakehost", "-x", "-a", "-p", "2222", "-oBatchMode=yes"]
+    assert argv[6:9] == ["-i", str(key), "-C"]
+    assert argv[9] == f"nix-store --serve --write --store '{src.root}'"
+
+
+def test_localhost_runs_the_command_itself(nix: Nix, src: NixStore, tmp_path: Path) -> None:
+    env = dict(nix.env)
+    env["PATH"] = path_with(tmp_path / "no-ssh-here")
+    dst = tmp_path / "dst"
+    xstore_ok("copy", "--from", src.root, "--to", url(dst, "localhost"), "-r", src.paths["text_c"], env=env)
+    assert closure_export(nix, NixStore(dst, dict(src.paths)), "text_c") == closure_export(nix, src, "text_c")
+
+
+def test_case_hacked_store_sends_original_names_and_receives_hacked_ones(
+    nix: Nix, case_src: NixStore, remote_env: dict[str, str], tmp_path: Path
+) -> None:
+    hacked = tmp_path / "hacked"
+    xstore_ok("store", "init", "--store", hacked, "--case-hack", "on")
+    xstore_ok(
+        "copy",
+        "--no-check-sigs",
+        "--from",
+        url(case_src.root),
+        "--to",
+        hacked,
+        "-r",
+        case_src.paths["out"],
+        env=remote_env,
+    )
+    tree = hacked / case_src.paths["tree"].lstrip("/")
+    assert {"README", "ReadMe~nix~case~hack~1", "readme~nix~case~hack~2"} <= set(os.listdir(tree))
+    original = closure_export(nix, case_src, "out")
+    back = tmp_path / "back"
+    xstore_ok("copy", "--from", hacked, "--to", url(back), "-r", case_src.paths["out"], env=remote_env)
+    got = NixStore(back, dict(case_src.paths))
+    assert closure_export(nix, got, "out") == original
+    got.verify(nix)
+    assert "ReadMe" in os.listdir(back / case_src.paths["tree"].lstrip("/"))
+
+
+def test_path_info_and_export_through_ssh(nix: Nix, src: NixStore, remote_env: dict[str, str]) -> None:
+    import json
+
+    store = url(src.root)
+    ours = json.loads(
+        xstore_ok("path-info", "--json", "-r", "--store", store, src.paths["out"], env=remote_env)
+    )
+    theirs = {i["path"]: i for i in src.path_info(nix, "out", recursive=True)}
+    assert sorted(ours) == sorted(theirs)
+    for path, info in ours.items():
+        expected: dict[str, Any] = theirs[path]
+        for field in ("narHash", "narSize", "references", "deriver", "ca", "signatures"):
+            assert info[field] == expected.get(field, [] if field == "signatures" else None), (path, field)
+    exported = xstore_ok("export", "--store", store, "-r", src.paths["out"], env=remote_env)
+    assert exported == closure_export(nix, src, "out")
+
+
+def test_every_path_is_locked_before_its_nar_is_read(
+    nix: Nix, src: NixStore, remote_env: dict[str, str], tmp_path: Path
+) -> None:
+    record = tmp_path / "session"
+    tee = write_script(
+        tmp_path / "bin" / "tee-remote",
+        f'#!/bin/sh\ntee {record}.c2s | nix-store "$@" | tee {record}.s2c\n',
+    )
+    local = tmp_path / "local"
+    store = url(src.root, **{"remote-program": str(tee)})
+    xstore_ok(
+        "copy", "--no-check-sigs", "--from", store, "--to", local, "-r", src.paths["out"], env=remote_env
+    )
+    requests = events(proto.ServeServer(), [(tmp_path / "session.c2s").read_bytes()], stop=proto.ClientClosed)
+    locked: set[str] = set()
+    dumped = []
+    for event in requests:
+        if isinstance(event, proto.QueryValidPaths):
+            assert event.lock
+            locked |= {p.path for p in event.paths}
+        elif isinstance(event, proto.DumpStorePath):
+            assert event.path.path in locked
+            dumped.append(event.path.path)
+    assert sorted(dumped) == sorted(src.paths[label] for label in CLOSURE)
+    assert isinstance(requests[-1], proto.ClientClosed)
+
+
+def test_missing_paths_are_reported_clearly(
+    src: NixStore, remote_env: dict[str, str], tmp_path: Path
+) -> None:
+    missing = "/nix/store/00000000000000000000000000000000-missing"
+    result = run_xstore("copy", "--from", url(src.root), "--to", tmp_path / "local", missing, env=remote_env)
+    assert result.returncode == 1
+    assert (
+        result.stderr.decode().splitlines()[-1]
+        == f"error: path '{missing}' is not valid in the store 'ssh://fakehost'"
+    )
+    assert not (tmp_path / "local" / "nix" / "store" / missing.removeprefix("/nix/store/")).exists()

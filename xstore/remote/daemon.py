@@ -1,0 +1,291 @@
+"""The Nix daemon as a store: `unix:///path/to/socket`, `daemon` and `ssh-ng://HOST`.
+
+`unix://` and `daemon` connect to a daemon's socket (`daemon`: `$NIX_DAEMON_SOCKET_PATH`, else
+`$NIX_STATE_DIR/daemon-socket/socket`, else `/nix/var/nix/daemon-socket/socket`, as Nix has it) and send
+SetOptions after the handshake, as Nix's `unix://` client does; `ssh-ng://HOST` runs `<remote-program>
+--stdio [--store <remote-store>]` (default `nix-daemon`) through ssh, the same way the `ssh://` store
+runs `nix-store --serve`, and sends no options (as Nix's ssh-ng store).
+
+Every operation is one exchange around the sans-IO `protocols.worker.WorkerClient`; what the daemon
+logs on the way (`STDERR_NEXT`) is passed on as notices, and an error it reports (`STDERR_ERROR`)
+becomes one `RemoteError` line, after which the connection goes on. NARs stream both ways: NarFromPath
+(the daemon's own op, so a chroot daemon works too, unlike Nix 2.8's `unix://` which reads the files
+itself) writes to the caller's sink as the NAR arrives and checks it against the path's info, and
+AddToStoreNar sends the caller's NAR in frames as it is read, watching for an error from the daemon
+meanwhile. A NAR that fails on our side midway is cut off with the closing empty frame, so the daemon
+refuses the path and the connection stays in step. `check_sigs=False` (`--no-check-sigs`) asks the
+daemon not to require signatures; a daemon that does not trust us ignores that, as Nix's does.
+
+Store URL parameters: the ssh ones for `ssh-ng://` (see `ssh.py`), `remote-program`, `remote-store`,
+`timeout` (xstore's: seconds a read or write may wait, default 300); `root`, `max-connections` and
+`max-connection-age` are accepted and ignored.
+
+Nix: remote-store.cc, uds-remote-store.cc, ssh-store.cc, daemon.cc.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import socket
+from collections.abc import Iterable
+from typing import Final, TypeVar
+
+from xstore.errors import InvalidStoreUrlError, ProtocolError, RemoteConnectionError, RemoteError
+from xstore.notices import notice
+from xstore.protocols import worker as proto
+from xstore.remote.channel import CHUNK, Channel, one_line, plain, shell_escape
+from xstore.remote.session import Session
+from xstore.remote.ssh import check_nar, start_remote, timeout_param
+from xstore.storeapi import PathInfo, Read, Sink, Store, batched
+from xstore.storepath import StorePath
+from xstore.storeurl import StoreUrl
+from xstore.wire import NEED_DATA
+
+SSH_PARAMS: Final = frozenset(
+    {
+        "ssh-key",
+        "base64-ssh-public-host-key",
+        "compress",
+        "remote-program",
+        "remote-store",
+        "max-connections",
+        "timeout",
+    }
+)
+SOCKET_PARAMS: Final = frozenset({"root", "max-connections", "max-connection-age", "timeout"})
+
+T = TypeVar("T")
+
+
+def default_socket() -> str:
+    """Where Nix's `daemon` store connects (Nix: globals.cc `nixDaemonSocketFile`)."""
+    explicit = os.environ.get("NIX_DAEMON_SOCKET_PATH")
+    if explicit:
+        return explicit
+    state = os.environ.get("NIX_STATE_DIR", "/nix/var/nix")
+    return os.path.join(state, "daemon-socket", "socket")
+
+
+def _connect(path: str, timeout: float | None) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(path)
+    except OSError as e:
+        sock.close()
+        reason = "timed out" if isinstance(e, TimeoutError) else (e.strerror or str(e))
+        raise RemoteConnectionError(f"cannot connect to the Nix daemon at '{path}': {reason}") from None
+    return sock
+
+
+class DaemonStore(Store):
+    """An open connection to a Nix daemon (see the module docstring). Raises `RemoteConnectionError`
+    when the daemon cannot be reached or the connection breaks, `ProtocolError` when it speaks
+    something else, `RemoteTimeoutError` when it stops answering, `RemoteError` for an error it
+    reports."""
+
+    def __init__(self, url: StoreUrl) -> None:
+        self.url = url.text
+        timeout = timeout_param(url)
+        if url.scheme == "ssh-ng":
+            remote_store = url.param("remote-store", "")
+            command = f"{url.param('remote-program') or 'nix-daemon'} --stdio"
+            if remote_store:
+                command += " --store " + shell_escape(remote_store)
+            proc = start_remote(url, command, timeout=timeout)
+            self.name = f"ssh-ng://{url.authority}"
+            session = Session(proc.channel, f"'{url.authority}'", proc=proc)
+            set_options = False
+        else:
+            path = url.path if url.scheme == "unix" else default_socket()
+            sock = _connect(path, timeout)
+            self.name = f"unix://{path}" if url.scheme == "unix" else "daemon"
+            channel = Channel(
+                sock.fileno(), sock.fileno(), peer=f"the Nix daemon at '{path}'", timeout=timeout
+            )
+            session = Session(channel, f"the Nix daemon at '{path}'", sock=sock)
+            set_options = True
+        self._session = session
+        self._conn = proto.WorkerClient(peer=session.peer)
+        self._infos: dict[StorePath, PathInfo] = {}
+        self._rooted: set[StorePath] = set()
+        self.nix_version: str | None = None
+        self.trusted: bool | None = None
+        try:
+            with session.exchange():
+                session.send(self._conn.hello(), "the greeting")
+                session.next_event(self._conn, "its greeting", greeting=True)
+                session.send(self._conn.handshake(), "the handshake")
+                handshake = self._until(proto.Handshake, "its handshake", greeting=True)
+            self.nix_version = handshake.nix_version
+            self.trusted = handshake.trusted
+            if set_options:
+                self._op(self._conn.set_options(), "the answer to SetOptions", proto.Done)
+        except BaseException:
+            self.close()
+            raise
+
+    def describe(self) -> str:
+        return f"the store '{self.name}'"
+
+    # -- exchanges ---------------------------------------------------------------------------------
+
+    def _handle(self, event: object) -> bool:
+        """Deal with a log event (True), or tell that `event` is something else (False). A reported
+        error is raised as `RemoteError`."""
+        if isinstance(event, proto.LogLine):
+            text = plain(event.text).rstrip()
+            if text:
+                notice(text)
+            return True
+        if isinstance(event, (proto.ActivityStart, proto.ActivityStop, proto.ActivityResult)):
+            return True
+        if isinstance(event, proto.OpFailed):
+            raise RemoteError(f"{self._session.peer}: {one_line(event.message)}")
+        return False
+
+    def _until(self, reply: type[T], what: str, *, greeting: bool = False) -> T:
+        while True:
+            event = self._session.next_event(self._conn, what, greeting=greeting)
+            if self._handle(event):
+                continue
+            if not isinstance(event, reply):
+                raise ProtocolError(
+                    f"{self._session.peer} answered {type(event).__name__}, not {reply.__name__}", offset=0
+                )
+            return event
+
+    def _op(self, request: bytes, what: str, reply: type[T]) -> T:
+        session = self._session
+        with session.exchange():
+            session.send(request, what)
+            return self._until(reply, what)
+
+    # -- queries -----------------------------------------------------------------------------------
+
+    def is_valid_path(self, path: StorePath) -> bool:
+        return self._op(self._conn.is_valid_path(path), "an answer to IsValidPath", proto.Valid).valid
+
+    def query_valid_paths(self, paths: Iterable[StorePath]) -> set[StorePath]:
+        paths = sorted(set(paths))
+        if len(paths) == 1:
+            return set(paths) if self.is_valid_path(paths[0]) else set()
+        valid: set[StorePath] = set()
+        for batch in batched(paths):
+            reply = self._op(self._conn.query_valid_paths(batch), "a list of valid paths", proto.ValidPaths)
+            valid |= reply.paths & set(batch)
+        return valid
+
+    def query_path_info(self, path: StorePath) -> PathInfo | None:
+        if path in self._infos:
+            return self._infos[path]
+        reply = self._op(self._conn.query_path_info(path), "path info", proto.PathInfoReply)
+        if reply.info is not None:
+            self._infos[path] = reply.info
+        return reply.info
+
+    def query_path_from_hash_part(self, hash_part: str) -> StorePath | None:
+        reply = self._op(
+            self._conn.query_path_from_hash_part(hash_part), "a store path", proto.PathFromHashPart
+        )
+        return reply.path
+
+    def add_temp_root(self, path: StorePath) -> None:
+        """AddTempRoot: the daemon keeps `path` from garbage collection while this connection lasts."""
+        if path not in self._rooted:
+            self._op(self._conn.add_temp_root(path), "an answer to AddTempRoot", proto.Done)
+            self._rooted.add(path)
+
+    # -- NARs --------------------------------------------------------------------------------------
+
+    def nar_from_path(self, path: StorePath, sink: Sink) -> int:
+        info = self.require(path)
+        session = self._session
+        hasher = hashlib.sha256()
+        size = 0
+        with session.exchange():
+            session.send(self._conn.nar_from_path(path), "a request for a NAR")
+            while True:
+                event = session.next_event(self._conn, f"the NAR of '{path}'")
+                if self._handle(event):
+                    continue
+                if isinstance(event, proto.NarEnd):
+                    break
+                if not isinstance(event, proto.NarData):
+                    raise ProtocolError(
+                        f"{session.peer} answered {type(event).__name__} to NarFromPath", offset=0
+                    )
+                hasher.update(event.data)
+                size += len(event.data)
+                sink(event.data)
+        check_nar(info, hasher.digest(), size, session.peer)
+        return size
+
+    def add_to_store(self, info: PathInfo, read: Read, *, check_sigs: bool = True) -> bool:
+        """AddToStoreNar, the NAR in frames as `read` gives it. Returns True: the daemon does not say
+        whether it had the path already (it then drops the NAR)."""
+        session = self._session
+        conn = self._conn
+        failed: list[proto.OpFailed] = []
+
+        def watch(data: bytes) -> bool:
+            conn.receive_data(data)
+            while (event := conn.next_event()) is not NEED_DATA:
+                if isinstance(event, proto.OpFailed):
+                    failed.append(event)
+                    return False
+                if not self._handle(event):
+                    raise ProtocolError(
+                        f"{session.peer} answered {type(event).__name__} in the middle of a NAR", offset=0
+                    )
+            return True
+
+        what = f"the NAR of '{info.path}'"
+        cut: BaseException | None = None
+        with session.exchange():
+            session.send(conn.add_to_store_nar(info, dont_check_sigs=not check_sigs), "a path's metadata")
+            while not failed:
+                try:
+                    chunk = read(CHUNK)
+                except BaseException as e:  # noqa: BLE001 (raised again below, once the daemon has answered)
+                    cut = e
+                    break
+                if not chunk:
+                    break
+                channel = session.channel
+                if not (
+                    channel.send_watching(conn.frame_header(len(chunk)), what, watch)
+                    and channel.send_watching(chunk, what, watch)
+                ):
+                    break
+            session.send(conn.end_frames(), "the end of a NAR")
+            if cut is not None:
+                # Our side of the NAR failed and it was cut off with the closing frame: the daemon refuses
+                # the truncated path, and the two ends stay in step.
+                if not failed:
+                    with contextlib.suppress(RemoteError):
+                        self._until(proto.Done, what)
+            elif failed:
+                self._handle(failed[0])
+            else:
+                self._until(proto.Done, f"confirmation that '{info.path}' was added")
+        if cut is not None:
+            raise cut
+        self._infos.pop(info.path, None)
+        return True
+
+    def close(self) -> None:
+        self._session.close()
+
+
+def open_daemon_store(url: StoreUrl) -> DaemonStore:
+    known = SSH_PARAMS if url.scheme == "ssh-ng" else SOCKET_PARAMS
+    unknown = sorted(set(url.params) - known)
+    if unknown:
+        raise InvalidStoreUrlError(
+            f"store URL '{url.text}': unknown parameter '{unknown[0]}' (this kind of store takes: "
+            f"{', '.join(sorted(known))})"
+        )
+    return DaemonStore(url)

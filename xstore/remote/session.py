@@ -1,0 +1,122 @@
+"""One session with a remote store, as both protocol clients (`ssh.py`, `daemon.py`) drive it.
+
+A session is a sans-IO connection, the `Channel` its bytes travel on, and the process carrying them when
+there is one (ssh, or `bash -c` for `localhost`). It knows how to wait for the connection's next event
+(the one blocking loop of the clients), how to word a failure (with what the far end printed last on
+stderr, since the serve protocol has no error messages of its own), and when it is broken: after a
+connection error, a protocol error, a timeout or an interruption in the middle of an exchange, the two
+ends are out of step and every later call refuses at once, with the first reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import Iterator
+from typing import TypeVar
+
+from xstore.errors import ProtocolError, RemoteConnectionError
+from xstore.remote.channel import Channel, RemoteProcess
+from xstore.remote.pump import Connection
+from xstore.wire import NEED_DATA, Signal
+
+E = TypeVar("E")
+
+
+class Session:
+    """A connection to `peer` over `channel`, carried by `proc` (a process) or `sock` (a socket)."""
+
+    def __init__(
+        self,
+        channel: Channel,
+        peer: str,
+        *,
+        proc: RemoteProcess | None = None,
+        sock: socket.socket | None = None,
+    ) -> None:
+        self.channel = channel
+        self.peer = peer
+        self.proc = proc
+        self.sock = sock
+        self.broken: str | None = None
+
+    def check(self) -> None:
+        """Refuse to start an exchange on a broken session."""
+        if self.broken is not None:
+            raise RemoteConnectionError(
+                f"the connection to {self.peer} broke earlier ({self.broken}); open the store again"
+            )
+
+    def word(self, reason: str) -> str:
+        """`reason`, with what the far end printed last when a process carries the session."""
+        return self.proc.failure(reason) if self.proc is not None else reason
+
+    def break_(self, reason: str) -> None:
+        """Mark the session broken (the first reason stays) and end the process or socket."""
+        if self.broken is not None:
+            return
+        self.broken = reason
+        if self.proc is not None:
+            self.proc.kill()
+        if self.sock is not None:
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_RDWR)
+
+    @contextlib.contextmanager
+    def exchange(self) -> Iterator[None]:
+        """Around one request and its reply: anything escaping (an error, Ctrl-C) breaks the session,
+        except what the far end reported in the protocol's own terms (`RemoteError`), after which the
+        two ends are still in step."""
+        from xstore.errors import RemoteError
+
+        self.check()
+        try:
+            yield
+        except RemoteError:
+            raise
+        except BaseException as e:
+            self.break_(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
+            raise
+
+    def send(self, data: bytes, what: str) -> None:
+        try:
+            self.channel.send(data, what)
+        except RemoteConnectionError as e:
+            raise type(e)(self.word(str(e))) from None
+
+    def next_event(self, conn: Connection[E], what: str, *, greeting: bool = False) -> E:
+        """The connection's next event, receiving as needed. At the end of the far end's stream, a
+        connection still in its greeting words the error itself (it shows what came instead); anywhere
+        else the far end 'closed the connection while xstore waited for `what`'."""
+        closed = False
+        while True:
+            try:
+                event = conn.next_event()
+            except ProtocolError as e:
+                if closed and not greeting:
+                    reason = (
+                        e.message
+                        if "closed the connection" in e.message
+                        else (f"{self.peer} closed the connection while xstore waited for {what}")
+                    )
+                    raise RemoteConnectionError(self.word(reason)) from None
+                raise ProtocolError(self.word(e.message), offset=e.context.get("offset", 0)) from None
+            if event is not NEED_DATA:
+                assert not isinstance(event, Signal)
+                return event
+            data = self.channel.recv(what)
+            if not data:
+                if closed:
+                    raise RemoteConnectionError(
+                        self.word(f"{self.peer} closed the connection while xstore waited for {what}")
+                    )
+                closed = True
+            conn.receive_data(data)
+
+    def close(self) -> None:
+        """End the session: the far end sees the end of its input (a process is given time to exit);
+        a process's stderr is passed on as notices when the session went well."""
+        if self.proc is not None:
+            self.proc.close(forward=self.broken is None)
+        if self.sock is not None:
+            self.sock.close()

@@ -1,0 +1,281 @@
+"""The `ssh://HOST` store: a remote `nix-store --serve --write` (or `xstore serve ssh`) reached over ssh.
+
+Opening the store starts one process, `ssh HOST -x -a <NIX_SSHOPTS> [-i KEY] [-C] "<remote-program>
+--serve --write [--store <remote-store>]"` (for `localhost`, `bash -c "<command>"`, as Nix 2.8 does), and
+every operation of this store object goes through that one session: queries, locks and NARs. Paths
+this store is asked about are locked on the far end as they are queried (QueryValidPaths with its lock
+flag, which makes them temporary GC roots of the remote process), so a remote garbage collection
+cannot remove a path between the query and the copy, in either direction.
+
+Each operation is a blocking exchange around the sans-IO `protocols.serve.ServeClient`. NARs stream:
+DumpStorePath's NAR goes to the caller's sink chunk by chunk (hashed on the way and checked against the
+remote's path info), an added path's NAR goes from the caller's `read` straight to ssh's stdin, exactly
+`narSize` bytes. The protocol has no error messages: when the far end fails it prints on stderr and
+exits, so a broken exchange reports the last thing it printed. After such a break (or a timeout, or an
+interruption) the session is out of step and the store object refuses further work.
+
+Store URL parameters (Nix's): `ssh-key`, `base64-ssh-public-host-key`, `compress`, `remote-program`
+(default `nix-store`), `remote-store`, and xstore's `timeout` (seconds a read or write may wait,
+default 300). `max-connections` is accepted and ignored: one session is the point.
+
+Nix: legacy-ssh-store.cc, ssh.cc.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from typing import Final, TypeVar
+
+from xstore.errors import (
+    HashMismatchError,
+    InvalidPathError,
+    InvalidStoreUrlError,
+    ProtocolError,
+    UnsupportedError,
+)
+from xstore.hashing import HashAlgorithm, HashFormat, format_digest
+from xstore.protocols import serve as proto
+from xstore.remote.channel import (
+    CHUNK,
+    DEFAULT_TIMEOUT,
+    RemoteProcess,
+    known_hosts_file,
+    shell_escape,
+    ssh_argv,
+)
+from xstore.remote.session import Session
+from xstore.storeapi import PathInfo, Read, Sink, Store
+from xstore.storepath import StorePath
+from xstore.storeurl import StoreUrl
+
+PARAMS: Final = frozenset(
+    {
+        "ssh-key",
+        "base64-ssh-public-host-key",
+        "compress",
+        "remote-program",
+        "remote-store",
+        "max-connections",
+        "timeout",
+    }
+)
+
+T = TypeVar("T")
+
+
+def check_host(url: StoreUrl) -> str:
+    host = url.authority
+    if not host or host.startswith("-"):
+        raise InvalidStoreUrlError(f"invalid SSH host name '{host}' in store URL '{url.text}'")
+    return host
+
+
+def timeout_param(url: StoreUrl) -> float | None:
+    value = url.param("timeout")
+    if value is None:
+        return DEFAULT_TIMEOUT
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise InvalidStoreUrlError(
+            f"store URL '{url.text}': parameter 'timeout' must be a number of seconds > 0"
+        )
+    return seconds
+
+
+def start_remote(url: StoreUrl, command: str, *, timeout: float | None) -> RemoteProcess:
+    """The process that carries a protocol to `url`'s host: `command` run through ssh (or locally for
+    `localhost`) with the URL's ssh parameters."""
+    host = check_host(url)
+    host_key = url.param("base64-ssh-public-host-key")
+    host_key_file, cleanup = known_hosts_file(host, host_key) if host_key else (None, None)
+    argv = ssh_argv(
+        host,
+        command,
+        ssh_key=url.param("ssh-key") or None,
+        host_key_file=host_key_file,
+        compress=url.flag("compress"),
+    )
+    return RemoteProcess(argv, peer=f"'{host}'", timeout=timeout, cleanup=cleanup)
+
+
+class ServeStore(Store):
+    """An open `ssh://` store: one remote `nix-store --serve --write` session. See the module
+    docstring. Raises `RemoteConnectionError` when the session cannot be started or breaks,
+    `ProtocolError` when the far end speaks something else, `RemoteTimeoutError` when it stops
+    answering."""
+
+    def __init__(self, url: StoreUrl) -> None:
+        self.url = url.text
+        self.host = check_host(url)
+        remote_store = url.param("remote-store", "")
+        command = f"{url.param('remote-program') or 'nix-store'} --serve --write"
+        if remote_store:
+            command += " --store " + shell_escape(remote_store)
+        proc = start_remote(url, command, timeout=timeout_param(url))
+        self._session = Session(proc.channel, f"'{self.host}'", proc=proc)
+        self._conn = proto.ServeClient(peer=f"'{self.host}'")
+        self._infos: dict[StorePath, PathInfo] = {}
+        self._valid: set[StorePath] = set()
+        self._locked: set[StorePath] = set()
+        try:
+            with self._session.exchange():
+                self._session.send(self._conn.hello(), "the greeting")
+                self._session.next_event(self._conn, "its greeting", greeting=True)
+        except BaseException:
+            self.close()
+            raise
+
+    def describe(self) -> str:
+        return f"the store 'ssh://{self.host}'"
+
+    def _exchange(self, request: bytes, what: str, reply: type[T]) -> T:
+        session = self._session
+        with session.exchange():
+            session.send(request, what)
+            event = session.next_event(self._conn, what)
+            if not isinstance(event, reply):
+                raise ProtocolError(
+                    f"'{self.host}' answered {type(event).__name__} where {reply.__name__} was expected",
+                    offset=0,
+                )
+        return event
+
+    # -- queries -----------------------------------------------------------------------------------
+
+    def _lock(self, paths: Iterable[StorePath]) -> set[StorePath]:
+        """QueryValidPaths with the lock flag: which of `paths` are valid; all of them are temporary
+        roots on the far end from now on."""
+        paths = set(paths)
+        reply = self._exchange(
+            self._conn.query_valid_paths(paths, lock=True), "a list of valid paths", proto.ValidPaths
+        )
+        self._locked |= paths
+        self._valid |= reply.paths & paths
+        return set(reply.paths & paths)
+
+    def _fetch_infos(self, paths: Iterable[StorePath]) -> None:
+        wanted = {p for p in paths if p not in self._infos}
+        if not wanted:
+            return
+        reply = self._exchange(self._conn.query_path_infos(wanted), "path infos", proto.PathInfos)
+        for info in reply.infos:
+            if info.path not in wanted:
+                self._session.break_("an answer about a path not asked for")
+                raise ProtocolError(
+                    f"'{self.host}' sent the info of '{info.path}', which xstore did not ask for", offset=0
+                )
+            self._infos[info.path] = info
+            self._valid.add(info.path)
+
+    def query_path_info(self, path: StorePath) -> PathInfo | None:
+        if path not in self._locked:
+            self._lock([path])
+        self._fetch_infos([path])
+        return self._infos.get(path)
+
+    def query_valid_paths(self, paths: Iterable[StorePath]) -> set[StorePath]:
+        paths = set(paths)
+        unknown = paths - self._locked
+        if unknown:
+            self._lock(unknown)
+        return paths & self._valid
+
+    def query_path_from_hash_part(self, hash_part: str) -> StorePath | None:
+        raise UnsupportedError(
+            f"{self.describe()} cannot look up a path by its hash part (the protocol has no such query)"
+        )
+
+    def query_closure(self, paths: Iterable[StorePath]) -> dict[StorePath, PathInfo]:
+        """The closure in four exchanges, whatever its size: lock and check the paths, ask for the
+        closure, lock it, fetch the infos."""
+        wanted = set(paths)
+        missing = sorted(wanted - self.query_valid_paths(wanted))
+        if missing:
+            raise InvalidPathError(
+                f"path '{missing[0]}' is not valid in {self.describe()}", path=missing[0].path
+            )
+        if not wanted:
+            return {}
+        reply = self._exchange(self._conn.query_closure(wanted), "a closure", proto.ValidPaths)
+        closure = set(reply.paths) | wanted
+        self.query_valid_paths(closure)
+        self._fetch_infos(closure)
+        gone = sorted(p for p in closure if p not in self._infos)
+        if gone:
+            raise InvalidPathError(f"path '{gone[0]}' is not valid in {self.describe()}", path=gone[0].path)
+        return {p: self._infos[p] for p in closure}
+
+    def add_temp_root(self, path: StorePath) -> None:
+        if path not in self._locked:
+            self._lock([path])
+
+    # -- NARs --------------------------------------------------------------------------------------
+
+    def nar_from_path(self, path: StorePath, sink: Sink) -> int:
+        info = self.require(path)
+        session = self._session
+        hasher = hashlib.sha256()
+        size = 0
+        with session.exchange():
+            session.send(self._conn.dump_store_path(path), "a request for a NAR")
+            while True:
+                event = session.next_event(self._conn, f"the NAR of '{path}'")
+                if isinstance(event, proto.NarEnd):
+                    break
+                assert isinstance(event, proto.NarData)
+                hasher.update(event.data)
+                size += len(event.data)
+                sink(event.data)
+        check_nar(info, hasher.digest(), size, f"'{self.host}'")
+        return size
+
+    def add_to_store(self, info: PathInfo, read: Read, *, check_sigs: bool = True) -> bool:
+        """Send the path with AddToStoreNar (the far end does not check signatures in this protocol).
+        A path the far end is known to have is not sent again: its NAR is read to the end."""
+        if info.path in self._valid:
+            while read(CHUNK):
+                pass
+            return False
+        session = self._session
+        conn = self._conn
+        with session.exchange():
+            session.send(conn.add_to_store_nar(info), "a path's metadata")
+            while chunk := read(CHUNK):
+                session.send(conn.nar_data(chunk), f"the NAR of '{info.path}'")
+            conn.nar_end()
+            event = session.next_event(conn, f"confirmation that '{info.path}' was added")
+            if not isinstance(event, proto.Added):
+                raise ProtocolError(
+                    f"'{self.host}' answered {type(event).__name__} to AddToStoreNar", offset=0
+                )
+        self._valid.add(info.path)
+        self._infos[info.path] = info
+        return True
+
+    def close(self) -> None:
+        self._session.close()
+
+
+def check_nar(info: PathInfo, digest: bytes, size: int, peer: str) -> None:
+    """Raise `HashMismatchError` unless a NAR received from `peer` matches `info`."""
+    if digest != info.nar_hash or size != info.nar_size:
+        got = format_digest(HashAlgorithm.SHA256, digest, HashFormat.SRI)
+        raise HashMismatchError(
+            f"the NAR of '{info.path}' from {peer} does not match its path info: expected "
+            f"{info.nar_hash_sri()} ({info.nar_size} bytes), got {got} ({size} bytes)",
+            path=info.path.path,
+        )
+
+
+def open_ssh_store(url: StoreUrl) -> ServeStore:
+    unknown = sorted(set(url.params) - PARAMS)
+    if unknown:
+        raise InvalidStoreUrlError(
+            f"store URL '{url.text}': unknown parameter '{unknown[0]}' (this kind of store takes: "
+            f"{', '.join(sorted(PARAMS))})"
+        )
+    return ServeStore(url)

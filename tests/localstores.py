@@ -91,19 +91,26 @@ def rows(store: LocalStore) -> list[tuple[object, ...]]:
     return [*valid, *refs]
 
 
+def store_entries(store: LocalStore) -> list[str]:
+    """The store directory's entries, but for this store object's own scratch directory while it is
+    empty (it lives, locked, until the store is closed; anything left in it is listed)."""
+    scratch = store.scratch_dir
+    names = sorted(os.listdir(store.real_store_dir))
+    if scratch is not None and not os.listdir(scratch):
+        names.remove(os.path.basename(os.fsdecode(scratch)))
+    return names
+
+
 def leftovers(store: LocalStore) -> list[str]:
-    return sorted(
-        n
-        for n in os.listdir(store.real_store_dir)
-        if n.startswith(".xstore") or n.endswith((".lock", "-xstore-tmp"))
-    )
+    return [
+        n for n in store_entries(store) if n.startswith(".xstore") or n.endswith((".lock", "-xstore-tmp"))
+    ]
 
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[LocalStore]:
     with LocalStore.create(tmp_path / "root", case_hack=CaseHackMode.OFF) as s:
         yield s
-
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import json
 import os
 import sqlite3
@@ -202,6 +203,10 @@ class LocalStore(Store):
         self.read_only = read_only
         self.extra_trusted_keys: list[str] = []
         self._temp_roots: RootsFile | None = None
+        self._scratch: contextlib.ExitStack | None = None
+        self._scratch_dir = b""
+        self._scratch_count = itertools.count()
+        self._have_locks_dir = False
         if not (self.db_dir / "db.sqlite").exists() and not _create:
             raise StoreError(
                 f"no store at '{self.root}' (no nix/var/nix/db/db.sqlite); "
@@ -440,6 +445,9 @@ class LocalStore(Store):
         return self._db
 
     def close(self) -> None:
+        scratch, self._scratch = self._scratch, None
+        if scratch is not None:
+            scratch.close()  # removes the scratch directory (before the temporary roots it relies on)
         if self._temp_roots is not None:
             self._temp_roots.release()
             self._temp_roots = None
@@ -642,12 +650,19 @@ class LocalStore(Store):
             added += self.add_signatures(path, signed.sigs)
         return added
 
+    def _locks_dir(self) -> Path:
+        """`nix/var/xstore/locks`, made once per store object."""
+        locks = self.xstore_dir / "locks"
+        if not self._have_locks_dir:
+            locks.mkdir(parents=True, exist_ok=True)
+            self._have_locks_dir = True
+        return locks
+
     def lock(self, path: StorePath, *, blocking: bool = True) -> PathLock:
         """Lock `path` for adding it: xstore's own lock and, where safe, Nix's `<path>.lock`
         (`pathlocks.py` says why both). Without `blocking`, the lock's `acquired` says whether it was
         free."""
-        locks = self.xstore_dir / "locks"
-        locks.mkdir(parents=True, exist_ok=True)
+        locks = self._locks_dir()
 
         def lock_is_a_valid_path() -> bool:
             try:
@@ -706,6 +721,23 @@ class LocalStore(Store):
                 os.unlink(locks / token)
             assert lock_fd is not None
             os.close(lock_fd)
+
+    @property
+    def scratch_dir(self) -> bytes | None:
+        """This store object's scratch directory while it has one (see `scratch_entry`)."""
+        return self._scratch_dir if self._scratch is not None else None
+
+    def scratch_entry(self) -> bytes:
+        """A fresh name in this store object's scratch directory: one private temporary directory inside
+        the real store directory (`temp_dir`), made the first time a path is added and kept until
+        `close()`, so that adding many paths costs no directory of its own per path. The name does not
+        exist yet; whoever makes it there removes it again unless it is moved into place."""
+        with self._db_lock:
+            if self._scratch is None:
+                stack = contextlib.ExitStack()
+                self._scratch_dir = stack.enter_context(self.temp_dir())
+                self._scratch = stack
+            return self._scratch_dir + b"/%d" % next(self._scratch_count)
 
     def clean_temp(self) -> list[str]:
         """Remove what killed xstore processes left in the store: temporary directories whose lock is

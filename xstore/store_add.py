@@ -61,18 +61,16 @@ class PathAdder:
         if expected is not None:
             self._check_references(expected)
         self._exit = contextlib.ExitStack()
-        try:
-            tmp = self._exit.enter_context(store.temp_dir())
-            settings = store.settings
-            self._dest = tmp + b"/nar"
-            self.writer = TreeWriter(
-                self._dest,
-                case_hack=CaseHackMode.ON if settings.case_hack else CaseHackMode.OFF,
-                fold=settings.fold,
-            )
-        except BaseException:
-            self._exit.close()
-            raise
+        settings = store.settings
+        # Built in place in the store's scratch directory (private, locked, a temporary root), then
+        # renamed into the store: no directory of its own per path.
+        self._dest = store.scratch_entry()
+        self.writer = TreeWriter(
+            self._dest,
+            case_hack=CaseHackMode.ON if settings.case_hack else CaseHackMode.OFF,
+            fold=settings.fold,
+            staging=False,
+        )
         self._exit.callback(self.writer.abort)
 
     def handle(self, event: Event) -> None:
@@ -121,9 +119,8 @@ class PathAdder:
             self.writer.commit()
             store = self.store
             store.add_temp_root(info.path)
-            existing = store.query_path_info(info.path)
-            if existing is not None:
-                self._check_same(existing, info)
+            if store.is_valid(info.path):  # the usual answer is no: one query, no lock
+                self._check_same(store.require(info.path), info)
                 return False
             self._check_references(info)
             with store.lock(info.path):
@@ -136,6 +133,7 @@ class PathAdder:
                 # Move first, make read-only after: moving a directory to another parent needs write
                 # permission on it (to update its ".."), which only root has once it is 0555.
                 os.rename(self._dest, real)
+                self.writer.moved()
                 try:
                     canonicalise(real)
                     store.register(info)

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.cacheservers import StaticServer, UploadServer, serve, serving
+from tests.localstores import store_entries
 from xstore.cache.base import BinaryCacheStore
 from xstore.casehack import CaseHackMode
 from xstore.copy import copy_paths
@@ -245,7 +246,7 @@ def test_narinfo_lying_about_sizes(source: LocalStore, closure: Closure, tmp_pat
             with pytest.raises(HashMismatchError, match=closure.lib.hash_part):
                 copy_paths(src, dest, [closure.lib])
             assert not dest.is_valid(closure.lib)
-            assert [n for n in os.listdir(dest.real_store_dir) if not n.startswith(".links")] == []
+            assert [n for n in store_entries(dest) if not n.startswith(".links")] == []
 
 
 def test_not_a_cache(tmp_path: Path) -> None:
@@ -389,7 +390,7 @@ def test_http_drop_without_ranges_fails_cleanly(served_cache: Path, closure: Clo
             copy_paths(src, dest, [closure.lib])
         assert str(closure.lib) in str(caught.value)
         assert not dest.is_valid(closure.lib)
-        assert os.listdir(dest.real_store_dir) == []
+        assert store_entries(dest) == []
 
 
 def test_http_netrc(served_cache: Path, tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from tests.localstores import store_entries
 from tests.upkeep import Spec, make_store, register_tree
 from xstore.casehack import CaseHackMode
 from xstore.cli.app import app
@@ -83,7 +84,7 @@ def test_repair_from_another_store(
             b"A.so",
             b"a.so~nix~case~hack~1",
         ]
-    assert [n for n in os.listdir(store.real_store_dir) if "xstore" in n] == []
+    assert [n for n in store_entries(store) if "xstore" in n] == []
     # Intact now: left alone unless forced.
     assert repair_path(store, paths["lib"], [source]).source is None
     assert repair_path(store, paths["lib"], [source], force=True).source == source.describe()

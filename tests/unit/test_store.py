@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tests.localstores import dummy, export_bytes, leftovers, read_from, rows, sp
+from tests.localstores import dummy, export_bytes, leftovers, read_from, rows, sp, store_entries
 from xstore.casehack import CaseHackMode, Fold, probe
 from xstore.cli.app import app
 from xstore.errors import HashMismatchError, InvalidPathError, StoreError, XstoreError
@@ -381,7 +381,7 @@ def test_import_missing_reference_leaves_nothing(
         with pytest.raises(InvalidPathError, match="is not valid"):
             import_stream(other, read_from(stream))
         assert other.all_paths() == []
-        assert os.listdir(other.real_store_dir) == []
+        assert store_entries(other) == []
 
 
 @pytest.mark.case_sensitive_tmp  # the `filled` store holds README and Readme side by side

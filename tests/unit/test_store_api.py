@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.localstores import add_path, dummy, export_bytes, leftovers, read_from, rows, sp
+from tests.localstores import add_path, dummy, export_bytes, leftovers, read_from, rows, sp, store_entries
 from xstore.casehack import CaseHackMode, Fold
 from xstore.copy import copy_paths, plan_copy
 from xstore.errors import (
@@ -160,7 +160,7 @@ def test_add_to_store_refusals_leave_nothing(
         other.add_to_store(info, read_from(nar), check_sigs=False)
     assert rows(other) == []
     assert leftovers(other) == []
-    assert os.listdir(other.real_store_dir) == []
+    assert store_entries(other) == []
 
 
 def test_add_to_store_refuses_bytes_after_the_nar(
@@ -170,7 +170,7 @@ def test_add_to_store_refuses_bytes_after_the_nar(
     with pytest.raises(TrailingDataError):
         other.add_to_store(store.require(doc), read_from(nar_of(store, doc) + b"x"), check_sigs=False)
     assert rows(other) == []
-    assert os.listdir(other.real_store_dir) == []
+    assert store_entries(other) == []
 
 
 # -- the add transaction, metadata last (export streams) ----------------------------------------------------
@@ -201,7 +201,7 @@ def test_import_refusals_leave_nothing(
             import_stream(other, read_from(stream[:cut]))
         assert rows(other) == []
     assert leftovers(other) == []
-    assert sorted(os.listdir(other.real_store_dir)) == []
+    assert store_entries(other) == []
 
 
 def test_import_then_export_is_byte_identical(
@@ -270,7 +270,7 @@ def test_copy_of_a_modified_path_is_refused(
     with pytest.raises(HashMismatchError):
         copy_paths(store, other, [doc])
     assert rows(other) == []
-    assert os.listdir(other.real_store_dir) == []
+    assert store_entries(other) == []
 
 
 def test_pipe_nar_stops_the_writer_when_the_reader_fails() -> None:

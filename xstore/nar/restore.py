@@ -88,7 +88,9 @@ class TreeWriter:
     """Creates the tree described by a stream of NAR events at `dest`, atomically.
 
     Call `handle(event)` for each event in order, then `commit()` once the archive has ended, or
-    `abort()` on any failure (safe to call more than once, and after `commit`). Raises
+    `abort()` on any failure (safe to call more than once, and after `commit`). With `staging` off, the
+    tree is built in place at `dest`, whose directory the caller keeps private (the store's scratch
+    directory); `abort` then removes it. Raises
     `DestinationExistsError` at construction if `dest` exists, `RestoreError` for filesystem
     failures, `CaseHackError` for names the case hack cannot separate.
     """
@@ -99,6 +101,7 @@ class TreeWriter:
         *,
         case_hack: CaseHackMode = CaseHackMode.AUTO,
         fold: Fold | None = None,
+        staging: bool = True,
     ) -> None:
         self.dest = os.path.abspath(os.fsencode(dest))
         parent, self._name = os.path.split(self.dest)
@@ -112,13 +115,23 @@ class TreeWriter:
             self._parent_fd = os.open(parent, _DIR_FLAGS & ~os.O_NOFOLLOW)
         except OSError as e:
             raise RestoreError(f"cannot open '{os.fsdecode(parent)}': {e.strerror}") from e
-        with contextlib.suppress(OSError):
-            remove_dead_staging(self._parent_fd)  # what killed restores left here
-        self._staging = staging_name(self._name)
         self._stack: list[_Dir] = []
         self._file_fd = -1
         self._renamed = 0
         self._preallocate = _fallocate is not None
+        self._staged = staging
+        self._committed = False
+        if not staging:
+            # The caller's directory is private already (the store's scratch directory): the tree is
+            # built in place, and `abort` removes it.
+            self._staging = b""
+            self._staging_fd = -1
+            self._root_fd, self._root_name = self._parent_fd, self._name
+            self._set_mode(case_hack, fold, parent)
+            return
+        with contextlib.suppress(OSError):
+            remove_dead_staging(self._parent_fd)  # what killed restores left here
+        self._staging = staging_name(self._name)
         try:
             os.mkdir(self._staging, 0o700, dir_fd=self._parent_fd)
         except OSError as e:
@@ -136,14 +149,18 @@ class TreeWriter:
             raise RestoreError(
                 f"cannot create a staging directory in '{os.fsdecode(parent)}': {e.strerror}"
             ) from e
+        self._root_fd, self._root_name = self._staging_fd, _ROOT_NAME
         try:
-            self.probed = probe(self._staging_path()) if case_hack is CaseHackMode.AUTO else None
-            if case_hack is CaseHackMode.AUTO and fold is None and self.probed is not None:
-                fold = self.probed.fold
-            self.case_hack, self.fold = resolve_restore_mode(case_hack, fold, self.probed)
+            self._set_mode(case_hack, fold, self._staging_path())
         except BaseException:
             self.abort()
             raise
+
+    def _set_mode(self, case_hack: CaseHackMode, fold: Fold | None, where: bytes) -> None:
+        self.probed = probe(where) if case_hack is CaseHackMode.AUTO else None
+        if case_hack is CaseHackMode.AUTO and fold is None and self.probed is not None:
+            fold = self.probed.fold
+        self.case_hack, self.fold = resolve_restore_mode(case_hack, fold, self.probed)
 
     def _staging_path(self) -> bytes:
         return os.path.join(os.path.dirname(self.dest), self._staging)
@@ -191,7 +208,7 @@ class TreeWriter:
     def _place(self, path: tuple[bytes, ...]) -> tuple[bytes, _Dir]:
         """The on-disk name for the node at `path` and the directory it goes in."""
         if not path:
-            return _ROOT_NAME, _Dir(self._staging_fd, None, b"")
+            return self._root_name, _Dir(self._root_fd, None, b"")
         where = self._stack[-1]
         name = path[-1]
         if where.names is not None:
@@ -208,7 +225,7 @@ class TreeWriter:
         try:
             return make() or 0
         except FileExistsError as e:
-            shown = os.fsdecode(where.shown + b"/" + name) if name != _ROOT_NAME or self._stack else "/"
+            shown = os.fsdecode(where.shown + b"/" + name) if name != self._root_name or self._stack else "/"
             hint = (
                 "the destination filesystem folds case or normalisation; use --case-hack on"
                 + (" --case-fold apfs" if self.case_hack else "")
@@ -259,6 +276,9 @@ class TreeWriter:
         """Move the finished tree to `dest`. Raises `DestinationExistsError` if `dest` appeared."""
         if self._stack or self._file_fd >= 0:
             raise RestoreError("the archive is not complete")
+        if not self._staged:
+            self._close_descriptors()  # built in place: the caller moves it, then calls `moved()`
+            return
         try:
             if os.path.lexists(self.dest):
                 raise DestinationExistsError(
@@ -303,26 +323,50 @@ class TreeWriter:
     def _rename_root(self) -> None:
         os.rename(_ROOT_NAME, self._name, src_dir_fd=self._staging_fd, dst_dir_fd=self._parent_fd)
 
-    def abort(self) -> None:
-        """Remove the staging directory and close every descriptor. Idempotent."""
+    def moved(self) -> None:
+        """Without staging: the caller has moved the finished tree away from `dest`; `abort` then has
+        nothing to remove."""
+        self._committed = True
+
+    def _close_descriptors(self) -> None:
         if self._file_fd >= 0:
             os.close(self._file_fd)
             self._file_fd = -1
         while self._stack:
             os.close(self._stack.pop().fd)
+
+    def abort(self) -> None:
+        """Remove the staging directory (without staging: the tree at `dest`, unless `moved`) and close
+        every descriptor. Idempotent."""
+        self._close_descriptors()
         if self._staging_fd >= 0:
             os.close(self._staging_fd)
             self._staging_fd = -1
         if self._parent_fd >= 0:
             parent_fd, self._parent_fd = self._parent_fd, -1
             try:
-                with contextlib.suppress(FileNotFoundError):
-                    shutil.rmtree(self._staging, dir_fd=parent_fd)
+                if self._staged:
+                    with contextlib.suppress(FileNotFoundError):
+                        shutil.rmtree(self._staging, dir_fd=parent_fd)
+                elif not self._committed:
+                    _remove_entry(parent_fd, self._name)
             finally:
                 os.close(parent_fd)
 
     def result(self, nar_size: int) -> RestoreResult:
         return RestoreResult(nar_size, self.case_hack, self.fold, self._renamed, self.probed)
+
+
+def _remove_entry(dir_fd: int, name: bytes) -> None:
+    """Remove `name` (a tree, a file or a symlink) from the directory open at `dir_fd`; missing is fine."""
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(name, dir_fd=dir_fd)
+    else:
+        os.unlink(name, dir_fd=dir_fd)
 
 
 def restore_path(

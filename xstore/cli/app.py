@@ -20,6 +20,7 @@ from xstore.cli import nar as nar_cli
 from xstore.cli import optimise as optimise_cli
 from xstore.cli import query as query_cli
 from xstore.cli import ro as ro_cli
+from xstore.cli import serve as serve_cli
 from xstore.cli import store as store_cli
 from xstore.cli.common import guard_standard_streams
 
@@ -44,6 +45,7 @@ app.add_typer(ro_cli.app, name="ro")
 app.add_typer(mount_cli.app, name="mount")
 app.command("umount")(mount_cli.umount)
 app.add_typer(key_cli.app, name="key")
+app.add_typer(serve_cli.app, name="serve")
 app.command("sign")(key_cli.sign)
 store_cli.register(app)
 query_cli.register(app)

@@ -8,17 +8,19 @@ store, so paths added while the server runs are served at once:
   store's read-only connection sees every new commit), signed on the fly with `--secret-key`;
 - a NAR is dumped live with its original names (a case-hacked store gives the NARs of the paths as they
   were added) by the store's `nar_from_path` in a worker thread, optionally compressed there, and handed
-  to the trio thread through a channel without buffer in pieces of `PIECE` bytes: a NAR never sits in
-  memory, however large, and each transfer holds about a megabyte whatever its client's speed;
+  to the trio thread through a channel without buffer, a dump's block (about 1 MiB) at a time: a NAR
+  never sits in memory, however large, and each transfer holds about two blocks whatever its client's
+  speed;
 - a listing (`.ls`) is built by the NAR parser from the same live dump.
 
 **Integrity.** The store checks the NAR's hash as it dumps and raises at the end when it no longer
 matches the registered one (`HashMismatchError`); the NAR's size is checked against the registration on
-the way. The last piece of every NAR response is held back until that check has passed, and a failed
-check aborts the response: the connection is closed with the body short of its `Content-Length`, or
-without the final chunk of a chunked body (and without the end of the compressed stream), so no client
-ever takes a complete response for a NAR that is not the registered one; the log says why. A range of a
-NAR is checked the same way: the whole NAR is dumped and hashed, its last piece held until then.
+the way. The block holding the response's last byte is held back until that check has passed (and only
+then compressed), and a failed check aborts the response: the connection is closed with the body short
+of its `Content-Length`, or without the final chunk of a chunked body (and without the end of the
+compressed stream), so no client ever takes a complete response for a NAR that is not the registered
+one; the log says why. A range of a NAR is checked the same way: the whole NAR is dumped and hashed, the
+range's last block held until then.
 
 **Concurrency.** Each request is a trio task; a slow client slows only its own transfer (the producer
 thread waits on the channel). A client that disconnects is noticed (`http.disconnect`, or the failed
@@ -87,7 +89,7 @@ Log = Callable[[str], None]
 Receive = Callable[[], Awaitable[Mapping[str, Any]]]
 Send = Callable[[Mapping[str, Any]], Awaitable[None]]
 
-PIECE: Final = 256 << 10  # bytes handed to the connection at a time
+PIECE: Final = 1 << 20  # at most this many bytes go to the connection at a time (a dump's block)
 GRACE: Final = 5.0  # seconds open transfers get to finish once the server is asked to stop
 FORCED_EXIT: Final = 10.0  # seconds after the grace when the process exits even with a stuck connection
 USER_TIMEOUT: Final = 300  # seconds without acknowledgement before the kernel drops a connection (Linux)
@@ -356,6 +358,9 @@ class CacheApp:
         def produce() -> None:
             position = 0
             first, last = span if span is not None else (0, info.nar_size - 1)
+            # The part of the NAR holding the response's last byte, kept until the whole NAR has checked
+            # out: only then does it go out (or, compressed, into the compressor), with the end.
+            withheld: list[bytes] = []
 
             def sink(block: bytes) -> None:
                 nonlocal position
@@ -369,11 +374,17 @@ class CacheApp:
                     )
                 if position <= first or start > last:
                     return
-                writer(block[max(0, first - start) : last + 1 - start] if span is not None else block)
+                part = block[max(0, first - start) : last + 1 - start] if span is not None else block
+                if position > last:
+                    withheld.append(part)
+                else:
+                    writer(part)
 
             try:
                 writer = open_writer(hand_over, method, level=_LEVELS.get(method))
-                store.nar_from_path(info.path, sink)
+                store.nar_from_path(info.path, sink)  # raises when the NAR is not the registered one
+                for part in withheld:
+                    writer(part)
                 writer.finish()
                 trio.from_thread.run(send_channel.send, _END, trio_token=token)
             except (
@@ -401,20 +412,17 @@ class CacheApp:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch_disconnect, nursery.cancel_scope)
             nursery.start_soon(functools.partial(trio.to_thread.run_sync, produce, limiter=self.nar_threads))
-            held: bytes | None = None
             with receive_channel:
                 async for piece in receive_channel:
                     if isinstance(piece, _End):
                         checked = True
                         break
-                    if held is not None:
-                        await ex.body(held)
-                    held = piece
+                    await ex.body(piece)
             if checked:
                 # Shielded: the end of a response runs through hypercorn's connection bookkeeping, which
                 # must not be cut half-way (it reports `http.disconnect` to the watcher on the way).
                 with trio.CancelScope(shield=True):
-                    await ex.end(held or b"")
+                    await ex.end()
             nursery.cancel_scope.cancel()
         if not checked:
             if failure:
@@ -427,9 +435,10 @@ class CacheApp:
             # sees a short or unterminated body, never a complete one.
 
 
-# Compression levels for NARs compressed while they are sent: zstd's default; xz's preset 3 (where
-# 6, Nix's default for caches, needs about 94 MiB per stream against 32 MiB).
-_LEVELS: Final = {Method.ZSTD: 3, Method.XZ: 3}
+# Compression levels for NARs compressed while they are sent, chosen for memory (every transfer has its own
+# compressor): zstd's default level 3 (about 3 MiB); xz's preset 1 (about 9 MiB, where preset 6, Nix's
+# default for caches it writes, takes about 94 MiB).
+_LEVELS: Final = {Method.ZSTD: 3, Method.XZ: 1}
 
 
 # -- the server ----------------------------------------------------------------------------------------

@@ -161,6 +161,13 @@ class _Exchange:
         await self.whole(status, MIME_TEXT, f"{reason}\n".encode(), extra)
 
 
+def _cancelled(e: BaseException) -> bool:
+    """Whether `e` is a cancellation, alone or in a group (a nursery's)."""
+    if isinstance(e, BaseExceptionGroup):
+        return e.split(trio.Cancelled)[1] is None
+    return isinstance(e, trio.Cancelled)
+
+
 def _shown_target(scope: Mapping[str, Any]) -> str:
     raw: bytes = scope.get("raw_path", b"") or b""
     query: bytes = scope.get("query_string", b"") or b""
@@ -205,23 +212,28 @@ class CacheApp:
     async def _http(self, ex: _Exchange) -> None:
         try:
             await self._answer(ex)
-        except trio.Cancelled:
+        except BaseException as e:
+            if not _cancelled(e):
+                if not isinstance(e, Exception):
+                    raise
+                self._failed(ex, e)
+                if not ex.status:
+                    with contextlib.suppress(Exception):
+                        await ex.error(500, "internal error")
+                        self._failed(ex, e)
+                return
             ex.note = ex.note or ("client went away" if ex.disconnected else "cut: server stopping")
             raise
-        except Exception as e:  # noqa: BLE001 (a failure answers this request only; the server goes on)
-            ex.note = (
-                f"error: {e}" if isinstance(e, XstoreError | OSError) else f"bug: {type(e).__name__}: {e}"
-            )
-            if os.environ.get("XSTORE_DEBUG") == "1":
-                import traceback
-
-                self.log(traceback.format_exc().rstrip())
-            if not ex.status:
-                with contextlib.suppress(Exception):
-                    await ex.error(500, "internal error")
-                    ex.note = f"error: {e}"
         finally:
             self._log(ex)
+
+    def _failed(self, ex: _Exchange, e: Exception) -> None:
+        """A failure answers this request only; the server goes on."""
+        ex.note = f"error: {e}" if isinstance(e, XstoreError | OSError) else f"bug: {type(e).__name__}: {e}"
+        if os.environ.get("XSTORE_DEBUG") == "1":
+            import traceback
+
+            self.log("".join(traceback.format_exception(e)).rstrip())
 
     def _log(self, ex: _Exchange) -> None:
         client = ex.scope.get("client")
@@ -527,15 +539,17 @@ async def _run(app: CacheApp, config: Config, url: str, log: Log) -> None:
     stopping = trio.Event()
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
+            app_cancel = trio.CancelScope()
 
             async def server(task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
-                await hypercorn_serve(
-                    app,  # type: ignore[arg-type]
-                    config,
-                    shutdown_trigger=stopping.wait,
-                    task_status=task_status,
-                    mode="asgi",
-                )
+                with app_cancel:
+                    await hypercorn_serve(
+                        app,  # type: ignore[arg-type]
+                        config,
+                        shutdown_trigger=stopping.wait,
+                        task_status=task_status,
+                        mode="asgi",
+                    )
                 nursery.cancel_scope.cancel()
 
             await nursery.start(server)
@@ -546,17 +560,18 @@ async def _run(app: CacheApp, config: Config, url: str, log: Log) -> None:
                     log(f"stopping ({name}): no new connections; open transfers have {GRACE:g} s to finish")
                     app.stopping = True
                     stopping.set()
-                    nursery.start_soon(_forced_exit, log)
+                    nursery.start_soon(_forced_exit, log, GRACE + FORCED_EXIT)
                 else:
                     log(f"stopping ({name} again): cutting open transfers")
-                    nursery.cancel_scope.cancel()
+                    app_cancel.cancel()
+                    nursery.start_soon(_forced_exit, log, 1.0)
     log("stopped")
 
 
-async def _forced_exit(log: Log) -> None:
+async def _forced_exit(log: Log, delay: float) -> None:
     """The last resort, for a connection stuck in a write the client never reads (hypercorn shields its
-    writes from cancellation): exit without waiting for it."""
-    await trio.sleep(GRACE + FORCED_EXIT)
+    writes from cancellation): exit without waiting for it after `delay` seconds."""
+    await trio.sleep(delay)
     log("stopped (a connection did not close; exiting without it)")
     with contextlib.suppress(OSError, ValueError):
         sys.stderr.flush()

@@ -232,8 +232,11 @@ def test_nars_compressed(shared: tuple[Path, dict[StorePath, PathInfo]], method:
             assert url.endswith(".nar.zst" if method == "zstd" else ".nar.xz")
             got = client.get(url, headers={"Range": "bytes=0-10"})  # ignored: compressed on the fly
             assert got.status_code == 200
-            assert "content-length" not in got.headers
-            assert got.headers["transfer-encoding"] == "chunked"
+            if path == TOP:  # streamed as it is compressed
+                assert "content-length" not in got.headers
+                assert got.headers["transfer-encoding"] == "chunked"
+            else:  # small: compressed whole, then sent
+                assert got.headers["content-length"] == str(len(got.content))
             data = pyzstd.decompress(got.content) if method == "zstd" else lzma.decompress(got.content)
             assert data == nar_of(root, path)
         # The plain form of the same NAR is served too (a narinfo read before a restart still works).
@@ -335,8 +338,16 @@ def test_modified_path_is_never_served_whole(method: str, tmp_path: Path) -> Non
         _, dep_url = narinfo(client, DEP)
         assert client.get(dep_url).status_code == 200
         assert client.get(f"/{TOP.hash_part}.ls").status_code == 500
+        # A small NAR is checked whole before it is sent: 500, nothing of it.
+        small = root / "nix" / "store" / DEP.base / "lib" / "libdep.so"
+        os.chmod(small.parent, 0o700)
+        os.chmod(small, 0o600)
+        small.write_bytes(small.read_bytes()[:-1] + b"!")
+        refused = client.get(dep_url)
+        assert refused.status_code == 500
+        assert b"ELF" not in refused.content
     log = server.log()
-    assert log.count("was modified") == len(requests) + 2, log
+    assert log.count("was modified") == len(requests) + 3, log
     assert infos[TOP].nar_hash_sri() in log
 
 

@@ -20,7 +20,9 @@ then compressed), and a failed check aborts the response: the connection is clos
 of its `Content-Length`, or without the final chunk of a chunked body (and without the end of the
 compressed stream), so no client ever takes a complete response for a NAR that is not the registered
 one; the log says why. A range of a NAR is checked the same way: the whole NAR is dumped and hashed, the
-range's last block held until then.
+range's last block held until then. A small NAR (up to `SMALL_NAR` bytes, most store paths) is read whole
+and checked before anything is sent, in the same trip to a worker thread as the database query; one
+that fails the check gets 500.
 
 **Concurrency.** Each request is a trio task; a slow client slows only its own transfer (the producer
 thread waits on the channel). A client that disconnects is noticed (`http.disconnect`, or the failed
@@ -94,6 +96,7 @@ GRACE: Final = 5.0  # seconds open transfers get to finish once the server is as
 FORCED_EXIT: Final = 10.0  # seconds after the grace when the process exits even with a stuck connection
 USER_TIMEOUT: Final = 300  # seconds without acknowledgement before the kernel drops a connection (Linux)
 NAR_THREADS: Final = 64  # dumps at once; more transfers wait for a thread
+SMALL_NAR: Final = 128 << 10  # NARs up to this size are read whole, checked, then sent in one piece
 DB_THREADS: Final = 4
 DEFAULT_LISTEN: Final = "127.0.0.1:5000"
 
@@ -319,8 +322,50 @@ class CacheApp:
 
     # -- NARs ------------------------------------------------------------------------------------------
 
+    def _lookup_nar(self, target: Route, want_body: bool) -> tuple[PathInfo | None, bytes | Exception | None]:
+        """The path's registration, and for a small NAR (at most `SMALL_NAR` bytes) its whole body,
+        compressed as asked and checked against the registration (or the `HashMismatchError` saying why
+        not), all in one trip to a worker thread: most paths are small, and a request for one then costs
+        no more thread hops than a narinfo's."""
+        info = self._info(target.hash_part)
+        if (
+            info is None
+            or nar_hash_nix32(info) != target.nar_hash
+            or not want_body
+            or info.nar_size > SMALL_NAR
+        ):
+            return info, None
+        nar = bytearray()
+
+        def sink(block: bytes) -> None:
+            nar.extend(block)
+            if len(nar) > info.nar_size:
+                raise HashMismatchError(
+                    f"path '{info.path}' was modified: its NAR is now longer than the registered "
+                    f"{info.nar_size} bytes",
+                    path=info.path.path,
+                )
+
+        try:
+            self.store.nar_from_path(info.path, sink)
+        except HashMismatchError as e:
+            return info, e
+        if target.compression is Method.NONE:
+            return info, bytes(nar)
+        out = bytearray()
+        writer = open_writer(out.extend, target.compression, level=_LEVELS.get(target.compression))
+        writer(bytes(nar))
+        writer.finish()
+        return info, bytes(out)
+
     async def _nar(self, ex: _Exchange, target: Route) -> None:
-        info = await self._db(self._info, target.hash_part)
+        info, body = await trio.to_thread.run_sync(
+            self._lookup_nar, target, not ex.head, limiter=self.nar_threads
+        )
+        if isinstance(body, Exception):
+            self.log(f"error: {body}")
+            await ex.error(500, "the path's contents no longer match its registered hash")
+            return
         if info is None or nar_hash_nix32(info) != target.nar_hash:
             await ex.error(404, "no such NAR" if info is None else "the path's NAR hash is not this one")
             return
@@ -351,6 +396,14 @@ class CacheApp:
         if ex.head:
             await ex.start(200, headers)
             await ex.end()
+            return
+        if body is not None:
+            if span is not None:
+                body = body[span[0] : span[1] + 1]
+            elif method is not Method.NONE:
+                headers.append((b"content-length", b"%d" % len(body)))
+            await ex.start(206 if span is not None else 200, headers)
+            await ex.end(body)
             return
         await ex.start(206 if span is not None else 200, headers)
         await self._stream_nar(ex, info, method, span)

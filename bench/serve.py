@@ -174,8 +174,8 @@ def xstore_server(
     env["PYTHONPYCACHEPREFIX"] = str(workdir / "pycache")
     with open(log_file, "wb") as f:
         proc = subprocess.Popen(
-            [xstore, "serve", "http", "--store", str(root), "--listen", "127.0.0.1:0", "--secret-key", str(sk),
-             "--compression", compression],
+            [xstore, "serve", "http", "--store", str(root), "--listen", "127.0.0.1:0",
+             "--secret-key", str(sk), "--compression", compression],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=f, env=env,
         )  # fmt: skip
     try:
@@ -218,8 +218,8 @@ def markdown(cases: list[Case], runs: int, load: tuple[float, float]) -> str:
         f"Median of {runs} runs after one warm-up; 1-minute load average {load[0]:.2f} before, "
         f"{load[1]:.2f} after.",
         "",
-        "| case | from `xstore serve http` | from a static server over Nix's cache | ratio | target | CPU ratio "
-        "(client) | server peak RSS |",
+        "| case | from `xstore serve http` | from a static server over Nix's cache | ratio | target "
+        "| CPU ratio (client) | server peak RSS |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for case in cases:

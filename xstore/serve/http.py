@@ -191,7 +191,6 @@ class CacheApp:
         self.cache_info = cache_info(options.priority, store.store_dir)
         self.nar_threads = trio.CapacityLimiter(NAR_THREADS)
         self.db_threads = trio.CapacityLimiter(DB_THREADS)
-        self.stopping = False
 
     async def __call__(self, scope: Mapping[str, Any], receive: Receive, send: Send) -> None:
         kind = scope.get("type")
@@ -611,7 +610,6 @@ async def _run(app: CacheApp, config: Config, url: str, log: Log) -> None:
                 name = signal.Signals(signum).name
                 if not stopping.is_set():
                     log(f"stopping ({name}): no new connections; open transfers have {GRACE:g} s to finish")
-                    app.stopping = True
                     stopping.set()
                     nursery.start_soon(_forced_exit, log, GRACE + FORCED_EXIT)
                 else:

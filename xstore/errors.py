@@ -206,6 +206,10 @@ class StreamClosedError(StateError, OSError):
 class BinaryCacheError(StateError, OSError):
     """A binary cache cannot be used: unreachable, refusing, for another store directory, not a cache."""
 
+class ServeError(StateError, OSError):
+    """A server cannot start or go on: the address cannot be listened on, the store cannot be served."""
+
+
 class RepairError(StateError, LookupError):
     """A path cannot be repaired: no source has it with its registered hash, or no source was given."""
 

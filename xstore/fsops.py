@@ -217,7 +217,12 @@ def _splice(src_fd: int, dst_fd: int, count: int) -> int:
 def _sendfile(src_fd: int, dst_fd: int, count: int) -> int:
     if not stat.S_ISREG(os.fstat(src_fd).st_mode):
         raise OSError(errno.ENOSYS, "sendfile reads regular files only")
-    return os.sendfile(dst_fd, src_fd, None, count)
+    # With an explicit offset (the form every platform's signature has); the source's position is
+    # then moved on by hand, as the offset-less Linux form would.
+    offset = os.lseek(src_fd, 0, os.SEEK_CUR)
+    n = os.sendfile(dst_fd, src_fd, offset, count)
+    os.lseek(src_fd, offset + n, os.SEEK_SET)
+    return n
 
 
 def _read_write(src_fd: int, dst_fd: int, count: int) -> int:

@@ -62,18 +62,24 @@ def _nix32(digest: bytes) -> str:
 
 
 def format_narinfo(narinfo: NarInfo, store_dir: str = STORE_DIR) -> str:
-    """The narinfo text, as `NarInfo::to_string` writes it. Raises `StoreError` for what Nix cannot
-    write either: no file hash, or one that is not SHA-256."""
+    """The narinfo text, as `NarInfo::to_string` writes it. A file hash that is not known (a NAR
+    compressed while it is served) is left out, as current Nix leaves it out, and so is a FileSize of 0
+    then; with a file hash, FileSize is always written, as 2.8 does. Raises `StoreError` for a file hash
+    that is not SHA-256, which Nix cannot write either."""
     info = narinfo.info
     file_hash = narinfo.file_hash
-    if file_hash is None or file_hash.algorithm is not HashAlgorithm.SHA256:
-        raise StoreError(f"cannot write the narinfo of '{info.path}' without a SHA-256 file hash")
+    if file_hash is not None and file_hash.algorithm is not HashAlgorithm.SHA256:
+        raise StoreError(f"cannot write the narinfo of '{info.path}' with a file hash that is not SHA-256")
     lines = [
         f"StorePath: {info.path.path_in(store_dir)}",
         f"URL: {narinfo.url}",
         f"Compression: {narinfo.compression}",
-        f"FileHash: {_nix32(file_hash.digest)}",
-        f"FileSize: {narinfo.file_size}",
+    ]
+    if file_hash is not None:
+        lines.append(f"FileHash: {_nix32(file_hash.digest)}")
+    if file_hash is not None or narinfo.file_size:
+        lines.append(f"FileSize: {narinfo.file_size}")
+    lines += [
         f"NarHash: {_nix32(info.nar_hash)}",
         f"NarSize: {info.nar_size}",
         "References: " + " ".join(ref.base for ref in sorted(set(info.references))),

@@ -71,8 +71,16 @@ def entry_from_stat(
     """FUSE attributes from a stat result, under the given inode number: the kernel may keep the entry
     for `timeout` seconds, and the attributes for `attr_timeout` (the same by default)."""
     entry = pyfuse3.EntryAttributes()
-    for attr in ("st_mode", "st_nlink", "st_uid", "st_gid", "st_rdev", "st_size", "st_blksize", "st_blocks"):
-        setattr(entry, attr, getattr(st, attr))
+    # One assignment per field (every entry of a listing comes through here; a loop of getattr/setattr
+    # by name costs twice as much).
+    entry.st_mode = pyfuse3.ModeT(st.st_mode)
+    entry.st_nlink = st.st_nlink
+    entry.st_uid = st.st_uid
+    entry.st_gid = st.st_gid
+    entry.st_rdev = st.st_rdev
+    entry.st_size = st.st_size
+    entry.st_blksize = st.st_blksize
+    entry.st_blocks = st.st_blocks
     entry.st_atime_ns = st.st_atime_ns
     entry.st_mtime_ns = st.st_mtime_ns
     entry.st_ctime_ns = st.st_ctime_ns

@@ -15,8 +15,8 @@ rename between two names of one inode, so a case-only rename would never arrive)
 
 A node the kernel still knows but that no lookup may return any more (the old canonical node after a
 rename through another spelling, a rename's overwritten target) is kept in the object's `retired`
-list, so that every node the kernel may have cached attributes of can still be named (`live_nodes`)
-when the object changes. Open files and directory handles remember the node they were opened through.
+list, so that every node the kernel may have cached attributes of can still be named when the object
+changes. Open files and directory handles remember the node they were opened through.
 
 Lifetimes. An object lives while the kernel knows one of its nodes (lookup counts, dropped by forget),
 an object it knows is in it (directories), a directory handle is open on it, or the layer holds it open.
@@ -183,14 +183,6 @@ class ObjectTable:
     def is_canonical(self, node: Node) -> bool:
         """Whether `node` is the one lookups of its object's stored spelling return."""
         return node.alias == b"" and node.obj.nodes.get(b"") is node
-
-    @staticmethod
-    def live_nodes(obj: BackingObject) -> list[Node]:
-        """Every node of `obj` the kernel may still know: findable ones and retired ones."""
-        nodes = list(obj.nodes.values())
-        if obj.retired:
-            nodes += obj.retired
-        return nodes
 
     def _retire(self, node: Node) -> None:
         if node.obj.retired is None:

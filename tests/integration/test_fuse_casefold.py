@@ -767,3 +767,51 @@ async def test_a_name_swapped_for_a_symlink_never_redirects_an_operation(
     assert os.listxattr(outside) == []
     await kernel.forget_all()
     ops.close()
+
+
+async def test_a_small_file_goes_into_the_page_cache_only_while_none_of_its_files_is_open(
+    tmp_path: Path,
+) -> None:
+    """Opened for reading, a small file's contents are put into the page cache of the node it was
+    opened through: only when no file of that node is open (else a read of it may be in progress,
+    holding the pages `store` must lock), and again only once the file changed."""
+    from xstore.fuse.casefold_cache import KernelCache
+
+    stored: list[tuple[int, bytes]] = []
+
+    class Recorder:
+        mounted = True
+        epoch = True
+
+        def invalidate_attributes(self, inode: int) -> None:
+            pass
+
+        def increment_epoch(self) -> None:
+            pass
+
+        def store(self, inode: int, data: bytes) -> bool:
+            stored.append((inode, data))
+            return True
+
+    kernel = Kernel(tmp_path)
+    ops, ctx = kernel.ops, kernel.ctx
+    ops._cache = KernelCache(ops._table, Fold.APFS, Recorder(), 10.0)
+    node = await kernel.create(ROOT, b"f")
+    (tmp_path / "f").write_bytes(b"one")
+    first = await ops.open(node, os.O_RDONLY, ctx)
+    assert stored == [(node, b"one")]
+    second = await ops.open(node, os.O_RDONLY, ctx)  # `first` is open: no store
+    writer = await ops.open(node, os.O_WRONLY, ctx)
+    await ops.write(writer.fh, 0, b"two!")
+    await ops.release(writer.fh)
+    await ops.release(first.fh)
+    third = await ops.open(node, os.O_RDONLY, ctx)  # `second` is still open
+    assert stored == [(node, b"one")]
+    await ops.release(second.fh)
+    await ops.release(third.fh)
+    await ops.release((await ops.open(node, os.O_RDONLY, ctx)).fh)  # none open, changed: store
+    assert stored == [(node, b"one"), (node, b"two!")]
+    await ops.release((await ops.open(node, os.O_RDONLY, ctx)).fh)  # unchanged: nothing to do
+    assert len(stored) == 2
+    await kernel.forget_all()
+    ops.close()

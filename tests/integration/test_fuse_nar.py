@@ -12,8 +12,9 @@ import random
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -256,3 +257,110 @@ def test_relative_paths(tree_nar: Path, tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.chdir(tmp_path)
     with mounted(["nar", "rel.nar", "rel"], tmp_path / "rel") as m:
         assert (m / "apple").read_text() == "lower case sorts later\n"
+
+
+def test_small_files_read_the_same_however_they_are_opened(tmp_path: Path, mountpoint: Path) -> None:
+    """A small file goes into the page cache when first opened (`common.STORE_ON_OPEN_MAX`); one open
+    while another is, reopened after both closed, and either side of the size bound: always its bytes."""
+    from xstore.fuse.common import STORE_ON_OPEN_MAX
+
+    rng = random.Random(3)
+    files = {
+        b"small": rng.randbytes(100),
+        b"at-bound": rng.randbytes(STORE_ON_OPEN_MAX),
+        b"past-bound": rng.randbytes(STORE_ON_OPEN_MAX + 1),
+    }
+    nar = tmp_path / "small.nar"
+    nar.write_bytes(archive(directory(*((name, regular(data)) for name, data in sorted(files.items())))))
+    with mounted(["nar", nar, mountpoint], mountpoint) as m:
+        for name, data in files.items():
+            path = os.path.join(os.fsencode(m), name)
+            first = os.open(path, os.O_RDONLY)
+            second = os.open(path, os.O_RDONLY)
+            try:
+                assert os.pread(second, len(data) + 10, 0) == data
+                assert os.pread(first, 50, len(data) - 50) == data[-50:]
+            finally:
+                os.close(first)
+                os.close(second)
+            with open(path, "rb") as f:
+                assert f.read() == data
+
+
+@pytest.fixture
+def nar_ops(tmp_path: Path) -> Iterator[Any]:
+    """`NarOperations` (not mounted) of an archive holding `f` (4 bytes) and `big` (past the bound)."""
+    from xstore.fuse.common import STORE_ON_OPEN_MAX
+    from xstore.fuse.narfs import NarOperations
+    from xstore.nar.listing import index_file
+
+    nar = tmp_path / "two.nar"
+    big = regular(bytes(STORE_ON_OPEN_MAX + 1))
+    nar.write_bytes(archive(directory((b"big", big), (b"f", regular(b"data")))))
+    with open(nar, "rb") as f:
+        ops = NarOperations(nar, index_file(f))
+    yield ops
+    ops.close()
+
+
+async def test_a_file_goes_into_the_page_cache_only_while_none_of_its_files_is_open(nar_ops: Any) -> None:
+    """The NAR view's handlers, called as the kernel would (no mount), with a notifier that records:
+    `store` only on an open when no file of that inode is open (else a read of it may be in progress,
+    holding the pages `store` must lock), until it worked once, and never for a file past the bound."""
+    import pyfuse3
+
+    stored: list[int] = []
+    accept = [False]  # the first store fails (as on a kernel that refuses it): later opens try again
+
+    class Recorder:
+        mounted = True
+        epoch = False
+
+        def invalidate_attributes(self, inode: int) -> None:
+            pass
+
+        def increment_epoch(self) -> None:
+            pass
+
+        def store(self, inode: int, data: bytes) -> bool:
+            assert data == b"data"
+            stored.append(inode)
+            return accept[0]
+
+    ops = nar_ops
+    ops.notifier = Recorder()
+    ctx: Any = None
+    small = (await ops.lookup(pyfuse3.ROOT_INODE, b"f", ctx)).st_ino
+    big = (await ops.lookup(pyfuse3.ROOT_INODE, b"big", ctx)).st_ino
+    one = await ops.open(small, os.O_RDONLY, ctx)
+    assert stored == [small]
+    two = await ops.open(small, os.O_RDONLY, ctx)  # `one` is open: no store
+    assert stored == [small]
+    await ops.release(one.fh)
+    three = await ops.open(small, os.O_RDONLY, ctx)  # `two` is still open
+    assert stored == [small]
+    await ops.release(two.fh)
+    await ops.release(three.fh)
+    accept[0] = True
+    await ops.release((await ops.open(small, os.O_RDONLY, ctx)).fh)  # none open: store
+    assert stored == [small, small]
+    await ops.release((await ops.open(small, os.O_RDONLY, ctx)).fh)  # stored once: enough
+    assert stored == [small, small]
+    await ops.release((await ops.open(big, os.O_RDONLY, ctx)).fh)
+    assert stored == [small, small]
+
+
+def test_readahead_is_raised_as_root(tree_nar: Path, mountpoint: Path) -> None:
+    """As root, the mount's readahead (its backing device info) is 1 MiB, so large files are read in
+    requests of 1 MiB; otherwise the kernel's 128 KiB stays."""
+    from xstore.fuse.lifecycle import READAHEAD_KIB
+
+    with mounted(["nar", tree_nar, mountpoint], mountpoint):
+        device = os.stat(mountpoint).st_dev
+        knob = Path(f"/sys/class/bdi/{os.major(device)}:{os.minor(device)}/read_ahead_kb")
+        require_or_skip(knob.exists(), f"{knob} does not exist (no sysfs?)")
+        value = int(knob.read_text())
+        if os.geteuid() == 0:
+            assert value == READAHEAD_KIB
+        else:
+            assert value <= READAHEAD_KIB

@@ -135,6 +135,16 @@ def mount_casefold(
             "(ASCII letters only, as Nix's case hack assumes)."
         ),
     ] = ModelOpt.apfs,
+    cache_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            metavar="SECONDS",
+            help="Seconds the kernel may keep names and attributes. Changes made through the layer show "
+            "at once under every spelling whatever this is; changes made to BACKING directly show after "
+            "it. 0: the kernel keeps nothing (every stat and path component asks the layer).",
+        ),
+    ] = 10.0,  # xstore.fuse.casefold_cache.DEFAULT_TIMEOUT (not imported here: start-up time)
     foreground: ForegroundOpt = False,
     nonempty: NonemptyOpt = False,
 ) -> None:
@@ -159,7 +169,7 @@ def mount_casefold(
             raise FuseMountError(f"'{path}' is not a directory")
         fold = Fold(model.value)
         mount_filesystem(
-            lambda: CasefoldOperations(os.fsencode(path), fold),
+            lambda: CasefoldOperations(os.fsencode(path), fold, timeout=cache_timeout),
             mountpoint,
             fsname=f"xstore-casefold:{path}",
             read_only=False,

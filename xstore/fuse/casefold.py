@@ -28,17 +28,24 @@ spelling gets the object's canonical inode (all hard links share it), and each o
 alias inode of its own. The price: `stat("FOO").st_ino` differs from `stat("foo").st_ino` when the file
 is stored as `foo` (on macOS they are equal), because pyfuse3 reports the FUSE node id as `st_ino`; and
 the kernel keeps a page cache per inode, so processes that have one file open under two spellings at once
-do not share cached pages (every open starts with an empty cache). The kernel caches neither entries nor
-attributes (timeouts of 0), since a change made through one spelling must be seen at once through every
-other.
+do not share cached pages.
+
+Kernel caches. The kernel may keep entries and attributes for `timeout` seconds (10 by default): the
+layer tells it at once, from the handler that made the change, whatever a change through one spelling
+makes untrue under another (`casefold_cache`: the connection's epoch for names, attribute invalidation
+for the other inodes of an object). So a change through one spelling shows at once through every other,
+and a tree walked or built through one spelling costs one request per name, not one per name per path
+component per call. A small file opened for reading is put into the page cache at once
+(`common.STORE_ON_OPEN_MAX`). Changes made to the backing directory directly show after the timeout;
+`timeout=0` restores the old behaviour (nothing cached, every stat and path component asks the layer).
 
 Concurrency. pyfuse3 runs handlers as trio tasks in one thread. Every handler that reads or changes the
 tables runs without an await, so it is atomic with respect to every other request: that is the single
-lock the design calls for. Only fsync, which may block for long, runs in a worker thread; it touches no
-table. Differences from APFS beyond inode numbers and the model: names the backing directory already
-holds that are not UTF-8 stay reachable under their exact spelling (APFS cannot hold them at all),
-RENAME_EXCHANGE is refused with EINVAL, and there is no fallocate (pyfuse3 has no such handler; glibc's
-posix_fallocate falls back to writing).
+lock the design calls for; the notifications it sends wait for no lock (see `notify`). Only fsync, which
+may block for long, runs in a worker thread; it touches no table. Differences from APFS beyond inode
+numbers and the model: names the backing directory already holds that are not UTF-8 stay reachable under
+their exact spelling (APFS cannot hold them at all), RENAME_EXCHANGE is refused with EINVAL, and there is
+no fallocate (pyfuse3 has no such handler; glibc's posix_fallocate falls back to writing).
 """
 
 from __future__ import annotations
@@ -55,13 +62,15 @@ import pyfuse3
 import trio
 
 from xstore.casehack import Fold
+from xstore.fuse.casefold_cache import DEFAULT_TIMEOUT, KernelCache
 from xstore.fuse.casefold_names import NameIndex
 from xstore.fuse.casefold_objects import (  # type: ignore[attr-defined, unused-ignore]  # Linux only
     BackingObject,
     Node,
     ObjectTable,
 )
-from xstore.fuse.common import entry_from_stat, wrap_handlers
+from xstore.fuse.common import STORE_ON_OPEN_MAX, entry_from_stat, wrap_handlers
+from xstore.fuse.notify import KernelNotifier, NullNotifier
 
 # Linux only (O_PATH, xattrs, fdatasync): a Mac's own volumes already fold case. The CLI says so before
 # importing this module; type checkers skip the rest on other platforms.
@@ -76,7 +85,6 @@ _OPEN_STRIP: Final = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_APPEND | os.O_D
 _STATVFS_FIELDS: Final = (
     "f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files", "f_ffree", "f_favail", "f_namemax"
 )  # fmt: skip
-_TIMEOUT: Final = 0.0  # the kernel caches neither entries nor attributes (see the module docstring)
 
 
 def _proc(fd: int) -> bytes:
@@ -87,24 +95,29 @@ def _proc(fd: int) -> bytes:
 class CasefoldOperations(pyfuse3.Operations):
     """pyfuse3 operations serving `backing` case-insensitively under `model` (see the module docstring).
 
-    `backing` must be a directory; it is opened at once (an `OSError` if it cannot be). Call `close()`
-    after `pyfuse3.main()` has returned to release the descriptors still held.
+    `backing` must be a directory; it is opened at once (an `OSError` if it cannot be). The kernel may
+    cache entries and attributes for `timeout` seconds once mounted (`init()`); never before, so
+    handlers driven without a mount see every request. Call `close()` after `pyfuse3.main()` has
+    returned to release the descriptors still held.
     """
 
     supports_dot_lookup = False
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, backing: bytes, model: Fold) -> None:
+    def __init__(self, backing: bytes, model: Fold, *, timeout: float = DEFAULT_TIMEOUT) -> None:
         super().__init__()
         self.model = model
+        self._timeout = timeout
         self._names = NameIndex(model)
         self._table = ObjectTable(backing, on_drop=self._names.forget)
+        self._cache = KernelCache(self._table, model, NullNotifier(), 0.0)
         self._as_root = os.geteuid() == 0
 
     def init(self) -> None:
         # Modes arrive masked by the caller's umask already; the daemon's own must not mask them again.
         os.umask(0)
+        self._cache = KernelCache(self._table, self.model, KernelNotifier(), self._timeout)
 
     def close(self) -> None:
         """Release every descriptor (for after `pyfuse3.main()` returns: an unmount forgets nothing)."""
@@ -118,21 +131,39 @@ class CasefoldOperations(pyfuse3.Operations):
         here, so that a test can step in between finding a name and using it (the symlink race)."""
         return self._table.locate(obj)
 
+    def _attributes(self, node: Node, st: os.stat_result) -> pyfuse3.EntryAttributes:
+        cache = self._cache
+        return entry_from_stat(st, node.inode, timeout=cache.entry_timeout, attr_timeout=cache.attr_timeout)
+
     def _reply(self, node: Node, st: os.stat_result) -> pyfuse3.EntryAttributes:
         """Attributes for an entry handed to the kernel, which counts one more lookup of `node`."""
-        entry = entry_from_stat(st, node.inode, timeout=_TIMEOUT)
+        entry = self._attributes(node, st)
         node.lookups += 1
         return entry
 
-    def _entry_for(self, directory: BackingObject, stored: bytes, spelling: bytes) -> pyfuse3.EntryAttributes:
+    def _entry_for(
+        self, directory: BackingObject, parent: Node, stored: bytes, spelling: bytes
+    ) -> tuple[pyfuse3.EntryAttributes, Node]:
+        """The reply for the dentry `spelling` under `parent` (a node of `directory`), which leads to
+        the entry stored as `stored`, and the node it gives."""
         node, st = self._table.node_at(directory, stored, spelling)
-        return self._reply(node, st)
+        entry = self._reply(node, st)
+        self._cache.handed(directory, parent, spelling, stored)
+        return entry, node
+
+    def _made(self, directory: BackingObject, parent: Node, name: bytes) -> pyfuse3.EntryAttributes:
+        """The reply for a name just made in `directory` through `parent`."""
+        self._names.noted(directory, added=name)
+        entry, _ = self._entry_for(directory, parent, name, name)
+        self._cache.changed(directory, parent)
+        return entry
 
     @contextlib.contextmanager
     def _path(self, obj: BackingObject) -> Iterator[tuple[bytes, bool]]:
         """A path naming `obj` itself, and whether it may be followed (never for symlinks).
 
-        A name is pinned first: opened with O_PATH|O_NOFOLLOW and checked to be `obj`, then named
+        A directory, or a file the layer holds open, is named through its own descriptor. Otherwise a
+        name is pinned first: opened with O_PATH|O_NOFOLLOW and checked to be `obj`, then named
         through that descriptor. So a name swapped for a symlink by someone writing the backing
         directory directly, between the check and the operation, can never redirect the operation
         outside the backing tree. A symlink itself is named by directory and name, never followed.
@@ -140,26 +171,25 @@ class CasefoldOperations(pyfuse3.Operations):
         if obj.fd is not None:
             yield _proc(obj.fd), True
             return
+        if obj.handles:  # the object itself, whatever happened to its names (and no lookup needed)
+            yield _proc(next(iter(obj.handles))), True
+            return
         found = self._locate(obj)
-        if found is not None:
-            directory, name, _ = found
-            assert directory.fd is not None
-            if obj.kind == stat.S_IFLNK:
-                yield _proc(directory.fd) + b"/" + name, False
-                return
-            pinned = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=directory.fd)
-            try:
-                st = os.fstat(pinned)
-                if (st.st_dev, st.st_ino) != obj.ident:
-                    raise pyfuse3.FUSEError(errno.ESTALE)
-                yield _proc(pinned), True
-            finally:
-                os.close(pinned)
+        if found is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        directory, name, _ = found
+        assert directory.fd is not None
+        if obj.kind == stat.S_IFLNK:
+            yield _proc(directory.fd) + b"/" + name, False
             return
-        if obj.handles:
-            yield _proc(next(iter(obj.handles))), True  # open, but no name left
-            return
-        raise pyfuse3.FUSEError(errno.ENOENT)
+        pinned = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=directory.fd)
+        try:
+            st = os.fstat(pinned)
+            if (st.st_dev, st.st_ino) != obj.ident:
+                raise pyfuse3.FUSEError(errno.ESTALE)
+            yield _proc(pinned), True
+        finally:
+            os.close(pinned)
 
     # -- lookups and attributes -------------------------------------------------------------------
 
@@ -173,9 +203,10 @@ class CasefoldOperations(pyfuse3.Operations):
         if name == b"..":
             if directory is self._table.root.obj:
                 return self._reply(self._table.root, self._table.stat(directory))
-            return self._entry_for(directory, b"..", b"..")
+            node, st = self._table.node_at(directory, b"..", b"..")
+            return self._reply(node, st)
         stored = self._names.require(directory, name)
-        return self._entry_for(directory, stored, name)
+        return self._entry_for(directory, parent, stored, name)[0]
 
     async def forget(self, inode_list: Sequence[tuple[pyfuse3.InodeT, int]]) -> None:
         for inode, count in inode_list:
@@ -183,7 +214,7 @@ class CasefoldOperations(pyfuse3.Operations):
 
     async def getattr(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         node = self._table.node(inode)
-        return entry_from_stat(self._table.stat(node.obj), node.inode, timeout=_TIMEOUT)
+        return self._attributes(node, self._table.stat(node.obj))
 
     async def setattr(
         self,
@@ -210,11 +241,13 @@ class CasefoldOperations(pyfuse3.Operations):
                 gid = attr.st_gid if fields.update_gid else -1
                 os.chown(path, uid, gid, follow_symlinks=follow)
             if fields.update_atime or fields.update_mtime:
-                old = self._table.stat(obj)
+                old = os.stat(path, follow_symlinks=follow)
                 atime = attr.st_atime_ns if fields.update_atime else old.st_atime_ns
                 mtime = attr.st_mtime_ns if fields.update_mtime else old.st_mtime_ns
                 os.utime(path, ns=(atime, mtime), follow_symlinks=follow)
-        return entry_from_stat(self._table.stat(obj), node.inode, timeout=_TIMEOUT)
+            st = os.stat(path, follow_symlinks=follow)
+        self._cache.changed(obj, node)
+        return self._attributes(node, st)
 
     async def readlink(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> pyfuse3.FileNameT:
         found = self._locate(self._table.node(inode).obj)
@@ -247,6 +280,7 @@ class CasefoldOperations(pyfuse3.Operations):
         flags: pyfuse3.FlagT,
         ctx: pyfuse3.RequestContext,
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        parent = self._table.node(parent_inode)
         directory = self._table.directory(parent_inode)
         self._names.check_new_name(name)
         open_flags = (flags & ~_OPEN_STRIP) | os.O_CLOEXEC | os.O_NOFOLLOW
@@ -274,8 +308,14 @@ class CasefoldOperations(pyfuse3.Operations):
         except BaseException:
             os.close(fd)
             raise
-        self._table.opened(obj, fd)
-        return pyfuse3.FileInfo(fh=fd), self._reply(node, st)
+        self._table.opened(obj, fd, node)
+        entry = self._reply(node, st)
+        self._cache.handed(directory, parent, name, stored)
+        if created:
+            self._cache.changed(directory, parent)
+        elif open_flags & os.O_TRUNC:
+            self._cache.changed(obj, node)
+        return pyfuse3.FileInfo(fh=fd), entry
 
     async def mkdir(
         self,
@@ -284,12 +324,12 @@ class CasefoldOperations(pyfuse3.Operations):
         mode: pyfuse3.ModeT,
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
+        parent = self._table.node(parent_inode)
         directory = self._table.directory(parent_inode)
         self._names.require_free(directory, name)
         os.mkdir(name, stat.S_IMODE(mode), dir_fd=directory.fd)
-        self._names.noted(directory, added=name)
         self._own(directory, name, ctx)
-        return self._entry_for(directory, name, name)
+        return self._made(directory, parent, name)
 
     async def mknod(
         self,
@@ -299,12 +339,12 @@ class CasefoldOperations(pyfuse3.Operations):
         rdev: int,
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
+        parent = self._table.node(parent_inode)
         directory = self._table.directory(parent_inode)
         self._names.require_free(directory, name)
         os.mknod(name, mode, rdev, dir_fd=directory.fd)
-        self._names.noted(directory, added=name)
         self._own(directory, name, ctx)
-        return self._entry_for(directory, name, name)
+        return self._made(directory, parent, name)
 
     async def symlink(
         self,
@@ -313,12 +353,12 @@ class CasefoldOperations(pyfuse3.Operations):
         target: pyfuse3.FileNameT,
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
+        parent = self._table.node(parent_inode)
         directory = self._table.directory(parent_inode)
         self._names.require_free(directory, name)
         os.symlink(target, name, dir_fd=directory.fd)
-        self._names.noted(directory, added=name)
         self._own(directory, name, ctx)
-        return self._entry_for(directory, name, name)
+        return self._made(directory, parent, name)
 
     async def link(
         self,
@@ -327,9 +367,11 @@ class CasefoldOperations(pyfuse3.Operations):
         new_name: pyfuse3.FileNameT,
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
-        obj = self._table.node(inode).obj
+        source = self._table.node(inode)
+        obj = source.obj
         if obj.fd is not None:
             raise pyfuse3.FUSEError(errno.EPERM)  # no hard links to directories
+        parent = self._table.node(new_parent_inode)
         directory = self._table.directory(new_parent_inode)
         self._names.require_free(directory, new_name)
         found = self._locate(obj)
@@ -343,7 +385,10 @@ class CasefoldOperations(pyfuse3.Operations):
         else:
             raise pyfuse3.FUSEError(errno.ENOENT)
         self._names.noted(directory, added=new_name)
-        return self._entry_for(directory, new_name, new_name)
+        entry, node = self._entry_for(directory, parent, new_name, new_name)
+        self._cache.changed(directory, parent)
+        self._cache.changed(obj, source, node)  # its link count and ctime
+        return entry
 
     async def unlink(
         self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
@@ -353,7 +398,7 @@ class CasefoldOperations(pyfuse3.Operations):
         st = os.stat(stored, dir_fd=directory.fd, follow_symlinks=False)
         os.unlink(stored, dir_fd=directory.fd)
         self._names.noted(directory, removed=stored)
-        self._table.gone(directory, stored, (st.st_dev, st.st_ino))
+        self._removed(directory, self._table.node(parent_inode), name, stored, (st.st_dev, st.st_ino))
 
     async def rmdir(
         self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
@@ -363,7 +408,18 @@ class CasefoldOperations(pyfuse3.Operations):
         st = os.stat(stored, dir_fd=directory.fd, follow_symlinks=False)
         os.rmdir(stored, dir_fd=directory.fd)
         self._names.noted(directory, removed=stored)
-        self._table.gone(directory, stored, (st.st_dev, st.st_ino))
+        self._removed(directory, self._table.node(parent_inode), name, stored, (st.st_dev, st.st_ino))
+
+    def _removed(
+        self, directory: BackingObject, parent: Node, spelling: bytes, stored: bytes, ident: tuple[int, int]
+    ) -> None:
+        """After `stored` (named `spelling` under `parent`) was removed from `directory`."""
+        obj = self._table.objects.get(ident)
+        self._table.gone(directory, stored, ident)
+        self._cache.name_changed(directory, parent, spelling, stored)
+        self._cache.changed(directory, parent)
+        if obj is not None:  # its link count; the kernel updates the node its entry led to
+            self._cache.changed(obj, obj.nodes.get(b"" if spelling == stored else spelling))
 
     async def rename(
         self,
@@ -376,6 +432,8 @@ class CasefoldOperations(pyfuse3.Operations):
     ) -> None:
         if flags & ~pyfuse3.RENAME_NOREPLACE:
             raise pyfuse3.FUSEError(errno.EINVAL)  # RENAME_EXCHANGE, RENAME_WHITEOUT
+        old_parent = self._table.node(parent_inode_old)
+        new_parent = self._table.node(parent_inode_new)
         old_dir = self._table.directory(parent_inode_old)
         new_dir = self._table.directory(parent_inode_new)
         self._names.check_new_name(name_new)
@@ -383,6 +441,7 @@ class CasefoldOperations(pyfuse3.Operations):
         src_st = os.stat(src, dir_fd=old_dir.fd, follow_symlinks=False)
         src_ident = (src_st.st_dev, src_st.st_ino)
         dst = self._names.resolve(new_dir, name_new)
+        replaced: BackingObject | None = None
         if dst is None:
             os.rename(src, name_new, src_dir_fd=old_dir.fd, dst_dir_fd=new_dir.fd)
             self._names.noted(old_dir, removed=src)
@@ -406,15 +465,28 @@ class CasefoldOperations(pyfuse3.Operations):
             if dst != name_new:
                 os.rename(dst, name_new, src_dir_fd=new_dir.fd, dst_dir_fd=new_dir.fd)
             self._names.noted(new_dir, removed=dst, added=name_new)
+            replaced = self._table.objects.get(dst_ident)
             self._table.gone(new_dir, dst, dst_ident)
+            self._cache.name_changed(new_dir, new_parent, name_new, dst)
+        moved = self._table.objects.get(src_ident)
         self._table.moved(src_ident, old_dir, src, name_old, new_dir, name_new)
+        cache = self._cache
+        cache.name_changed(old_dir, old_parent, name_old, src)
+        cache.handed(new_dir, new_parent, name_new, name_new)
+        cache.changed(old_dir, old_parent)
+        if new_dir is not old_dir:
+            cache.changed(new_dir, new_parent)
+        if moved is not None:  # its ctime; the kernel updates the node it moved, now the canonical one
+            cache.changed(moved, moved.nodes.get(b""))
+        if replaced is not None:
+            cache.changed(replaced)
 
     # -- directories --------------------------------------------------------------------------------
 
     async def opendir(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> pyfuse3.FileHandleT:
         obj = self._table.directory(inode)
         fd = os.open(b".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=obj.fd)
-        return pyfuse3.FileHandleT(self._table.open_dir_handle(obj, fd))
+        return pyfuse3.FileHandleT(self._table.open_dir_handle(obj, fd, self._table.node(inode)))
 
     async def readdir(self, fh: pyfuse3.FileHandleT, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         handle = self._table.dir_handle(fh)
@@ -424,6 +496,10 @@ class CasefoldOperations(pyfuse3.Operations):
             # A snapshot per pass: entries made or removed meanwhile may be missed, none is repeated.
             handle.names = [os.fsencode(n) for n in os.listdir(handle.fd)]
         names = handle.names
+        # Entries listed through another spelling of the directory are dentries under that node.
+        parent = handle.node
+        if parent is not None and self._table.is_canonical(parent):
+            parent = None
         for index in range(start_id, len(names)):
             name = names[index]
             try:
@@ -431,11 +507,12 @@ class CasefoldOperations(pyfuse3.Operations):
             except FileNotFoundError:
                 continue
             node = self._table.get_node(obj, b"")
-            entry = entry_from_stat(st, node.inode, timeout=_TIMEOUT)
-            if not pyfuse3.readdir_reply(token, name, entry, index + 1):
+            if not pyfuse3.readdir_reply(token, name, self._attributes(node, st), index + 1):
                 self._table.drop_if_unused(node)
                 break
             node.lookups += 1
+            if parent is not None:
+                self._cache.handed(handle.obj, parent, name, name)
 
     async def releasedir(self, fh: pyfuse3.FileHandleT) -> None:
         self._table.close_dir_handle(fh)
@@ -451,7 +528,8 @@ class CasefoldOperations(pyfuse3.Operations):
     async def open(
         self, inode: pyfuse3.InodeT, flags: pyfuse3.FlagT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.FileInfo:
-        obj = self._table.node(inode).obj
+        node = self._table.node(inode)
+        obj = node.obj
         flags = (flags & ~_OPEN_STRIP) | os.O_CLOEXEC
         found = self._locate(obj) if obj.fd is None else None
         if found is not None:
@@ -464,11 +542,31 @@ class CasefoldOperations(pyfuse3.Operations):
             st = os.fstat(fd)
             if (st.st_dev, st.st_ino) != obj.ident:
                 raise pyfuse3.FUSEError(errno.ESTALE)
+            if flags & os.O_TRUNC:
+                self._cache.changed(obj, node)
+            elif flags & os.O_ACCMODE == os.O_RDONLY:
+                self._store(node, fd, st)
         except BaseException:
             os.close(fd)
             raise
-        self._table.opened(obj, fd)
-        return pyfuse3.FileInfo(fh=fd)
+        self._table.opened(obj, fd, node)
+        return pyfuse3.FileInfo(fh=fd, keep_cache=True)
+
+    def _store(self, node: Node, fd: int, st: os.stat_result) -> None:
+        """Put a small file's contents into the page cache of `node` unless they are there already (as
+        far as the layer knows). Only while no file of `node` is open: then no read of it is in progress,
+        which would hold the pages `store` must lock (see `notify`)."""
+        stamp = (st.st_mtime_ns, st.st_size)
+        if (
+            node.opens
+            or node.stored == stamp
+            or not 0 < st.st_size <= STORE_ON_OPEN_MAX
+            or not stat.S_ISREG(st.st_mode)
+        ):
+            return
+        data = os.pread(fd, st.st_size, 0)
+        if len(data) == st.st_size and self._cache.notifier.store(node.inode, data):
+            node.stored = stamp
 
     async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
         return os.pread(fh, size, off)
@@ -478,10 +576,10 @@ class CasefoldOperations(pyfuse3.Operations):
         done = 0
         while done < len(view):
             done += os.pwrite(fh, view[done:], off + done)
+        known = self._table.file(fh)
+        if known is not None:
+            self._cache.changed(*known)
         return done
-
-    async def flush(self, fh: pyfuse3.FileHandleT) -> None:
-        pass
 
     async def release(self, fh: pyfuse3.FileHandleT) -> None:
         self._table.close_file(fh)
@@ -500,8 +598,10 @@ class CasefoldOperations(pyfuse3.Operations):
     async def setxattr(
         self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT, value: bytes, ctx: pyfuse3.RequestContext
     ) -> None:
-        with self._path(self._table.node(inode).obj) as (path, follow):
+        node = self._table.node(inode)
+        with self._path(node.obj) as (path, follow):
             os.setxattr(path, name, value, follow_symlinks=follow)
+        self._cache.changed(node.obj, node)
 
     async def listxattr(
         self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
@@ -512,5 +612,7 @@ class CasefoldOperations(pyfuse3.Operations):
     async def removexattr(
         self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT, ctx: pyfuse3.RequestContext
     ) -> None:
-        with self._path(self._table.node(inode).obj) as (path, follow):
+        node = self._table.node(inode)
+        with self._path(node.obj) as (path, follow):
             os.removexattr(path, name, follow_symlinks=follow)
+        self._cache.changed(node.obj, node)

@@ -13,6 +13,11 @@ stored spelling gets the object's canonical node (all hard links share it, alias
 spelling gets an alias node of its own. `casefold.py` explains why (the kernel's `vfs_rename` ignores a
 rename between two names of one inode, so a case-only rename would never arrive).
 
+A node the kernel still knows but that no lookup may return any more (the old canonical node after a
+rename through another spelling, a rename's overwritten target) is kept in the object's `retired`
+list, so that every node the kernel may have cached attributes of can still be named when the object
+changes. Open files and directory handles remember the node they were opened through.
+
 Lifetimes. An object lives while the kernel knows one of its nodes (lookup counts, dropped by forget),
 an object it knows is in it (directories), a directory handle is open on it, or the layer holds it open.
 `objects` maps (st_dev, st_ino) to the object that currently has that identity; a detached object lives
@@ -60,6 +65,7 @@ class BackingObject:
     refs: int = 0  # directories: places of other objects here, and open directory handles
     places: list[tuple[BackingObject, bytes]] = field(default_factory=list)  # non-directories: (dir, name)
     handles: set[int] = field(default_factory=set)  # non-directories: our open descriptors of it
+    retired: list[Node] | None = None  # live nodes no lookup returns any more
 
 
 @dataclass(eq=False, slots=True)
@@ -70,6 +76,8 @@ class Node:
     obj: BackingObject
     alias: bytes
     lookups: int = 0
+    opens: int = 0  # files open through this node (the kernel's open files of this inode)
+    stored: tuple[int, int] | None = None  # (mtime_ns, size) of the contents put into its page cache
 
 
 @dataclass(eq=False, slots=True)
@@ -79,6 +87,7 @@ class DirHandle:
     obj: BackingObject
     fd: int
     names: list[bytes] | None = None
+    node: Node | None = None  # the node it was opened through
 
 
 class ObjectTable:
@@ -102,7 +111,7 @@ class ObjectTable:
         self._next_inode = ROOT_INODE + 1
         self._dirs: dict[int, DirHandle] = {}
         self._next_dir = 1
-        self._files: dict[int, BackingObject] = {}
+        self._files: dict[int, tuple[BackingObject, Node | None]] = {}
 
     def close(self) -> None:
         """Release every descriptor (for after the filesystem stops: an unmount forgets nothing)."""
@@ -170,6 +179,15 @@ class ObjectTable:
         (the caller counts the lookup when it hands the node to the kernel)."""
         obj, st = self.object_at(directory, stored)
         return self.get_node(obj, b"" if spelling == stored else spelling), st
+
+    def is_canonical(self, node: Node) -> bool:
+        """Whether `node` is the one lookups of its object's stored spelling return."""
+        return node.alias == b"" and node.obj.nodes.get(b"") is node
+
+    def _retire(self, node: Node) -> None:
+        if node.obj.retired is None:
+            node.obj.retired = []
+        node.obj.retired.append(node)
 
     def get_node(self, obj: BackingObject, alias: bytes) -> Node:
         """The findable node of `obj` for `alias`, made with a new inode number if there is none."""
@@ -250,6 +268,10 @@ class ObjectTable:
         obj = node.obj
         if obj.nodes.get(node.alias) is node:
             del obj.nodes[node.alias]
+        elif obj.retired and node in obj.retired:
+            obj.retired.remove(node)
+            if not obj.retired:
+                obj.retired = None
         obj.live -= 1
         self.release(obj)
 
@@ -293,7 +315,9 @@ class ObjectTable:
         dead (a directory it marks so can never be used again), so no later lookup may return it."""
         obj = self.objects.get(ident)
         if obj is not None:
-            obj.nodes.pop(alias, None)
+            node = obj.nodes.pop(alias, None)
+            if node is not None:
+                self._retire(node)
 
     def moved(
         self,
@@ -316,29 +340,42 @@ class ObjectTable:
         moved = obj.nodes.pop(b"" if name_old == src else name_old, None)
         if moved is not None:
             moved.alias = b""
+            replaced = obj.nodes.get(b"")
+            if replaced is not None and replaced is not moved:
+                self._retire(replaced)
             obj.nodes[b""] = moved
 
     # -- open descriptors ----------------------------------------------------------------------------
 
-    def opened(self, obj: BackingObject, fd: int) -> None:
-        """`fd` is an open descriptor of the non-directory `obj`, owned by the table from now on."""
+    def opened(self, obj: BackingObject, fd: int, node: Node | None = None) -> None:
+        """`fd` is an open descriptor of the non-directory `obj`, opened through `node`, owned by the
+        table from now on."""
         obj.handles.add(fd)
-        self._files[fd] = obj
+        self._files[fd] = (obj, node)
+        if node is not None:
+            node.opens += 1
+
+    def file(self, fd: int) -> tuple[BackingObject, Node | None] | None:
+        """The object an open descriptor is of, and the node it was opened through."""
+        return self._files.get(fd)
 
     def close_file(self, fd: int) -> None:
         """Close `fd` (from `opened`, or not known at all) and free its object if nothing else needs it."""
-        obj = self._files.pop(fd, None)
+        known = self._files.pop(fd, None)
         os.close(fd)
-        if obj is not None:
+        if known is not None:
+            obj, node = known
+            if node is not None:
+                node.opens -= 1
             obj.handles.discard(fd)
             self.release(obj)
 
-    def open_dir_handle(self, obj: BackingObject, fd: int) -> int:
+    def open_dir_handle(self, obj: BackingObject, fd: int, node: Node | None = None) -> int:
         """A new directory handle number for `fd`, a descriptor of the directory `obj` opened for
-        reading; the handle keeps `obj` alive and owns `fd`."""
+        reading (through `node`); the handle keeps `obj` alive and owns `fd`."""
         fh = self._next_dir
         self._next_dir += 1
-        self._dirs[fh] = DirHandle(obj, fd)
+        self._dirs[fh] = DirHandle(obj, fd, node=node)
         obj.refs += 1
         return fh
 

@@ -1,4 +1,5 @@
-"""What the FUSE filesystems share: the errno boundary and attribute building.
+"""What the FUSE filesystems share: the errno boundary, attribute building, and what a first open may
+put into the page cache at once.
 
 Every handler of every filesystem is wrapped by `fuse_errors`: `pyfuse3.FUSEError` passes through; an
 `OSError` (xstore's `OSError` subclasses included) becomes its errno; any other `XstoreError` becomes
@@ -14,7 +15,7 @@ import logging
 import os
 import stat
 from collections.abc import Awaitable, Callable
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Final, ParamSpec, TypeVar
 
 import pyfuse3
 
@@ -24,6 +25,12 @@ log = logging.getLogger("xstore.fuse")
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+# Files up to this size are put into the page cache when first opened (`notify.Notifier.store`), which
+# saves the read request: the kernel's readahead would ask for 128 KiB in one request anyway.
+STORE_ON_OPEN_MAX: Final = 128 * 1024
+# The owner the read-only views show, asked once (every entry of a listing carries it).
+_OWNER: Final = (os.getuid(), os.getgid())
 
 
 def fuse_errors(handler: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
@@ -58,18 +65,29 @@ def wrap_handlers(cls: type[Any]) -> type[Any]:
     return cls
 
 
-def entry_from_stat(st: os.stat_result, inode: int, *, timeout: float = 1.0) -> pyfuse3.EntryAttributes:
-    """FUSE attributes from a stat result, under the given inode number."""
+def entry_from_stat(
+    st: os.stat_result, inode: int, *, timeout: float = 1.0, attr_timeout: float | None = None
+) -> pyfuse3.EntryAttributes:
+    """FUSE attributes from a stat result, under the given inode number: the kernel may keep the entry
+    for `timeout` seconds, and the attributes for `attr_timeout` (the same by default)."""
     entry = pyfuse3.EntryAttributes()
-    for attr in ("st_mode", "st_nlink", "st_uid", "st_gid", "st_rdev", "st_size", "st_blksize", "st_blocks"):
-        setattr(entry, attr, getattr(st, attr))
+    # One assignment per field (every entry of a listing comes through here; a loop of getattr/setattr
+    # by name costs twice as much).
+    entry.st_mode = pyfuse3.ModeT(st.st_mode)
+    entry.st_nlink = st.st_nlink
+    entry.st_uid = st.st_uid
+    entry.st_gid = st.st_gid
+    entry.st_rdev = st.st_rdev
+    entry.st_size = st.st_size
+    entry.st_blksize = st.st_blksize
+    entry.st_blocks = st.st_blocks
     entry.st_atime_ns = st.st_atime_ns
     entry.st_mtime_ns = st.st_mtime_ns
     entry.st_ctime_ns = st.st_ctime_ns
     entry.st_ino = pyfuse3.InodeT(inode)
     entry.generation = 0
     entry.entry_timeout = timeout
-    entry.attr_timeout = timeout
+    entry.attr_timeout = timeout if attr_timeout is None else attr_timeout
     return entry
 
 
@@ -91,8 +109,7 @@ def read_only_entry(
     entry.st_size = size
     entry.st_blksize = 4096
     entry.st_blocks = (size + 511) // 512
-    entry.st_uid = os.getuid()
-    entry.st_gid = os.getgid()
+    entry.st_uid, entry.st_gid = _OWNER
     entry.st_atime_ns = entry.st_mtime_ns = entry.st_ctime_ns = 1_000_000_000
     entry.st_ino = pyfuse3.InodeT(inode)
     entry.generation = 0

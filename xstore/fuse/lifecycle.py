@@ -16,6 +16,12 @@ then `pyfuse3.close(unmount=True)` removes the mount if it is still there (lazil
 in it does not keep it). libfuse reports mount failures on
 the C stderr, which is captured around `pyfuse3.init` to make the one-line error.
 
+Requests. pyfuse3 serves requests with as many trio tasks as the filesystem's `fuse_tasks` says (99 if it
+says nothing): a filesystem whose handlers never wait needs one. Once the mount answers, and when this
+process runs as root, the mount's readahead (its backing device info's `read_ahead_kb`, 128 KiB by
+default, which FUSE cannot raise itself) is raised to `READAHEAD_KIB`, the largest request libfuse 3
+accepts: a large file is then read in 1 MiB requests instead of 128 KiB ones. Without root it stays.
+
 pyfuse3 and trio are imported only inside the functions that serve, so the CLI can import this module
 (for `check_fuse`, `unmount`, `is_mounted`) where pyfuse3 is missing.
 """
@@ -57,6 +63,11 @@ READY_TIMEOUT: Final = 120.0
 # How long `unmount` waits for a mount to answer a stat before treating it as hung (not dead).
 PROBE_TIMEOUT: Final = 5.0
 LOG_ENV: Final = "XSTORE_FUSE_LOG"
+# The readahead given to a mount when root (KiB): libfuse 3 takes requests of up to 256 pages (its
+# FUSE_MAX_MAX_PAGES), so the kernel's readahead can fill the largest request it may send.
+READAHEAD_KIB: Final = 1024
+# pyfuse3's own default for the tasks that serve requests.
+DEFAULT_TASKS: Final = 99
 
 # SIGHUP too: a foreground mount whose terminal goes away unmounts instead of leaving a dead mount.
 _STOP_SIGNALS: Final = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
@@ -271,7 +282,7 @@ def _serve(
             _init_capturing_stderr(ops, path, opts)
             log.info("mounted on %s", path)
             try:
-                trio.run(_main, path, report)
+                trio.run(_main, path, report, getattr(ops, "fuse_tasks", DEFAULT_TASKS))
             finally:
                 pyfuse3.close(unmount=True)
                 log.info("unmounted %s", path)
@@ -281,7 +292,23 @@ def _serve(
             close()
 
 
-async def _main(path: str, report: Callable[[str], None] | None) -> None:
+def raise_readahead(path: str, device: int) -> None:
+    """Raise the readahead of the mount at `path`, whose device number is `device`, to `READAHEAD_KIB`
+    if it is lower (root only; a failure changes nothing and is logged). Looks nothing up in the mount
+    (which the calling thread may be the one to serve)."""
+    if os.geteuid() != 0 or not PLATFORM.startswith("linux"):
+        return
+    knob = f"/sys/class/bdi/{os.major(device)}:{os.minor(device)}/read_ahead_kb"
+    try:
+        with open(knob, "r+") as f:
+            if int(f.read().strip() or 0) < READAHEAD_KIB:
+                f.seek(0)
+                f.write(f"{READAHEAD_KIB}\n")
+    except (OSError, ValueError) as e:
+        log.info("the readahead of %s stays: %s", path, e)
+
+
+async def _main(path: str, report: Callable[[str], None] | None, tasks: int = DEFAULT_TASKS) -> None:
     import pyfuse3
     import trio
 
@@ -304,20 +331,21 @@ async def _main(path: str, report: Callable[[str], None] | None) -> None:
                     nonlocal failure
                     try:
                         # Abandonable: if the loop stops first, nothing will ever answer this stat.
-                        await trio.to_thread.run_sync(os.stat, path, abandon_on_cancel=True)
+                        st = await trio.to_thread.run_sync(os.stat, path, abandon_on_cancel=True)
                     except OSError as e:
                         failure = FuseMountError(f"the new mount does not answer: {e.strerror}", path=path)
                         if report is not None:
                             report(str(failure))
                         pyfuse3.terminate()
                         return
+                    raise_readahead(path, st.st_dev)
                     if report is not None:
                         report("ok")
 
                 nursery.start_soon(stop_on_signal)
                 nursery.start_soon(check_serving)
                 try:
-                    await pyfuse3.main()
+                    await pyfuse3.main(1, tasks)
                 except Exception as e:  # noqa: BLE001 (re-raised below, outside the nursery's group)
                     log.error("the FUSE main loop failed: %r", e)
                     failure = FuseMountError(f"the filesystem on '{path}' stopped: {e}", path=path)

@@ -4,8 +4,11 @@ The caller builds the archive's `NarIndex` (one streaming pass that validates al
 is mounted; this module only numbers its nodes and answers requests from it. Inodes are given by a
 breadth-first walk from the root (inode 1), so the children of a directory have consecutive inodes and
 `readdir` can resume at any position in constant time. File contents are read with `os.pread` from one
-descriptor of the archive, at the offsets the index recorded. Memory is a few list slots and one dict
-entry per node, on top of the index itself; nothing grows with the archive's size.
+descriptor of the archive, at the offsets the index recorded; a small file is put into the page cache
+whole when it is first opened (`common.STORE_ON_OPEN_MAX`), which saves its read request. The kernel may
+keep names and attributes for an hour and contents across opens: the archive does not change. Memory is
+a few list slots, one dict entry and one byte per node, on top of the index itself; nothing grows with
+the archive's size otherwise.
 
 Write requests never reach the handlers (the mount is `ro`, the kernel answers EROFS), but every
 write-type handler still answers EROFS, should the filesystem be mounted without it.
@@ -23,7 +26,8 @@ from typing import Final
 import pyfuse3
 
 from xstore.errors import XstoreError
-from xstore.fuse.common import read_only_entry, wrap_handlers
+from xstore.fuse.common import STORE_ON_OPEN_MAX, read_only_entry, wrap_handlers
+from xstore.fuse.notify import KernelNotifier, Notifier, NullNotifier
 from xstore.nar.listing import DirectoryNode, NarIndex, Node, RegularNode, SymlinkNode
 
 ROOT: Final = pyfuse3.ROOT_INODE
@@ -35,7 +39,21 @@ def _erofs() -> pyfuse3.FUSEError:
 
 @wrap_handlers
 class ReadOnlyOperations(pyfuse3.Operations):
-    """Every handler that would change the filesystem answers EROFS; extended attributes are empty."""
+    """Every handler that would change the filesystem answers EROFS; extended attributes are empty.
+
+    No handler of a read-only view ever waits (awaits) for anything, so one task serves every request
+    (`fuse_tasks`, which the mount lifecycle passes to `pyfuse3.main`): a second one would only cost a
+    lock hand-over per request. The kernel is told things through `notifier`, which `init()` (called
+    once mounted) sets up."""
+
+    fuse_tasks = 1
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.notifier: Notifier = NullNotifier()
+
+    def init(self) -> None:
+        self.notifier = KernelNotifier()
 
     async def setattr(
         self,
@@ -203,6 +221,7 @@ class NarOperations(ReadOnlyOperations):
         self._parents: list[int] = [0, ROOT]
         self._first_child: dict[int, int] = {}  # directory inode -> inode of its first entry
         self._inode_of: dict[int, int] = {id(index.root): ROOT}  # id(node) -> inode, for lookup
+        self._opens: dict[int, int] = {}  # inode -> files open on it
         queue = [ROOT]
         for inode in queue:  # breadth first: the queue grows while it is walked
             node = self._nodes[inode]
@@ -216,6 +235,7 @@ class NarOperations(ReadOnlyOperations):
                 self._inode_of[id(child)] = child_inode
                 if isinstance(child, DirectoryNode):
                     queue.append(child_inode)
+        self._stored = bytearray(len(self._nodes))  # per inode: 1 once its contents are in the page cache
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -295,6 +315,13 @@ class NarOperations(ReadOnlyOperations):
             raise pyfuse3.FUSEError(errno.EISDIR)
         if not isinstance(node, RegularNode):
             raise pyfuse3.FUSEError(errno.ELOOP)
+        opens = self._opens.get(inode, 0)
+        if not opens and not self._stored[inode] and 0 < node.size <= STORE_ON_OPEN_MAX:
+            # No file of this inode is open, so no read of it is in progress (see `notify`).
+            data = pread_exactly(self._fd, node.size, node.offset)
+            if len(data) == node.size and self.notifier.store(inode, data):
+                self._stored[inode] = 1
+        self._opens[inode] = opens + 1
         # The archive does not change under the mount: the kernel may keep cached pages across opens.
         return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(inode), keep_cache=True)
 
@@ -314,7 +341,9 @@ class NarOperations(ReadOnlyOperations):
         return data
 
     async def release(self, fh: pyfuse3.FileHandleT) -> None:
-        return
+        opens = self._opens.pop(fh, 0) - 1
+        if opens > 0:
+            self._opens[fh] = opens
 
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         data = pyfuse3.StatvfsData()

@@ -12,8 +12,9 @@ registered for the path.
 Inodes are handed out as the kernel learns of entries (lookup, readdirplus) and dropped when it forgets
 them, so memory follows what the kernel holds, not the size of the store. A directory's name mapping is
 read once per inode: store paths never change once valid. Files are opened `O_RDONLY | O_NOFOLLOW` at
-real paths built from on-disk names and read with pread. The one database connection is used only from
-the trio thread; nothing is ever written to the store.
+real paths built from on-disk names and read with pread; a small file is put into the page cache whole
+when it is first opened (`common.STORE_ON_OPEN_MAX`), which saves its read request. The one database
+connection is used only from the trio thread; nothing is ever written to the store.
 
 Nix: archive.cc `dumpPath` (the un-hacking), local-fs-store.cc `LocalFSStoreAccessor`.
 """
@@ -34,7 +35,7 @@ import pyfuse3
 
 from xstore.casehack import unhack_entries
 from xstore.errors import XstoreError
-from xstore.fuse.common import entry_from_stat, wrap_handlers
+from xstore.fuse.common import STORE_ON_OPEN_MAX, entry_from_stat, wrap_handlers
 from xstore.fuse.narfs import ReadOnlyOperations, check_open_flags, pread_exactly
 from xstore.store import LocalStore, store_path_of
 
@@ -53,6 +54,8 @@ class _Inode:
     # For a directory, once listed: (name in the archive, name on disk), in archive order.
     entries: list[tuple[bytes, bytes]] | None = None
     by_name: dict[bytes, bytes] | None = None
+    opens: int = 0  # files open on it
+    stored: bool = False  # its contents were put into the page cache
 
 
 def nix_mode(st: os.stat_result) -> int:
@@ -87,7 +90,7 @@ class StoreOperations(ReadOnlyOperations):
         self._next_inode = ROOT + 1
         self._dirs: dict[int, tuple[bytes, list[tuple[bytes, bytes]]]] = {}  # handle -> (path, entries)
         self._next_dir_handle = 1
-        self._files: set[int] = set()  # descriptors of open files, which are their handles
+        self._files: dict[int, int] = {}  # descriptors of open files (their handles) -> inode
 
     def close(self) -> None:
         for fd in self._files:
@@ -248,12 +251,18 @@ class StoreOperations(ReadOnlyOperations):
         check_open_flags(flags)
         fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
                 raise pyfuse3.FUSEError(errno.EISDIR)
+            if not entry.opens and not entry.stored and 0 < st.st_size <= STORE_ON_OPEN_MAX:
+                # No file of this inode is open, so no read of it is in progress (see `notify`).
+                data = pread_exactly(fd, st.st_size, 0)
+                entry.stored = len(data) == st.st_size and self.notifier.store(inode, data)
         except BaseException:
             os.close(fd)
             raise
-        self._files.add(fd)
+        self._files[fd] = inode
+        entry.opens += 1
         # Store objects do not change once valid: cached pages stay good across opens.
         return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fd), keep_cache=True)
 
@@ -263,9 +272,12 @@ class StoreOperations(ReadOnlyOperations):
         return pread_exactly(fh, size, off)
 
     async def release(self, fh: pyfuse3.FileHandleT) -> None:
-        if fh in self._files:
-            self._files.discard(fh)
+        inode = self._files.pop(fh, None)
+        if inode is not None:
             os.close(fh)
+            entry = self._inodes.get(inode)
+            if entry is not None:
+                entry.opens -= 1
 
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         vfs = os.statvfs(self._store_dir)

@@ -9,14 +9,13 @@ nothing of stores, caches, FUSE or protocols. Heavy libraries stay inside the fu
 from __future__ import annotations
 
 import importlib
-import signal
 from typing import Annotated, Any, Final
 
 import typer
 from typer.core import TyperGroup
 
 from xstore import __version__
-from xstore.cli.common import guard_standard_streams
+from xstore.cli.common import prepare_process
 
 # name -> (module, attribute): a `typer.Typer` attribute is a group of subcommands, a function a command.
 COMMANDS: Final[dict[str, tuple[str, str]]] = {
@@ -110,14 +109,6 @@ def _root(
     """Global options."""
 
 
-def _terminate(signum: int, _frame: object) -> None:
-    # Unwind like Ctrl-C, so every `finally` runs: restores and imports remove their temporaries.
-    raise KeyboardInterrupt
-
-
 def main() -> None:
-    # SIGHUP too: a terminal that goes away must not leave half-written temporaries behind.
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGHUP, _terminate)
-    guard_standard_streams()
+    prepare_process()
     app(prog_name="xstore")

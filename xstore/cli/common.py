@@ -2,7 +2,8 @@
 
 This is the single place where errors become messages and exit codes: an `XstoreError` or `OSError`
 becomes one line `error: ...` on stderr and exit status 1; Ctrl-C exits 130 after cleanup; a closed
-stdout pipe exits quietly. `XSTORE_DEBUG=1` lets the traceback through instead.
+stdout pipe exits quietly. `XSTORE_DEBUG=1` lets the traceback through instead. It does not import
+typer: the fast path (`fast.py`) runs commands without it.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import BinaryIO, Final, NoReturn
-
-import typer
+from typing import TYPE_CHECKING
 
 from xstore.errors import UsageError, XstoreError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from typing import BinaryIO, Final, NoReturn
 
 
 class CaseHackOpt(enum.StrEnum):
@@ -88,6 +90,21 @@ def guard_standard_streams() -> None:
             setattr(sys, name, ClosedStream(what))
 
 
+def _terminate(signum: int, _frame: object) -> None:
+    # Unwind like Ctrl-C, so every `finally` runs: restores and imports remove their temporaries.
+    raise KeyboardInterrupt
+
+
+def prepare_process() -> None:
+    """What every run does before its command: SIGTERM and SIGHUP unwind like Ctrl-C (a terminal that
+    goes away must not leave half-written temporaries behind), and closed standard streams get stand-ins."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGHUP, _terminate)
+    guard_standard_streams()
+
+
 def _describe_os_error(e: OSError) -> str:
     where = f" '{os.fsdecode(e.filename)}'" if e.filename is not None else ""
     return f"{e.strerror or e}{':' if where else ''}{where}"
@@ -107,21 +124,21 @@ def cli_errors() -> Iterator[None]:
             yield
     except UsageError as e:
         err(f"error: {e}")
-        raise typer.Exit(2) from None
+        raise SystemExit(2) from None
     except XstoreError as e:
         err(f"error: {e}")
-        raise typer.Exit(1) from None
+        raise SystemExit(1) from None
     except BrokenPipeError:
         with contextlib.suppress(OSError):
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
-        raise typer.Exit(1) from None
+        raise SystemExit(1) from None
     except OSError as e:
         err(f"error: {_describe_os_error(e)}")
-        raise typer.Exit(1) from None
+        raise SystemExit(1) from None
     except KeyboardInterrupt:
         err("error: interrupted")
-        raise typer.Exit(130) from None
+        raise SystemExit(130) from None
 
 
 def descriptor_of(f: BinaryIO) -> int | None:

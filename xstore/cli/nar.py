@@ -1,27 +1,14 @@
-"""`xstore nar`: dump, restore, list and read NAR archives."""
+"""`xstore nar`: dump, restore, list and read NAR archives. The options and help are declared here; what
+each command does is in `actions.py`, shared with the fast path (`fast.py`)."""
 
 from __future__ import annotations
 
-import json
-import os
-import sys
 from typing import Annotated
 
 import typer
 
-from xstore.cli.common import (
-    CaseHackOpt,
-    FoldOpt,
-    Progress,
-    atomic_output,
-    cli_errors,
-    descriptor_of,
-    err,
-    file_size,
-    open_input,
-    require_stdout,
-    stdout_binary,
-)
+from xstore.cli import actions
+from xstore.cli.common import CaseHackOpt, FoldOpt
 
 app = typer.Typer(
     help="Dump, restore, list and read NAR archives (Nix ARchives), byte-identical to Nix.",
@@ -55,16 +42,7 @@ def dump(
 
     Example: xstore nar dump ./result -o result.nar
     """
-    from xstore.nar.dump import dump_path
-
-    with cli_errors(), Progress("dumping") as progress, atomic_output(output) as sink:
-        dump_path(
-            path,
-            sink,
-            case_hack=case_hack is not CaseHackOpt.off,
-            exclude=exclude or (),
-            progress=progress,
-        )
+    actions.nar_dump(path, output, case_hack, exclude)
 
 
 @app.command("restore")
@@ -94,46 +72,7 @@ def restore(
 
     Example: xstore nar restore ./out -i closure.nar --case-hack on
     """
-    from xstore import sniff
-    from xstore.casehack import CaseHackMode, Fold
-    from xstore.errors import UsageError
-    from xstore.nar.restore import restore_path
-
-    with cli_errors():
-        if json_:
-            require_stdout()  # a closed standard output stops the restore before it starts
-        with open_input(input_, raw=True) as f:
-            if f.isatty():
-                raise UsageError("no archive on stdin: pipe one in or use -i FILE")
-            kind, method, read = sniff.open_input(f.read)
-            sniff.expect(kind, sniff.Kind.NAR, input_ or "the input")
-            plain = method.value == "none"
-            with Progress("restoring", file_size(f) if plain else None) as progress:
-                result = restore_path(
-                    dest,
-                    read,
-                    case_hack=CaseHackMode(case_hack.value),
-                    fold=None if case_fold is FoldOpt.auto else Fold(case_fold.value),
-                    progress=progress,
-                    source_fd=descriptor_of(f) if plain else None,
-                )
-        summary = {
-            "destination": os.path.abspath(dest),
-            "narSize": result.nar_size,
-            "caseHack": result.case_hack,
-            "fold": result.fold.value,
-            "renamed": result.renamed,
-        }
-        if result.probed is not None:
-            summary["filesystem"] = {
-                "caseInsensitive": result.probed.case_insensitive,
-                "unicodeCaseInsensitive": result.probed.unicode_case_insensitive,
-                "normalizationInsensitive": result.probed.normalization_insensitive,
-            }
-        if json_:
-            sys.stdout.write(json.dumps(summary) + "\n")
-        elif result.renamed:
-            err(f"restored {dest}: case hack renamed {result.renamed} name(s) ({result.fold.value} fold)")
+    actions.nar_restore(dest, input_, case_hack, case_fold, json_)
 
 
 @app.command("ls")
@@ -153,22 +92,7 @@ def ls(
 
     Example: xstore nar ls closure.nar /share/terminfo -R --json
     """
-    from xstore.errors import UsageError
-    from xstore.nar.listing import NarFile, dump_json, listing_json, listing_lines
-
-    with cli_errors():
-        if json_ and directory:
-            raise UsageError("'--directory' is useless with '--json'")
-        with open(nar, "rb") as f:
-            index = NarFile(f, nar).index
-        node = index.lookup(path)
-        out = sys.stdout.buffer
-        if json_:
-            out.write(dump_json(listing_json(node, recursive=recursive)).encode() + b"\n")
-        else:
-            for line in listing_lines(index, path, recursive=recursive, long=long, directory=directory):
-                out.write(line + b"\n")
-        out.flush()
+    actions.nar_ls(nar, path, recursive, long, directory, json_)
 
 
 @app.command("cat")
@@ -181,15 +105,4 @@ def cat(
 
     Example: xstore nar cat closure.nar /bin/hello > hello
     """
-    from xstore.errors import XstoreError
-    from xstore.nar.listing import NarFile, RegularNode
-
-    with cli_errors(), open(nar, "rb") as f:
-        archive = NarFile(f, nar)
-        node = archive.index.lookup(path)
-        if not isinstance(node, RegularNode):
-            raise XstoreError(f"path '{path}' is not a regular file in the NAR")
-        out = stdout_binary() if node.size else sys.stdout.buffer
-        for block in archive.contents(node):
-            out.write(block)
-        out.flush()
+    actions.nar_cat(nar, path)

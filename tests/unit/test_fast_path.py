@@ -1,0 +1,234 @@
+"""The fast path (`xstore/cli/fast.py`) against typer: for every command line it takes, the typer app
+must call the same action with the same arguments; whatever it does not read exactly as click would, it
+must leave to typer; and a run on it must not load typer or click at all."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer
+from hypothesis import given
+from hypothesis import strategies as st
+from typer.core import TyperArgument, TyperOption
+from typer.testing import CliRunner
+
+from xstore.cli import actions, fast
+from xstore.cli.app import app
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def recorded(monkeypatch: pytest.MonkeyPatch) -> Callable[[list[str]], tuple[str, dict[str, object]]]:
+    """Runs a command line through typer with every action replaced by a recorder; returns the action
+    typer called and its arguments by name."""
+    calls: list[tuple[str, dict[str, object]]] = []
+    for action in {spec.action for spec in fast.SPECS.values()}:
+        original = getattr(actions, action)
+
+        def record(*args: object, _name: str = action, _f: object = original, **kwargs: object) -> None:
+            bound = inspect.signature(_f).bind(*args, **kwargs)  # type: ignore[arg-type]
+            calls.append((_name, dict(bound.arguments)))
+
+        monkeypatch.setattr(actions, action, record)
+
+    def run(argv: list[str]) -> tuple[str, dict[str, object]]:
+        calls.clear()
+        result = runner.invoke(app, argv)
+        assert result.exit_code == 0, (argv, result.output)
+        assert len(calls) == 1
+        return calls[0]
+
+    return run
+
+
+def normal(kwargs: dict[str, object]) -> dict[str, object]:
+    """Arguments as an action sees them: an unrepeated multiple option is None or empty either way."""
+    return {k: (None if v in ([], ()) else list(v) if isinstance(v, tuple) else v) for k, v in kwargs.items()}
+
+
+TAKEN = [
+    ["nar", "dump", "x"],
+    ["nar", "dump", "x", "-o", "out.nar"],
+    ["nar", "dump", "-o", "out.nar", "x"],
+    ["nar", "dump", "--output=out.nar", "x", "--case-hack", "off"],
+    ["nar", "dump", "x", "--exclude", "*.pyc", "--exclude=doc/*", "--case-hack=on"],
+    ["nar", "dump", "--", "-x"],
+    ["nar", "dump", "-"],
+    ["nar", "dump", "x", "-o", "-"],
+    ["nar", "dump", "x", "-o", "--"],
+    ["nar", "dump", "x", "-o", "-o", "-o", "last"],
+    ["nar", "restore", "dest"],
+    ["nar", "restore", "dest", "-i", "in.nar", "--json"],
+    ["nar", "restore", "--case-hack", "on", "--case-fold", "apfs", "dest", "--input=in.nar"],
+    ["nar", "restore", "--json", "--json", "dest"],
+    ["nar", "ls", "a.nar"],
+    ["nar", "ls", "a.nar", "/bin", "-R", "-l"],
+    ["nar", "ls", "--json", "-d", "a.nar", "--recursive", "--long", "--directory"],
+    ["nar", "cat", "a.nar", "/bin/hello"],
+    ["nar", "cat", "--", "a.nar", "-weird"],
+    ["hash", "path", "a"],
+    ["hash", "path", "a", "b", "c", "--format", "nix32", "--type=sha512"],
+    ["hash", "path", "--case-hack", "off", "a"],
+    ["hash", "file", "a", "b"],
+    ["hash", "file", "--type", "md5", "--format", "base16", "--", "--a"],
+    ["hash", "file", "--type", "nonsense", "a"],  # the action refuses it, as it would under typer
+]
+
+
+@pytest.mark.parametrize("argv", TAKEN, ids=" ".join)
+def test_fast_path_calls_what_typer_calls(
+    argv: list[str], recorded: Callable[[list[str]], tuple[str, dict[str, object]]]
+) -> None:
+    found = fast.parse(argv)
+    assert found is not None, "the fast path should take this command line"
+    action, kwargs = found
+    typer_action, typer_kwargs = recorded(argv)
+    assert action == typer_action
+    assert normal(kwargs) == normal(typer_kwargs)
+
+
+LEFT_TO_TYPER = [
+    [],
+    ["nar"],
+    ["--version", "nar", "dump", "x"],
+    ["nar", "dump"],
+    ["nar", "dump", "x", "y"],
+    ["nar", "dump", "--help"],
+    ["nar", "dump", "-h", "x"],
+    ["nar", "dump", "x", "-o"],
+    ["nar", "dump", "x", "-oout.nar"],
+    ["nar", "dump", "x", "-o=out.nar"],
+    ["nar", "dump", "x", "--out", "f"],
+    ["nar", "dump", "x", "--case-hack", "ON"],
+    ["nar", "dump", "x", "--case-hack=maybe"],
+    ["nar", "restore", "dest", "--json=yes"],
+    ["nar", "restore", "dest", "--no-json"],
+    ["nar", "ls", "a.nar", "-Rl"],
+    ["nar", "ls", "a.nar", "/", "extra"],
+    ["nar", "cat", "a.nar"],
+    ["hash", "path"],
+    ["hash", "path", "--"],
+    ["hash", "file", "--format"],
+    ["hash", "nar", "x"],
+    ["store", "info"],
+    ["import", "x"],
+]
+
+
+@pytest.mark.parametrize("argv", LEFT_TO_TYPER, ids=lambda a: " ".join(a) or "(nothing)")
+def test_fast_path_leaves_the_rest_to_typer(argv: list[str]) -> None:
+    assert fast.parse(argv) is None
+
+
+def _click_command(group: str, name: str) -> Any:
+    """The click command typer makes of `xstore GROUP NAME` (typer carries its own click)."""
+    root: Any = typer.main.get_command(app)
+    with root.make_context("xstore", [group, name, "--help"], resilient_parsing=True) as ctx:
+        command = root.get_command(ctx, group).get_command(ctx, name)
+    assert command is not None
+    return command
+
+
+@pytest.mark.parametrize("key", list(fast.SPECS), ids=" ".join)
+def test_tables_mirror_the_typer_declarations(key: tuple[str, str]) -> None:
+    """Same options, same spellings, same kinds, same choices, same defaults, same arguments: an option
+    added to or dropped from a typer command must be added to or dropped from the fast path's table."""
+    spec = fast.SPECS[key]
+    command = _click_command(*key)
+    options: list[Any] = [p for p in command.params if isinstance(p, TyperOption) and p.name != "help"]
+    arguments: list[Any] = [p for p in command.params if isinstance(p, TyperArgument)]
+    assert {p.name for p in options} == {o.dest for o in spec.options}
+    for param in options:
+        (opt,) = [o for o in spec.options if o.dest == param.name]
+        assert sorted(param.opts + param.secondary_opts) == sorted(opt.names)
+        kind = "flag" if param.is_flag else "multi" if param.multiple else "value"
+        assert kind == opt.kind
+        if opt.choices is not None:
+            assert sorted(param.type.choices) == sorted(m.value for m in opt.choices)
+        else:
+            assert not hasattr(param.type, "choices")
+    assert [p.name for p in arguments] == list(spec.positionals)
+    assert [p.nargs for p in arguments] == [-1 if spec.rest else 1] * len(arguments)
+    for param in arguments:
+        assert param.required == (param.name not in spec.optional)
+        if param.name in spec.optional:
+            assert param.default == spec.optional[param.name]
+
+
+COMMON_WORDS = ["auto", "on", "off", "ascii", "apfs", "x", "y", "", "-", "--", "-x", "--x", "-Rl", "-h"]
+
+
+def _vocabulary(spec: fast.Spec) -> list[str]:
+    names = [name for o in spec.options for name in o.names]
+    inline = [f"{name}={v}" for name in names if name.startswith("--") for v in ("on", "x", "")]
+    return sorted({*names, *inline, *COMMON_WORDS})
+
+
+VOCABULARY = {key: _vocabulary(spec) for key, spec in fast.SPECS.items()}
+
+
+@given(data=st.data())
+def test_whatever_the_fast_path_takes_typer_reads_the_same(data: st.DataObject) -> None:
+    key = data.draw(st.sampled_from(list(fast.SPECS)))
+    words = data.draw(st.lists(st.sampled_from(VOCABULARY[key]), max_size=7))
+    argv = [*key, *words]
+    found = fast.parse(argv)
+    if found is None:
+        return
+    _action, kwargs = found
+    # Click's own parse of the same words, without running anything.
+    command = _click_command(*key)
+    ctx = command.make_context(key[1], list(words))
+    expected = {k: (v.value if hasattr(v, "value") else v) for k, v in ctx.params.items()}
+    got = {k: (v.value if hasattr(v, "value") else v) for k, v in kwargs.items()}
+    assert normal(got) == normal(expected), argv
+
+
+def test_a_run_on_the_fast_path_loads_neither_typer_nor_click(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"hello")
+    probe = (
+        "import sys\n"
+        "from xstore.cli.entry import main\n"
+        "sys.argv = ['xstore', *sys.argv[1:]]\n"
+        "try:\n"
+        "    main()\n"
+        "finally:\n"
+        "    sys.stderr.write(' '.join(sorted(m for m in ('typer', 'click') if m in sys.modules)) + '\\n')\n"
+    )
+
+    def run(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", probe, *argv],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            cwd=tmp_path,
+            env={**os.environ, "COLUMNS": "80"},
+        )
+
+    fast_run = run("nar", "dump", "f", "-o", "f.nar")
+    assert fast_run.returncode == 0, fast_run.stderr
+    assert fast_run.stderr == "\n"
+    assert (tmp_path / "f.nar").read_bytes().startswith(b"\x0d\0\0\0\0\0\0\0nix-archive-1")
+    hashed = run("hash", "file", "f", "--format", "base16")
+    assert hashed.stdout == "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824\n"
+    assert hashed.stderr == "\n"
+    # An error on the fast path is the same one line and exit status as on typer's.
+    missing = run("nar", "dump", "nothing-here")
+    assert missing.returncode == 1
+    assert missing.stderr.startswith("error: ")
+    assert missing.stderr.count("\n") == 2
+    # Help is typer's.
+    helped = run("nar", "dump", "--help")
+    assert helped.returncode == 0
+    assert "--exclude" in helped.stdout
+    assert "typer" in helped.stderr.split()

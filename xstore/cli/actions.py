@@ -1,0 +1,164 @@
+"""What the commands scripts call most do, without typer: `nar dump`, `nar restore`, `nar ls`, `nar cat`,
+`hash path` and `hash file`.
+
+Each function is the whole body of its command. The typer commands in `nar.py` and `hash.py` declare the
+options and help and call these; the fast path (`fast.py`) parses the plain forms of the same command
+lines itself and calls them directly, so that a run of `xstore nar dump` does not pay for typer and click.
+Options arrive already parsed: strings, bools, and the `CaseHackOpt` and `FoldOpt` choices.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TYPE_CHECKING
+
+from xstore.cli.common import (
+    CaseHackOpt,
+    FoldOpt,
+    Progress,
+    atomic_output,
+    cli_errors,
+    descriptor_of,
+    err,
+    file_size,
+    open_input,
+    require_stdout,
+    stdout_binary,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from xstore.hashing import HashAlgorithm, HashFormat
+
+
+def nar_dump(path: str, output: str | None, case_hack: CaseHackOpt, exclude: Sequence[str] | None) -> None:
+    from xstore.nar.dump import dump_path
+
+    with cli_errors(), Progress("dumping") as progress, atomic_output(output) as sink:
+        dump_path(
+            path,
+            sink,
+            case_hack=case_hack is not CaseHackOpt.off,
+            exclude=exclude or (),
+            progress=progress,
+        )
+
+
+def nar_restore(
+    dest: str, input_: str | None, case_hack: CaseHackOpt, case_fold: FoldOpt, json_: bool
+) -> None:
+    from xstore import sniff
+    from xstore.casehack import CaseHackMode, Fold
+    from xstore.errors import UsageError
+    from xstore.nar.restore import restore_path
+
+    with cli_errors():
+        if json_:
+            require_stdout()  # a closed standard output stops the restore before it starts
+        with open_input(input_, raw=True) as f:
+            if f.isatty():
+                raise UsageError("no archive on stdin: pipe one in or use -i FILE")
+            kind, method, read = sniff.open_input(f.read)
+            sniff.expect(kind, sniff.Kind.NAR, input_ or "the input")
+            plain = method.value == "none"
+            with Progress("restoring", file_size(f) if plain else None) as progress:
+                result = restore_path(
+                    dest,
+                    read,
+                    case_hack=CaseHackMode(case_hack.value),
+                    fold=None if case_fold is FoldOpt.auto else Fold(case_fold.value),
+                    progress=progress,
+                    source_fd=descriptor_of(f) if plain else None,
+                )
+        if json_:
+            import json
+
+            summary: dict[str, object] = {
+                "destination": os.path.abspath(dest),
+                "narSize": result.nar_size,
+                "caseHack": result.case_hack,
+                "fold": result.fold.value,
+                "renamed": result.renamed,
+            }
+            if result.probed is not None:
+                summary["filesystem"] = {
+                    "caseInsensitive": result.probed.case_insensitive,
+                    "unicodeCaseInsensitive": result.probed.unicode_case_insensitive,
+                    "normalizationInsensitive": result.probed.normalization_insensitive,
+                }
+            sys.stdout.write(json.dumps(summary) + "\n")
+        elif result.renamed:
+            err(f"restored {dest}: case hack renamed {result.renamed} name(s) ({result.fold.value} fold)")
+
+
+def nar_ls(nar: str, path: str, recursive: bool, long: bool, directory: bool, json_: bool) -> None:
+    from xstore.errors import UsageError
+    from xstore.nar.listing import NarFile, dump_json, listing_json, listing_lines
+
+    with cli_errors():
+        if json_ and directory:
+            raise UsageError("'--directory' is useless with '--json'")
+        with open(nar, "rb") as f:
+            index = NarFile(f, nar).index
+        node = index.lookup(path)
+        out = sys.stdout.buffer
+        if json_:
+            out.write(dump_json(listing_json(node, recursive=recursive)).encode() + b"\n")
+        else:
+            for line in listing_lines(index, path, recursive=recursive, long=long, directory=directory):
+                out.write(line + b"\n")
+        out.flush()
+
+
+def nar_cat(nar: str, path: str) -> None:
+    from xstore.errors import XstoreError
+    from xstore.nar.listing import NarFile, RegularNode
+
+    with cli_errors(), open(nar, "rb") as f:
+        archive = NarFile(f, nar)
+        node = archive.index.lookup(path)
+        if not isinstance(node, RegularNode):
+            raise XstoreError(f"path '{path}' is not a regular file in the NAR")
+        out = stdout_binary() if node.size else sys.stdout.buffer
+        for block in archive.contents(node):
+            out.write(block)
+        out.flush()
+
+
+def _hash_choices(type_: str, format_: str) -> tuple[HashAlgorithm, HashFormat]:
+    """The --type and --format options, parsed; a bad value is command-line misuse (exit 2)."""
+    from xstore.errors import InvalidHashError, UsageError
+    from xstore.hashing import HashAlgorithm, HashFormat
+
+    try:
+        return HashAlgorithm.parse(type_), HashFormat.parse(format_)
+    except InvalidHashError as e:
+        raise UsageError(str(e)) from None
+
+
+def hash_path(paths: Sequence[str], type_: str, format_: str, case_hack: CaseHackOpt) -> None:
+    from xstore.hashing import HashSink
+    from xstore.nar.dump import dump_path
+
+    with cli_errors():
+        algorithm, fmt = _hash_choices(type_, format_)
+        for p in paths:
+            sink = HashSink(algorithm)
+            with Progress(f"hashing {p}") as progress:
+                dump_path(p, sink.update, case_hack=case_hack is not CaseHackOpt.off, progress=progress)
+            sys.stdout.write(sink.format(fmt) + "\n")
+
+
+def hash_file(paths: Sequence[str], type_: str, format_: str) -> None:
+    from xstore.hashing import HashSink
+
+    with cli_errors():
+        algorithm, fmt = _hash_choices(type_, format_)
+        for p in paths:
+            sink = HashSink(algorithm)
+            with open(p, "rb") as f:
+                while block := f.read(1 << 20):
+                    sink.update(block)
+            sys.stdout.write(sink.format(fmt) + "\n")

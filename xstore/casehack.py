@@ -23,7 +23,6 @@ import errno
 import os
 import unicodedata
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any, Final
 
 from xstore.errors import CaseHackError, DumpError
@@ -186,14 +185,51 @@ _NFC: Final = "\u00e9".encode()  # e with acute, composed
 _NFD: Final = "e\u0301".encode()  # the same, decomposed
 
 
-@dataclass(frozen=True, slots=True)
 class FsCaseBehaviour:
-    """What a directory's filesystem does with names that differ only in case or normalisation."""
+    """What a directory's filesystem does with names that differ only in case or normalisation.
 
+    An immutable value; `method` ("write" or "read-only": how it was found out) is not part of its
+    identity. A plain class rather than a dataclass: `dataclasses` imports `inspect`, a tenth of the
+    start-up of `xstore nar dump`, which reaches this module.
+    """
+
+    __slots__ = ("case_insensitive", "method", "normalization_insensitive", "unicode_case_insensitive")
     case_insensitive: bool
-    unicode_case_insensitive: bool = False
-    normalization_insensitive: bool = False
-    method: str = field(default="write", compare=False)  # "write" or "read-only"
+    unicode_case_insensitive: bool
+    normalization_insensitive: bool
+    method: str
+
+    def __init__(
+        self,
+        case_insensitive: bool,
+        unicode_case_insensitive: bool = False,
+        normalization_insensitive: bool = False,
+        method: str = "write",
+    ) -> None:
+        set_ = object.__setattr__
+        set_(self, "case_insensitive", case_insensitive)
+        set_(self, "unicode_case_insensitive", unicode_case_insensitive)
+        set_(self, "normalization_insensitive", normalization_insensitive)
+        set_(self, "method", method)
+
+    def _key(self) -> tuple[bool, bool, bool]:
+        return (self.case_insensitive, self.unicode_case_insensitive, self.normalization_insensitive)
+
+    def __eq__(self, other: object) -> bool:
+        return self._key() == other._key() if isinstance(other, FsCaseBehaviour) else NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"FsCaseBehaviour is immutable; cannot set {name!r}")
+
+    def __repr__(self) -> str:
+        return (
+            f"FsCaseBehaviour(case_insensitive={self.case_insensitive!r}, "
+            f"unicode_case_insensitive={self.unicode_case_insensitive!r}, "
+            f"normalization_insensitive={self.normalization_insensitive!r}, method={self.method!r})"
+        )
 
     @property
     def folds_names(self) -> bool:
@@ -310,17 +346,20 @@ def resolve_restore_mode(
 # -- the pre-flight scan --------------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
 class NameScanner:
     """Collects, directory by directory, the names that would collide under each fold, and the names
     macOS cannot store at all (not UTF-8). Feed it with `add_directory`; read `findings()`."""
 
-    collisions: dict[Fold, list[tuple[tuple[bytes, ...], list[bytes]]]] = field(
-        default_factory=lambda: {Fold.ASCII: [], Fold.APFS: []}
-    )
-    not_utf8: list[tuple[bytes, ...]] = field(default_factory=list)
-    directories: int = 0
-    names: int = 0
+    __slots__ = ("collisions", "directories", "names", "not_utf8")
+
+    def __init__(self) -> None:
+        self.collisions: dict[Fold, list[tuple[tuple[bytes, ...], list[bytes]]]] = {
+            Fold.ASCII: [],
+            Fold.APFS: [],
+        }
+        self.not_utf8: list[tuple[bytes, ...]] = []
+        self.directories = 0
+        self.names = 0
 
     def add_directory(self, path: tuple[bytes, ...], names: Iterable[bytes]) -> None:
         groups: dict[Fold, dict[bytes, list[bytes]]] = {Fold.ASCII: {}, Fold.APFS: {}}

@@ -17,7 +17,6 @@ import errno
 import fcntl
 import os
 import re
-import shutil
 import stat
 import sys
 import time
@@ -62,6 +61,8 @@ def remove_tree(real_path: bytes) -> None:
         return
     if stat.S_ISDIR(st.st_mode):
         make_writable(real_path)
+        import shutil  # not at start-up: it imports bz2 and lzma
+
         shutil.rmtree(real_path)
     else:
         os.unlink(real_path)
@@ -105,6 +106,8 @@ def remove_dead_staging(parent_fd: int) -> list[bytes]:
             except BlockingIOError:
                 continue  # alive
             if stat.S_ISDIR(st.st_mode):
+                import shutil
+
                 shutil.rmtree(name, dir_fd=parent_fd)
             else:
                 os.unlink(name, dir_fd=parent_fd)

@@ -23,10 +23,13 @@ import errno
 import os
 import unicodedata
 from collections.abc import Iterable
-from typing import Any, Final
 
 from xstore.errors import CaseHackError, DumpError
 from xstore.nar.rules import CASE_HACK_SUFFIX, name_problem, show
+
+TYPE_CHECKING = False  # not `from typing import`: the fast path runs without loading typing
+if TYPE_CHECKING:
+    from typing import Any, Final
 
 __all__ = [
     "CASE_HACK_SUFFIX",

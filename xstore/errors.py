@@ -24,7 +24,10 @@ from __future__ import annotations
 
 import errno as _errno
 import os
-from typing import Any
+
+TYPE_CHECKING = False  # not `from typing import`: the fast path runs without loading typing
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class XstoreError(Exception):
@@ -205,6 +208,7 @@ class StreamClosedError(StateError, OSError):
 
 class BinaryCacheError(StateError, OSError):
     """A binary cache cannot be used: unreachable, refusing, for another store directory, not a cache."""
+
 
 class ServeError(StateError, OSError):
     """A server cannot start or go on: the address cannot be listened on, the store cannot be served."""

@@ -21,7 +21,10 @@ import stat
 import sys
 import time
 from collections.abc import Callable, Iterator
-from typing import Final
+
+TYPE_CHECKING = False  # not `from typing import`: the fast path runs without loading typing
+if TYPE_CHECKING:
+    from typing import Final
 
 PLATFORM: str = sys.platform  # a plain string: both branches type-check on every platform
 

@@ -23,9 +23,14 @@ from __future__ import annotations
 import enum
 import struct
 from collections.abc import Callable, Iterable
-from typing import Final, TypeVar
 
 from xstore.errors import InputError, WireError
+
+TYPE_CHECKING = False  # not `from typing import`: the fast path runs without loading typing
+if TYPE_CHECKING:
+    from typing import Final, TypeVar
+
+    T = TypeVar("T")
 
 U64: Final = struct.Struct("<Q")
 ZEROS: Final = bytes(8)
@@ -45,8 +50,6 @@ class Signal(enum.Enum):
 
 
 NEED_DATA: Final = Signal.NEED_DATA
-
-T = TypeVar("T")
 
 
 # -- writing -----------------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING
 
 from xstore.cli.common import (
     CaseHackOpt,
@@ -27,6 +26,7 @@ from xstore.cli.common import (
     stdout_binary,
 )
 
+TYPE_CHECKING = False  # not `from typing import`: the fast path runs without loading typing
 if TYPE_CHECKING:
     from collections.abc import Sequence
 

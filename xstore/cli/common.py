@@ -15,10 +15,10 @@ import stat
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING
 
 from xstore.errors import UsageError, XstoreError
 
+TYPE_CHECKING = False  # not `from typing import`: the fast path runs without loading typing
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from typing import BinaryIO, Final, NoReturn

@@ -13,10 +13,9 @@ action with the same arguments.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from xstore.cli.common import CaseHackOpt, FoldOpt
 
+TYPE_CHECKING = False  # not `from typing import`: the fast path runs without loading typing
 if TYPE_CHECKING:
     import enum
     from collections.abc import Sequence

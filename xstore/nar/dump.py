@@ -21,13 +21,16 @@ import os
 import re
 import stat
 from collections.abc import Callable, Sequence
-from typing import Final, NoReturn
 
 from xstore.casehack import unhack_entries
 from xstore.errors import DumpError
 from xstore.fsops import FdSink, copy_range
 from xstore.nar import tokens
 from xstore.wire import NAR_MAX_DEPTH, U64, ZEROS, encode_strings
+
+TYPE_CHECKING = False  # not `from typing import`: the fast path runs without loading typing
+if TYPE_CHECKING:
+    from typing import Final, NoReturn
 
 CHUNK: Final = 1 << 20
 KERNEL_COPY_MIN: Final = 1 << 20  # below this a kernel copy saves less than the calls it costs

@@ -10,9 +10,11 @@ archive. Nothing here does I/O.
 
 from __future__ import annotations
 
-from typing import Final
-
 from xstore.wire import NAR_MAX_NAME, NAR_MAX_TARGET
+
+TYPE_CHECKING = False  # not `from typing import`: the fast path runs without loading typing
+if TYPE_CHECKING:
+    from typing import Final
 
 NAR_MAGIC: Final = b"nix-archive-1"
 CASE_HACK_SUFFIX: Final = b"~nix~case~hack~"

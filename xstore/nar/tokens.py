@@ -8,10 +8,12 @@ one comparison of raw bytes. Nix: archive.cc (`dumpPath`, `parse`).
 
 from __future__ import annotations
 
-from typing import Final
-
 from xstore.nar.rules import NAR_MAGIC
 from xstore.wire import encode_strings
+
+TYPE_CHECKING = False  # not `from typing import`: the fast path runs without loading typing
+if TYPE_CHECKING:
+    from typing import Final
 
 # Single tokens, for the parser's comparisons.
 OPEN: Final = encode_strings(b"(")

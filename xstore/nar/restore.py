@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import shutil
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -121,6 +120,7 @@ class TreeWriter:
         self._preallocate = _fallocate is not None
         self._staged = staging
         self._committed = False
+        self._linked = False  # staged: the root has been linked or renamed to `dest`
         if not staging:
             # The caller's directory is private already (the store's scratch directory): the tree is
             # built in place, and `abort` removes it.
@@ -307,6 +307,7 @@ class TreeWriter:
                     if os.path.lexists(self.dest):
                         raise FileExistsError(errno.EEXIST, "exists") from e
                     self._rename_root()
+            self._linked = True
         except FileExistsError as e:
             raise DestinationExistsError(
                 f"'{os.fsdecode(self.dest)}' already exists; xstore never overwrites"
@@ -340,14 +341,16 @@ class TreeWriter:
         every descriptor. Idempotent."""
         self._close_descriptors()
         if self._staging_fd >= 0:
+            if self._linked:  # a file's second name (a renamed directory is gone already)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(_ROOT_NAME, dir_fd=self._staging_fd)
             os.close(self._staging_fd)
             self._staging_fd = -1
         if self._parent_fd >= 0:
             parent_fd, self._parent_fd = self._parent_fd, -1
             try:
                 if self._staged:
-                    with contextlib.suppress(FileNotFoundError):
-                        shutil.rmtree(self._staging, dir_fd=parent_fd)
+                    _remove_entry(parent_fd, self._staging)
                 elif not self._committed:
                     _remove_entry(parent_fd, self._name)
             finally:
@@ -364,7 +367,14 @@ def _remove_entry(dir_fd: int, name: bytes) -> None:
     except FileNotFoundError:
         return
     if stat.S_ISDIR(st.st_mode):
-        shutil.rmtree(name, dir_fd=dir_fd)
+        try:
+            os.rmdir(name, dir_fd=dir_fd)  # empty, as a finished restore's staging directory is
+        except OSError as e:
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            import shutil  # not at start-up: it imports bz2 and lzma
+
+            shutil.rmtree(name, dir_fd=dir_fd)
     else:
         os.unlink(name, dir_fd=dir_fd)
 

@@ -80,6 +80,7 @@ CASE_NAMES: Final = (
     "command",
     "dump-tree",
     "restore-tree",
+    "restore-include",
     "dump-file",
     "restore-file",
     "hash-file",
@@ -257,6 +258,7 @@ class Bench:
         self.big_mib = big_mib
         self.tree = workdir / "tree"
         self.tree_nar = workdir / "tree.nar"
+        self.include_nar = workdir / "include.nar"  # /usr/include: a real tree of about 8,000 files
         self.big_dir = workdir / "big"  # what `nix-store --add` makes the large store path of
         self.big = self.big_dir / "big.bin"
         self.big_nar = workdir / "big.nar"
@@ -323,6 +325,11 @@ class Bench:
         if TREE_CASES & wanted:
             log(f"generating {self.n_files} small files ...")
             self.tree_entries = make_tree(self.tree, self.n_files, random.Random(SEED))
+        if "restore-include" in wanted:
+            log("dumping /usr/include with nix-store ...")
+            self.runner.run(
+                Command([self.nix_store, "--dump", "/usr/include"], self.nix_env, None, self.include_nar)
+            )
         if {"dump-tree", "restore-tree"} & wanted:
             self.runner.run(
                 Command([self.nix_store, "--dump", str(self.tree)], self.nix_env, None, self.tree_nar)
@@ -424,13 +431,14 @@ class Bench:
     def cases(self, names: Sequence[str]) -> list[Case]:
         made: dict[str, Callable[[], Case]] = {
             "startup": self._startup,
+            "restore-include": lambda: self._restore("restore-include", self.include_nar, 1.2),
             "command": self._command,
             "dump-tree": lambda: self._dump("dump-tree", self.tree, self.tree_nar, 1.5),
             "restore-tree": lambda: self._restore("restore-tree", self.tree_nar, 1.5),
-            "dump-file": lambda: self._dump("dump-file", self.big, self.big_nar, 1.2),
-            "restore-file": lambda: self._restore("restore-file", self.big_nar, 1.2),
+            "dump-file": lambda: self._dump("dump-file", self.big, self.big_nar, 1.0),
+            "restore-file": lambda: self._restore("restore-file", self.big_nar, 1.0),
             "hash-file": self._hash_file,
-            "import-tree": lambda: self._import("import-tree", "tree", 1.5),
+            "import-tree": lambda: self._import("import-tree", "tree", 1.2),
             "export-tree": lambda: self._export("export-tree", "tree", 1.5),
             "import-file": lambda: self._import("import-file", "file", 1.5),
             "export-file": lambda: self._export("export-file", "file", 1.5),
@@ -501,7 +509,11 @@ class Bench:
                 check.unlink(missing_ok=True)
                 reset()
 
-        what = self._describe(self.tree if nar == self.tree_nar else self.big)
+        what = (
+            "/usr/include's NAR"
+            if nar == self.include_nar
+            else self._describe(self.tree if nar == self.tree_nar else self.big)
+        )
         return Case(
             name,
             f"`nar restore` {what} vs `nix-store --restore`",
@@ -530,7 +542,7 @@ class Bench:
         return Case(
             "hash-file",
             f"`hash path --format nix32` {self._describe(self.big)} vs `nix-hash --type sha256 --base32`",
-            1.2,
+            1.1,
             x_cmd,
             n_cmd,
             verify=verify,

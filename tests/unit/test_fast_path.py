@@ -80,6 +80,12 @@ TAKEN = [
     ["hash", "file", "a", "b"],
     ["hash", "file", "--type", "md5", "--format", "base16", "--", "--a"],
     ["hash", "file", "--type", "nonsense", "a"],  # the action refuses it, as it would under typer
+    ["import"],
+    ["import", "--store", "/srv/root", "-i", "closure.export"],
+    ["import", "--case-hack=on", "--case-fold", "ascii", "--input=-"],
+    ["export", "/nix/store/p"],
+    ["export", "-r", "--store", "local?root=/srv", "p1", "p2", "-o", "out.export"],
+    ["export", "--recursive", "--output=-", "--", "-p"],
 ]
 
 
@@ -120,6 +126,12 @@ LEFT_TO_TYPER = [
     ["hash", "nar", "x"],
     ["store", "info"],
     ["import", "x"],
+    ["import", "-h"],
+    ["import", "--store"],
+    ["export"],
+    ["export", "-ro", "f", "p"],
+    ["export", "p", "--recursive=1"],
+    ["copy", "--to", "x", "p"],
 ]
 
 
@@ -128,11 +140,13 @@ def test_fast_path_leaves_the_rest_to_typer(argv: list[str]) -> None:
     assert fast.parse(argv) is None
 
 
-def _click_command(group: str, name: str) -> Any:
-    """The click command typer makes of `xstore GROUP NAME` (typer carries its own click)."""
+def _click_command(*words: str) -> Any:
+    """The click command typer makes of `xstore WORDS` (typer carries its own click)."""
     root: Any = typer.main.get_command(app)
-    with root.make_context("xstore", [group, name, "--help"], resilient_parsing=True) as ctx:
-        command = root.get_command(ctx, group).get_command(ctx, name)
+    with root.make_context("xstore", [*words, "--help"], resilient_parsing=True) as ctx:
+        command = root.get_command(ctx, words[0])
+        for word in words[1:]:
+            command = command.get_command(ctx, word)
     assert command is not None
     return command
 
@@ -186,7 +200,7 @@ def test_whatever_the_fast_path_takes_typer_reads_the_same(data: st.DataObject) 
     _action, kwargs = found
     # Click's own parse of the same words, without running anything.
     command = _click_command(*key)
-    ctx = command.make_context(key[1], list(words))
+    ctx = command.make_context(key[-1], list(words))
     expected = {k: (v.value if hasattr(v, "value") else v) for k, v in ctx.params.items()}
     got = {k: (v.value if hasattr(v, "value") else v) for k, v in kwargs.items()}
     assert normal(got) == normal(expected), argv

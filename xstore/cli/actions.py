@@ -1,9 +1,10 @@
 """What the commands scripts call most do, without typer: `nar dump`, `nar restore`, `nar ls`, `nar cat`,
-`hash path` and `hash file`.
+`hash path`, `hash file`, `import` and `export`, and the store arguments every store command shares.
 
-Each function is the whole body of its command. The typer commands in `nar.py` and `hash.py` declare the
-options and help and call these; the fast path (`fast.py`) parses the plain forms of the same command
-lines itself and calls them directly, so that a run of `xstore nar dump` does not pay for typer and click.
+Each function is the whole body of its command. The typer commands in `nar.py`, `hash.py` and `store.py`
+declare the options and help and call these; the fast path (`fast.py`) parses the plain forms of the same
+command lines itself and calls them directly, so that a run of `xstore nar dump` does not pay for typer
+and click.
 Options arrive already parsed: strings, bools, and the `CaseHackOpt` and `FoldOpt` choices.
 """
 
@@ -31,6 +32,9 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from xstore.hashing import HashAlgorithm, HashFormat
+    from xstore.store import LocalStore
+    from xstore.storeapi import Store
+    from xstore.storepath import StorePath
 
 
 def nar_dump(path: str, output: str | None, case_hack: CaseHackOpt, exclude: Sequence[str] | None) -> None:
@@ -162,3 +166,98 @@ def hash_file(paths: Sequence[str], type_: str, format_: str) -> None:
                 while block := f.read(1 << 20):
                     sink.update(block)
             sys.stdout.write(sink.format(fmt) + "\n")
+
+
+# -- store commands ------------------------------------------------------------------------------------
+
+
+def open_any(url: str | None) -> Store:
+    """A store of any kind, for commands that only read from it."""
+    from xstore.stores import open_store
+
+    return open_store(url, read_only=True)
+
+
+def open_local(
+    url: str | None, what: str, create: tuple[CaseHackOpt, FoldOpt] | None = None, *, writes: bool = False
+) -> LocalStore:
+    """A local store for the commands that work only on one (`import`, `verify`, `store init`); with
+    `create` (the case-hack options for a new store), created when missing. `writes` (gc, optimise,
+    repair): a read-only bind-mounted store directory is made writable for this process, as `create`
+    does."""
+    from xstore.casehack import CaseHackMode, Fold
+    from xstore.errors import UnsupportedError
+    from xstore.store import LocalStore
+    from xstore.stores import open_store
+    from xstore.storeurl import parse_store_url
+
+    parsed = parse_store_url(url)
+    if parsed.scheme != "local":
+        raise UnsupportedError(
+            f"'{what}' works on a local store, and '{parsed.base()}' is not one"
+            + ("; import locally, then 'xstore copy --to' it" if what == "import" else "")
+        )
+    if create is None:
+        if writes:
+            from xstore.stores import ensure_writable, local_root
+
+            ensure_writable(local_root(parsed) / "nix" / "store")
+        store = open_store(parsed, read_only=not writes)
+    else:
+        case_hack, fold = create
+        store = open_store(
+            parsed,
+            create=True,
+            case_hack=CaseHackMode(case_hack.value),
+            fold=None if fold is FoldOpt.auto else Fold(fold.value),
+        )
+    assert isinstance(store, LocalStore)
+    return store
+
+
+def store_paths(store: Store, args: Sequence[str], recursive: bool) -> list[StorePath]:
+    from xstore.stores import resolve_paths
+
+    wanted = resolve_paths(store, list(args))
+    if recursive:
+        return sorted(store.query_closure(wanted))
+    return sorted(set(wanted))
+
+
+def import_paths(store: str | None, input_: str | None, case_hack: CaseHackOpt, case_fold: FoldOpt) -> None:
+    from xstore import sniff
+    from xstore.errors import StreamClosedError, UsageError
+    from xstore.import_export import ImportResult, import_stream
+
+    with cli_errors(), open_local(store, "import", (case_hack, case_fold)) as s:
+        s.clean_temp()
+        with open_input(input_) as f:
+            if f.isatty():
+                raise UsageError("no export stream on stdin: pipe one in or use -i FILE")
+            # read1: what a pipe has now, so each path is imported as soon as its record is complete.
+            kind, method, read = sniff.open_input(getattr(f, "read1", f.read))
+            sniff.expect(kind, sniff.Kind.EXPORT, input_ or "the input")
+            total = file_size(f) if method.value == "none" else None
+            require_stdout()  # a closed standard output stops the import before it starts
+            with Progress("importing", total) as progress:
+
+                def show(result: ImportResult) -> None:
+                    progress.item(result.path.path)
+                    try:
+                        progress.echo(result.path.path)
+                    except OSError as e:
+                        raise StreamClosedError(
+                            f"standard output went away after '{result.path}' was imported; the rest of "
+                            "the stream was not imported"
+                        ) from e
+
+                import_stream(s, read, on_path=show, progress=progress)
+
+
+def export_paths(paths: Sequence[str], store: str | None, recursive: bool, output: str | None) -> None:
+    from xstore.import_export import export_paths as export_stream
+
+    with cli_errors(), open_any(store) as s:
+        wanted = store_paths(s, paths, recursive)
+        with Progress("exporting") as progress, atomic_output(output) as sink:
+            export_stream(s, wanted, sink, progress=progress)

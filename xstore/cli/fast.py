@@ -2,11 +2,11 @@
 
 Importing typer and click costs more than everything else a small `xstore nar dump` does (about 60 ms
 on a slow machine, three times Python's own start-up). So `entry.py` first offers the command line to
-`parse()` here, which knows the subcommands whose bodies live in `actions.py` and accepts only forms it
+`parse()` here, which knows the commands whose bodies live in `actions.py` and accepts only forms it
 reads exactly as click would: long options with a separate or `=` value, the short options as separate
 words, flags, `--`, options before or after the arguments. Anything else (`--help`, a typo, a bad
 choice, a missing argument, bundled short options) is left to typer, which gives the usual help and
-usage errors. The tables below mirror the typer declarations in `nar.py` and `hash.py`;
+usage errors. The tables below mirror the typer declarations in `nar.py`, `hash.py` and `store.py`;
 `tests/unit/test_fast_path.py` checks, command line by command line, that both paths call the same
 action with the same arguments.
 """
@@ -65,8 +65,10 @@ class Spec:
 _CASE_HACK = Opt(("--case-hack",), "case_hack", default=CaseHackOpt.auto, choices=CaseHackOpt)
 _TYPE = Opt(("--type",), "type_", default="sha256")
 _FORMAT = Opt(("--format",), "format_", default="sri")
+_STORE = Opt(("--store",), "store")
 
-SPECS: dict[tuple[str, str], Spec] = {
+# The command's words (one for a top-level command, two for a subcommand) -> how to read the rest.
+SPECS: dict[tuple[str, ...], Spec] = {
     ("nar", "dump"): Spec(
         "nar_dump",
         ("path",),
@@ -96,19 +98,42 @@ SPECS: dict[tuple[str, str], Spec] = {
     ("nar", "cat"): Spec("nar_cat", ("nar", "path"), ()),
     ("hash", "path"): Spec("hash_path", ("*paths",), (_TYPE, _FORMAT, _CASE_HACK)),
     ("hash", "file"): Spec("hash_file", ("*paths",), (_TYPE, _FORMAT)),
+    ("import",): Spec(
+        "import_paths",
+        (),
+        (
+            _STORE,
+            Opt(("-i", "--input"), "input_"),
+            _CASE_HACK,
+            Opt(("--case-fold",), "case_fold", default=FoldOpt.auto, choices=FoldOpt),
+        ),
+    ),
+    ("export",): Spec(
+        "export_paths",
+        ("*paths",),
+        (
+            _STORE,
+            Opt(("-r", "--recursive"), "recursive", "flag", default=False),
+            Opt(("-o", "--output"), "output"),
+        ),
+    ),
 }
 
 
 def parse(argv: Sequence[str]) -> tuple[str, dict[str, object]] | None:
     """The action and its keyword arguments for `argv` (the words after `xstore`), or None when the
     fast path does not take this command line."""
-    spec = SPECS.get((argv[0], argv[1])) if len(argv) >= 2 else None
+    words_of_command = 1
+    spec = SPECS.get(tuple(argv[:1]))
+    if spec is None and len(argv) >= 2:
+        words_of_command = 2
+        spec = SPECS.get(tuple(argv[:2]))
     if spec is None:
         return None
     values: dict[str, object] = {o.dest: o.default for o in spec.options}
     multi: dict[str, list[str]] = {}
     words: list[str] = []
-    args = list(argv[2:])
+    args = list(argv[words_of_command:])
     i = 0
     while i < len(args):
         arg = args[i]

@@ -75,14 +75,14 @@ def gc(
 
     Example: xstore gc --max-freed 10G
     """
-    from xstore.cli.store import _open_local
+    from xstore.cli.actions import open_local
     from xstore.errors import UsageError
     from xstore.gc import Action, GcOptions, collect_garbage, find_roots
 
     with cli_errors():
         if print_roots + print_live + print_dead + dry_run > 1:
             raise UsageError("give at most one of --print-roots, --print-live, --print-dead and --dry-run")
-        with _open_local(store, "gc", writes=not (print_roots or print_live or print_dead or dry_run)) as s:
+        with open_local(store, "gc", writes=not (print_roots or print_live or print_dead or dry_run)) as s:
             if print_roots:
                 roots = sorted((link, path) for path, links in find_roots(s).items() for link in links)
                 for link, path in roots:
@@ -133,11 +133,11 @@ def delete(
 
     Example: xstore delete /nix/store/...-hello-2.12
     """
-    from xstore.cli.store import _open_local
+    from xstore.cli.actions import open_local
     from xstore.gc import delete_paths
     from xstore.stores import resolve_paths
 
-    with cli_errors(), _open_local(store, "delete", writes=True) as s:
+    with cli_errors(), open_local(store, "delete", writes=True) as s:
         result = delete_paths(
             s,
             resolve_paths(s, paths),
@@ -159,9 +159,9 @@ def add_root(
 
     Example: xstore add-root ./result /nix/store/...-hello-2.12
     """
-    from xstore.cli.store import _open_local
+    from xstore.cli.actions import open_local
     from xstore.gc import add_root as make_root
     from xstore.stores import resolve_path
 
-    with cli_errors(), _open_local(store, "add-root") as s:
+    with cli_errors(), open_local(store, "add-root") as s:
         sys.stdout.write(make_root(s, link, resolve_path(s, path)) + "\n")

@@ -65,11 +65,11 @@ def sign(
 
     Example: xstore sign --key-file secret.key -r /nix/store/...-hello-2.12
     """
-    from xstore.cli.store import _open_local, _paths
+    from xstore.cli.actions import open_local, store_paths
     from xstore.signing import read_secret_key_file
 
     with cli_errors():
         key = read_secret_key_file(key_file)
-        with _open_local(store, "sign") as s:
-            added = s.sign(_paths(s, paths, recursive), key)
+        with open_local(store, "sign") as s:
+            added = s.sign(store_paths(s, paths, recursive), key)
         sys.stderr.write(f"added {added} signature{'s' if added != 1 else ''}\n")

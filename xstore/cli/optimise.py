@@ -15,10 +15,10 @@ def optimise(store: StoreOpt = None) -> None:
 
     Example: xstore optimise --store ~/nix-root
     """
-    from xstore.cli.store import _open_local
+    from xstore.cli.actions import open_local
     from xstore.optimise import optimise_store
 
-    with cli_errors(), _open_local(store, "optimise", writes=True) as s:
+    with cli_errors(), open_local(store, "optimise", writes=True) as s:
         paths = s.all_paths()
         with Progress("optimising", len(paths), unit="paths") as progress:
             stats = optimise_store(s, paths=paths, progress=progress)

@@ -5,26 +5,19 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
+from xstore.cli import actions
+from xstore.cli.actions import open_any, open_local, store_paths
 from xstore.cli.common import (
     CaseHackOpt,
     FoldOpt,
     Progress,
-    atomic_output,
     cli_errors,
     err,
-    file_size,
-    open_input,
-    require_stdout,
 )
-
-if TYPE_CHECKING:
-    from xstore.store import LocalStore
-    from xstore.storeapi import Store
-    from xstore.storepath import StorePath
 
 app = typer.Typer(help="Create and inspect stores.", no_args_is_help=True)
 
@@ -64,59 +57,6 @@ FoldStoreOpt = Annotated[
 ]
 
 
-def _open(url: str | None) -> Store:
-    """A store of any kind, for commands that only read from it."""
-    from xstore.stores import open_store
-
-    return open_store(url, read_only=True)
-
-
-def _open_local(
-    url: str | None, what: str, create: tuple[CaseHackOpt, FoldOpt] | None = None, *, writes: bool = False
-) -> LocalStore:
-    """A local store for the commands that work only on one (`import`, `verify`, `store init`); with
-    `create` (the case-hack options for a new store), created when missing. `writes` (gc, optimise,
-    repair): a read-only bind-mounted store directory is made writable for this process, as `create`
-    does."""
-    from xstore.casehack import CaseHackMode, Fold
-    from xstore.errors import UnsupportedError
-    from xstore.store import LocalStore
-    from xstore.stores import open_store
-    from xstore.storeurl import parse_store_url
-
-    parsed = parse_store_url(url)
-    if parsed.scheme != "local":
-        raise UnsupportedError(
-            f"'{what}' works on a local store, and '{parsed.base()}' is not one"
-            + ("; import locally, then 'xstore copy --to' it" if what == "import" else "")
-        )
-    if create is None:
-        if writes:
-            from xstore.stores import ensure_writable, local_root
-
-            ensure_writable(local_root(parsed) / "nix" / "store")
-        store = open_store(parsed, read_only=not writes)
-    else:
-        case_hack, fold = create
-        store = open_store(
-            parsed,
-            create=True,
-            case_hack=CaseHackMode(case_hack.value),
-            fold=None if fold is FoldOpt.auto else Fold(fold.value),
-        )
-    assert isinstance(store, LocalStore)
-    return store
-
-
-def _paths(store: Store, args: list[str], recursive: bool) -> list[StorePath]:
-    from xstore.stores import resolve_paths
-
-    wanted = resolve_paths(store, args)
-    if recursive:
-        return sorted(store.query_closure(wanted))
-    return sorted(set(wanted))
-
-
 @app.command("init")
 def init(
     store: StoreOpt = None,
@@ -128,7 +68,7 @@ def init(
 
     Example: xstore store init --store ~/nix-root --case-hack on
     """
-    with cli_errors(), _open_local(store, "store init", (case_hack, case_fold)) as s:
+    with cli_errors(), open_local(store, "store init", (case_hack, case_fold)) as s:
         settings = s.settings
         if json_:
             sys.stdout.write(json.dumps({"root": str(s.root), **settings.to_json()}) + "\n")
@@ -157,7 +97,7 @@ def trust(
 
     Example: xstore store trust "cache.example.org-1:$(cat public.key | cut -d: -f2)"
     """
-    with cli_errors(), _open_local(store, "store trust") as s:
+    with cli_errors(), open_local(store, "store trust") as s:
         current = list(s.settings.trusted_public_keys)
         if remove:
             gone = set(keys or [])
@@ -176,8 +116,11 @@ def import_(
     store: StoreOpt = None,
     input_: Annotated[
         str | None,
-        typer.Option("-i", "--input", help="Read the stream from this file, not stdin (xz, zstd, bzip2 or "
-                     "gzip compressed is fine)."),
+        typer.Option(
+            "-i",
+            "--input",
+            help="Read the stream from this file, not stdin (xz, zstd, bzip2 or gzip compressed is fine).",
+        ),
     ] = None,
     case_hack: CaseHackStoreOpt = CaseHackOpt.auto,
     case_fold: FoldStoreOpt = FoldOpt.auto,
@@ -189,33 +132,7 @@ def import_(
 
     Example: ssh linux-box nix-store --export $(nix-store -qR ./result) | xstore import
     """
-    from xstore import sniff
-    from xstore.errors import StreamClosedError, UsageError
-    from xstore.import_export import ImportResult, import_stream
-
-    with cli_errors(), _open_local(store, "import", (case_hack, case_fold)) as s:
-        s.clean_temp()
-        with open_input(input_) as f:
-            if f.isatty():
-                raise UsageError("no export stream on stdin: pipe one in or use -i FILE")
-            # read1: what a pipe has now, so each path is imported as soon as its record is complete.
-            kind, method, read = sniff.open_input(getattr(f, "read1", f.read))
-            sniff.expect(kind, sniff.Kind.EXPORT, input_ or "the input")
-            total = file_size(f) if method.value == "none" else None
-            require_stdout()  # a closed standard output stops the import before it starts
-            with Progress("importing", total) as progress:
-
-                def show(result: ImportResult) -> None:
-                    progress.item(result.path.path)
-                    try:
-                        progress.echo(result.path.path)
-                    except OSError as e:
-                        raise StreamClosedError(
-                            f"standard output went away after '{result.path}' was imported; the rest of "
-                            "the stream was not imported"
-                        ) from e
-
-                import_stream(s, read, on_path=show, progress=progress)
+    actions.import_paths(store, input_, case_hack, case_fold)
 
 
 def export(
@@ -232,12 +149,7 @@ def export(
 
     Example: xstore export -r /nix/store/...-hello-2.12 -o hello.closure
     """
-    from xstore.import_export import export_paths
-
-    with cli_errors(), _open(store) as s:
-        wanted = _paths(s, paths, recursive)
-        with Progress("exporting") as progress, atomic_output(output) as sink:
-            export_paths(s, wanted, sink, progress=progress)
+    actions.export_paths(paths, store, recursive, output)
 
 
 def copy(
@@ -303,7 +215,7 @@ def copy(
             if trusted_public_keys and trust_keys is not None:
                 trust_keys([trusted_public_keys])
             with open_store(from_, read_only=True) as src:
-                plan = plan_copy(src, dst, _paths(src, paths, False), recursive=recursive)
+                plan = plan_copy(src, dst, store_paths(src, paths, False), recursive=recursive)
                 with Progress("copying", plan.bytes_to_copy) as progress:
                     done = 0
 
@@ -366,8 +278,8 @@ def path_info(
     from xstore.query import deps_first, path_info_json_array, path_info_lines
     from xstore.storeapi import closure_sizes, path_info_json
 
-    with cli_errors(), _open(store) as s:
-        wanted = _paths(s, paths, recursive)
+    with cli_errors(), open_any(store) as s:
+        wanted = store_paths(s, paths, recursive)
         infos = {p: s.require(p) for p in wanted}
         sizes = closure_sizes(s, wanted) if closure_size else None
         if json_array:
@@ -420,7 +332,7 @@ def verify(
     from xstore.storepath import parse_store_path
     from xstore.verify import verify as verify_store
 
-    with cli_errors(), _open_local(store, "verify", writes=repair) as s:
+    with cli_errors(), open_local(store, "verify", writes=repair) as s:
         if from_ and not repair:
             raise UsageError("--from goes with --repair")
         with Progress("verifying", unit="paths") as progress, contextlib.ExitStack() as stack:
@@ -473,7 +385,7 @@ def repair(
     from xstore.repair import open_source, repair_path
     from xstore.stores import resolve_paths
 
-    with cli_errors(), _open_local(store, "repair", writes=True) as s, contextlib.ExitStack() as stack:
+    with cli_errors(), open_local(store, "repair", writes=True) as s, contextlib.ExitStack() as stack:
         wanted = resolve_paths(s, paths)
         sources = [stack.enter_context(open_source(text)) for text in from_ or []]
         for path in wanted:

@@ -15,8 +15,6 @@ Python 3.11 has no `os.unshare`. On other platforms every entry point raises `Un
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import functools
 import os
@@ -25,9 +23,12 @@ import stat
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final, NoReturn
+from typing import TYPE_CHECKING, Final, NoReturn
 
 from xstore.errors import MountError, UnsupportedPlatformError, XstoreError
+
+if TYPE_CHECKING:
+    import ctypes
 
 MS_RDONLY: Final = 1
 MS_NOSUID: Final = 2
@@ -103,6 +104,11 @@ def _require_linux() -> None:
 
 @functools.cache
 def _c() -> ctypes.CDLL:
+    # ctypes here, not at import: store commands load this module only to read the mount table, and
+    # ctypes.util alone costs several milliseconds of their start-up.
+    import ctypes
+    import ctypes.util
+
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
     libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
     libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
@@ -111,6 +117,8 @@ def _c() -> ctypes.CDLL:
 
 
 def _fail(what: str, path: str) -> NoReturn:
+    import ctypes
+
     code = ctypes.get_errno()
     reason = os.strerror(code)
     if code == errno.EPERM:

@@ -39,6 +39,7 @@ run_unprivileged() {
         if [[ ! -x "$venv/bin/python" ]]; then
             /usr/bin/python3 -m venv "$venv"
         fi
+        # Every time, so that an environment made before the extras last changed is brought up to date.
         "$venv/bin/python" -m pip install -q -e ".[test]" \
             2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
         py="$venv/bin/python"

@@ -404,14 +404,14 @@ def test_http_netrc(served_cache: Path, tmp_path: Path) -> None:
             assert isinstance(store, BinaryCacheStore)
 
 
-def test_http_errors_are_one_line() -> None:
+def test_http_errors_are_one_line(tmp_path: Path) -> None:
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     result = subprocess.run(
-        [*XSTORE, "copy", "--from", f"http://127.0.0.1:{port}", "--to", "/nonexistent/x", "-r",
+        [*XSTORE, "copy", "--from", f"http://127.0.0.1:{port}", "--to", str(tmp_path / "dest"), "-r",
          "/nix/store/00000000000000000000000000000000-x"],
         capture_output=True,
         check=False,

@@ -61,6 +61,7 @@ def damage(store: LocalStore, paths: dict[str, StorePath]) -> None:
     """Change a file's contents, make one executable, and remove a path altogether."""
     lib = store.real_path(paths["lib"])
     os.chmod(lib + b"/lib", 0o755)  # noqa: S103 (to damage it)
+    os.chmod(os.path.join(lib, b"lib/A.so"), 0o644)  # a user who is not root needs write permission
     with open(os.path.join(lib, b"lib/A.so"), "ab") as f:  # the same name with the case hack on
         f.write(b"oops")
     app = store.real_path(paths["app"])

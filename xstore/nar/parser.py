@@ -56,7 +56,7 @@ class _Hasher(Protocol):
     def update(self, data: bytes, /) -> object: ...
 
 
-class _State(enum.Enum):
+class _State(enum.IntEnum):
     MAGIC = enum.auto()
     NODE_OPEN = enum.auto()  # "("
     TYPE_TAG = enum.auto()  # "type"

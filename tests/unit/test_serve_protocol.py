@@ -32,6 +32,7 @@ from xstore.errors import CallerError, HashMismatchError, ProtocolError
 from xstore.exportstream import PATH_MARKER, STREAM_END, trailer
 from xstore.hashing import parse_hash
 from xstore.protocols import serve as proto
+from xstore.protocols.common import NarData, NarEnd
 from xstore.storeapi import PathInfo
 from xstore.storepath import StorePath, parse_store_path
 from xstore.wire import NEED_DATA, encode_bytes, encode_string_list, encode_u64
@@ -54,7 +55,7 @@ def summary(event: Any) -> tuple[Any, ...]:
         return ("dump", event.path.path)
     if isinstance(event, proto.AddToStoreNar):
         return ("add", event.info.path.path, event.info.nar_size)
-    if isinstance(event, proto.NarEnd):
+    if isinstance(event, NarEnd):
         return ("nar-end", event.size)
     return (type(event).__name__,)
 
@@ -98,7 +99,7 @@ def test_server_reads_the_requests_of_nix(session: str) -> None:
     c2s, _ = load(session)
     for how, chunks in chunkings(c2s):
         got = server_events(chunks)
-        requests = [summary(e) for e in got if not isinstance(e, proto.NarData)]
+        requests = [summary(e) for e in got if not isinstance(e, NarData)]
         assert requests == EXPECTED_REQUESTS[session], how
 
 
@@ -111,9 +112,9 @@ def test_server_delimits_each_nar_payload_exactly() -> None:
         for event in got:
             if isinstance(event, proto.AddToStoreNar):
                 info, nar = event.info, b""
-            elif isinstance(event, proto.NarData):
+            elif isinstance(event, NarData):
                 nar += event.data
-            elif isinstance(event, proto.NarEnd):
+            elif isinstance(event, NarEnd):
                 added.append((info, nar))
         assert [i.path.path for i, _ in added] == [PKG, MANIFEST, USER_ENV], how
         for info, nar in added:
@@ -143,7 +144,7 @@ def replay_client(session: str, s2c_chunks: list[bytes] | None = None) -> tuple[
         if isinstance(event, proto.AddToStoreNar):
             current = event.info.path
             payloads[current] = b""
-        elif isinstance(event, proto.NarData):
+        elif isinstance(event, NarData):
             assert current is not None
             payloads[current] += event.data
     client = proto.ServeClient(version=0x207, peer="'fakehost'")
@@ -168,7 +169,7 @@ def replay_client(session: str, s2c_chunks: list[bytes] | None = None) -> tuple[
         elif isinstance(event, proto.DumpStorePath):
             wrote += client.dump_store_path(event.path)
             nar = b""
-            while not isinstance(reply := pull(), proto.NarEnd):
+            while not isinstance(reply := pull(), NarEnd):
                 nar += reply.data
             replies.append((event.path, nar, reply.size))
             continue
@@ -257,7 +258,7 @@ def test_server_writes_the_bytes_of_nix_store_serve(session: str) -> None:
             wrote += server.path_infos(next(answers).infos)
         elif isinstance(event, proto.DumpStorePath):
             wrote += next(answers)[1]
-        elif isinstance(event, proto.NarEnd):
+        elif isinstance(event, NarEnd):
             assert isinstance(next(answers), proto.Added)
             wrote += server.added()
     assert wrote == s2c
@@ -390,7 +391,7 @@ def recorded_nars() -> dict[str, bytes]:
         if isinstance(event, proto.AddToStoreNar):
             path = event.info.path.path
             nars[path] = b""
-        elif isinstance(event, proto.NarData):
+        elif isinstance(event, NarData):
             nars[path] += event.data
     return nars
 

@@ -31,7 +31,7 @@ from tests.transcripts import (
 )
 from xstore.errors import CallerError, ProtocolError
 from xstore.protocols import worker as proto
-from xstore.protocols.common import NarSpan, read_path
+from xstore.protocols.common import NarData, NarEnd, NarSpan, read_path
 from xstore.storeapi import PathInfo
 from xstore.storepath import parse_store_path
 from xstore.wire import NEED_DATA, WireBuffer, encode_bytes, encode_u64
@@ -180,7 +180,7 @@ def replay_client(session: str, s2c_chunks: list[bytes] | None = None) -> tuple[
             until((proto.PathInfoReply,))
         elif op == proto.Op.NAR_FROM_PATH:
             wrote += client.nar_from_path(args[0])  # type: ignore[arg-type]
-            until((proto.NarEnd,))
+            until((NarEnd,))
         elif op == proto.Op.BUILD_PATHS_WITH_RESULTS:
             wrote += client.build_paths_with_results(args[0], mode=args[1])  # type: ignore[arg-type]
             until((proto.BuildResults,))
@@ -242,9 +242,9 @@ def test_client_delimits_each_nar_exactly(session: str) -> None:
         nar = b""
         count = 0
         for event in seen:
-            if isinstance(event, proto.NarData):
+            if isinstance(event, NarData):
                 nar += event.data
-            elif isinstance(event, proto.NarEnd):
+            elif isinstance(event, NarEnd):
                 info = by_hash[hashlib.sha256(nar).digest()]
                 assert info.nar_size == event.size == len(nar), how
                 nar = b""
@@ -293,12 +293,12 @@ def test_server_writes_the_bytes_of_nix_daemon(session: str) -> None:
                 wrote += encode_u64(len(r.built_outputs))
                 for key, value in r.built_outputs:
                     wrote += encode_bytes(key.encode()) + encode_bytes(value.encode())
-        elif isinstance(event, proto.NarData):
+        elif isinstance(event, NarData):
             if not nar:
                 wrote += server.last()
             nar += event.data
             wrote += event.data
-        elif isinstance(event, proto.NarEnd):
+        elif isinstance(event, NarEnd):
             nar = b""
     assert wrote == s2c
 

@@ -16,6 +16,7 @@ Nix: worker-protocol.cc / serve-protocol.cc (`StorePath`, `StorePathSet`), hash.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Final
 
 from xstore.errors import InvalidHashError, InvalidStorePathError
@@ -40,6 +41,20 @@ MAX_SETTINGS: Final = 1 << 12
 # Derivations sent with BuildDerivation: environment values can be large (a few MiB at most in practice).
 MAX_DRV_STRING: Final = 1 << 24
 MAX_DRV_ITEMS: Final = 1 << 16
+
+
+@dataclass(frozen=True, slots=True)
+class NarData:
+    """Bytes of a NAR, in order (a NAR sent in reply, or the payload of a request that adds a path)."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class NarEnd:
+    """The NAR is complete; `size` is its length."""
+
+    size: int
 
 
 def version_text(version: int) -> str:
@@ -127,60 +142,54 @@ def read_optional_text(buf: WireBuffer, max_len: int, what: str) -> str | None:
 # -- unframed archives inside a stream ---------------------------------------------------------------
 
 
-class NarSpan:
-    """Finds the end of one NAR in a byte stream, passing its bytes through unchanged.
+class _Span:
+    """Finds where one archive or stream ends in a byte stream, passing its bytes through unchanged.
 
-    `feed(data)` returns `(nar, rest)`: the part of `data` that belongs to the archive, and `None` while
-    the archive goes on, or the bytes that followed its end once it has ended. `feed(b"")` marks the end
-    of the stream (the parser then raises `TruncatedError` if the archive was incomplete). `size` counts
-    the archive's bytes so far. The NAR is checked as fully as any other (current Nix's rules).
+    `feed(data)` returns `(part, rest)`: the part of `data` that belongs to it, and `None` while it goes
+    on, or the bytes that followed its end once it has ended. `feed(b"")` marks the end of the input (the
+    parser then raises `TruncatedError` if what it read was incomplete). `size` counts its bytes so far.
+    It is checked as fully as any other input of its kind.
     """
 
-    __slots__ = ("_parser", "done", "size")
+    __slots__ = ("_end", "_parser", "done", "size")
 
-    def __init__(self) -> None:
-        self._parser = NarParser()
+    def __init__(self, parser: NarParser | ExportParser, end: type[ArchiveEnd] | type[StreamEnd]) -> None:
+        self._parser = parser
+        self._end = end
         self.size = 0
         self.done = False
 
     def feed(self, data: bytes) -> tuple[bytes, bytes | None]:
         parser = self._parser
         parser.receive_data(data)
+        end = self._end
         while True:
             event = parser.next_event()
             if event is NEED_DATA:
                 self.size += len(data)
                 return data, None
-            if type(event) is ArchiveEnd:
-                # The archive ended inside `data`: what the parser has not used is a suffix of it.
-                rest = parser.unused_data
-                nar = data[: len(data) - len(rest)]
-                self.size += len(nar)
-                self.done = True
-                return nar, rest
-
-
-class ExportSpan:
-    """As `NarSpan`, for a whole `nix-store --export` stream (paths, NARs, trailers, the closing 0)."""
-
-    __slots__ = ("_parser", "done", "size")
-
-    def __init__(self) -> None:
-        self._parser = ExportParser()
-        self.size = 0
-        self.done = False
-
-    def feed(self, data: bytes) -> tuple[bytes, bytes | None]:
-        parser = self._parser
-        parser.receive_data(data)
-        while True:
-            event = parser.next_event()
-            if event is NEED_DATA:
-                self.size += len(data)
-                return data, None
-            if type(event) is StreamEnd:
+            if type(event) is end:
+                # It ended inside `data`: what the parser has not used is a suffix of it.
                 rest = parser.unused_data
                 part = data[: len(data) - len(rest)]
                 self.size += len(part)
                 self.done = True
                 return part, rest
+
+
+class NarSpan(_Span):
+    """One NAR (current Nix's rules) in a byte stream."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        super().__init__(NarParser(), ArchiveEnd)
+
+
+class ExportSpan(_Span):
+    """One whole `nix-store --export` stream (paths, NARs, trailers, the closing 0) in a byte stream."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        super().__init__(ExportParser(), StreamEnd)

@@ -41,6 +41,8 @@ from xstore.protocols.common import (
     MAX_SIG,
     MAX_SIGS,
     ExportSpan,
+    NarData,
+    NarEnd,
     NarSpan,
     encode_path,
     encode_path_set,
@@ -93,20 +95,6 @@ def _minor(version: int) -> int:
 
 
 # -- events both ends share ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class NarData:
-    """Bytes of a NAR, in order (DumpStorePath's reply; AddToStoreNar's payload)."""
-
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class NarEnd:
-    """The NAR is complete; `size` is its length."""
-
-    size: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,6 +39,8 @@ from xstore.protocols.common import (
     MAX_SETTINGS,
     MAX_SIG,
     MAX_SIGS,
+    NarData,
+    NarEnd,
     NarSpan,
     encode_path,
     encode_path_set,
@@ -262,16 +264,6 @@ class Done:
     AddMultipleToStore)."""
 
     op: Op
-
-
-@dataclass(frozen=True, slots=True)
-class NarData:
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class NarEnd:
-    size: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,6 @@ Nix: remote-store.cc, uds-remote-store.cc, ssh-store.cc, daemon.cc.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import socket
 from collections.abc import Iterable
@@ -37,23 +36,14 @@ from xstore.notices import notice
 from xstore.protocols import worker as proto
 from xstore.remote.channel import CHUNK, Channel, one_line, plain, shell_escape
 from xstore.remote.session import Session
-from xstore.remote.ssh import check_nar, start_remote, timeout_param
+from xstore.remote.ssh import PARAMS as SERVE_PARAMS
+from xstore.remote.ssh import start_remote, timeout_param
 from xstore.storeapi import PathInfo, Read, Sink, Store, batched
 from xstore.storepath import StorePath
 from xstore.storeurl import StoreUrl
 from xstore.wire import NEED_DATA
 
-SSH_PARAMS: Final = frozenset(
-    {
-        "ssh-key",
-        "base64-ssh-public-host-key",
-        "compress",
-        "remote-program",
-        "remote-store",
-        "max-connections",
-        "timeout",
-    }
-)
+SSH_PARAMS: Final = SERVE_PARAMS  # ssh-ng:// takes what ssh:// takes
 SOCKET_PARAMS: Final = frozenset({"root", "max-connections", "max-connection-age", "timeout"})
 
 T = TypeVar("T")
@@ -202,26 +192,9 @@ class DaemonStore(Store):
 
     def nar_from_path(self, path: StorePath, sink: Sink) -> int:
         info = self.require(path)
-        session = self._session
-        hasher = hashlib.sha256()
-        size = 0
-        with session.exchange():
-            session.send(self._conn.nar_from_path(path), "a request for a NAR")
-            while True:
-                event = session.next_event(self._conn, f"the NAR of '{path}'")
-                if self._handle(event):
-                    continue
-                if isinstance(event, proto.NarEnd):
-                    break
-                if not isinstance(event, proto.NarData):
-                    raise ProtocolError(
-                        f"{session.peer} answered {type(event).__name__} to NarFromPath", offset=0
-                    )
-                hasher.update(event.data)
-                size += len(event.data)
-                sink(event.data)
-        check_nar(info, hasher.digest(), size, session.peer)
-        return size
+        with self._session.exchange():
+            self._session.send(self._conn.nar_from_path(path), "a request for a NAR")
+            return self._session.receive_nar(self._conn, info, sink, "NarFromPath", aside=self._handle)
 
     def add_to_store(self, info: PathInfo, read: Read, *, check_sigs: bool = True) -> bool:
         """AddToStoreNar, the NAR in frames as `read` gives it. Returns True: the daemon does not say

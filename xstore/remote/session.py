@@ -11,13 +11,17 @@ ends are out of step and every later call refuses at once, with the first reason
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
-from xstore.errors import ProtocolError, RemoteConnectionError
+from xstore.errors import HashMismatchError, ProtocolError, RemoteConnectionError
+from xstore.hashing import HashAlgorithm, HashFormat, format_digest
+from xstore.protocols.common import NarData, NarEnd
 from xstore.remote.channel import Channel, RemoteProcess
 from xstore.remote.pump import Connection
+from xstore.storeapi import PathInfo, Sink
 from xstore.wire import NEED_DATA, Signal
 
 E = TypeVar("E")
@@ -84,6 +88,35 @@ class Session:
         except RemoteConnectionError as e:
             raise type(e)(self.word(str(e))) from None
 
+    def receive_nar(
+        self,
+        conn: Connection[E],
+        info: PathInfo,
+        sink: Sink,
+        request: str,
+        *,
+        aside: Callable[[E], bool] = lambda event: False,
+    ) -> int:
+        """The NAR of `info.path`, as the reply to `request` already sent: its bytes go to `sink` as they
+        arrive (`NarData`... `NarEnd`), and are checked against `info`'s hash and size at the end (see
+        `check_nar`). Events for which `aside` returns True (log lines the caller shows) are passed
+        over. Returns the NAR's size."""
+        hasher = hashlib.sha256()
+        size = 0
+        while True:
+            event = self.next_event(conn, f"the NAR of '{info.path}'")
+            if aside(event):
+                continue
+            if isinstance(event, NarEnd):
+                break
+            if not isinstance(event, NarData):
+                raise ProtocolError(f"{self.peer} answered {type(event).__name__} to {request}", offset=0)
+            hasher.update(event.data)
+            size += len(event.data)
+            sink(event.data)
+        check_nar(info, hasher.digest(), size, self.peer)
+        return size
+
     def next_event(self, conn: Connection[E], what: str, *, greeting: bool = False) -> E:
         """The connection's next event, receiving as needed. At the end of the far end's stream, a
         connection still in its greeting words the error itself (it shows what came instead); anywhere
@@ -120,3 +153,14 @@ class Session:
             self.proc.close(forward=self.broken is None)
         if self.sock is not None:
             self.sock.close()
+
+
+def check_nar(info: PathInfo, digest: bytes, size: int, peer: str) -> None:
+    """Raise `HashMismatchError` unless a NAR received from `peer` matches `info`."""
+    if digest != info.nar_hash or size != info.nar_size:
+        got = format_digest(HashAlgorithm.SHA256, digest, HashFormat.SRI)
+        raise HashMismatchError(
+            f"the NAR of '{info.path}' from {peer} does not match its path info: expected "
+            f"{info.nar_hash_sri()} ({info.nar_size} bytes), got {got} ({size} bytes)",
+            path=info.path.path,
+        )

@@ -23,18 +23,15 @@ Nix: legacy-ssh-store.cc, ssh.cc.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 from typing import Final, TypeVar
 
 from xstore.errors import (
-    HashMismatchError,
     InvalidPathError,
     InvalidStoreUrlError,
     ProtocolError,
     UnsupportedError,
 )
-from xstore.hashing import HashAlgorithm, HashFormat, format_digest
 from xstore.protocols import serve as proto
 from xstore.remote.channel import (
     CHUNK,
@@ -217,21 +214,9 @@ class ServeStore(Store):
 
     def nar_from_path(self, path: StorePath, sink: Sink) -> int:
         info = self.require(path)
-        session = self._session
-        hasher = hashlib.sha256()
-        size = 0
-        with session.exchange():
-            session.send(self._conn.dump_store_path(path), "a request for a NAR")
-            while True:
-                event = session.next_event(self._conn, f"the NAR of '{path}'")
-                if isinstance(event, proto.NarEnd):
-                    break
-                assert isinstance(event, proto.NarData)
-                hasher.update(event.data)
-                size += len(event.data)
-                sink(event.data)
-        check_nar(info, hasher.digest(), size, f"'{self.host}'")
-        return size
+        with self._session.exchange():
+            self._session.send(self._conn.dump_store_path(path), "a request for a NAR")
+            return self._session.receive_nar(self._conn, info, sink, "DumpStorePath")
 
     def add_to_store(self, info: PathInfo, read: Read, *, check_sigs: bool = True) -> bool:
         """Send the path with AddToStoreNar (the far end does not check signatures in this protocol).
@@ -258,17 +243,6 @@ class ServeStore(Store):
 
     def close(self) -> None:
         self._session.close()
-
-
-def check_nar(info: PathInfo, digest: bytes, size: int, peer: str) -> None:
-    """Raise `HashMismatchError` unless a NAR received from `peer` matches `info`."""
-    if digest != info.nar_hash or size != info.nar_size:
-        got = format_digest(HashAlgorithm.SHA256, digest, HashFormat.SRI)
-        raise HashMismatchError(
-            f"the NAR of '{info.path}' from {peer} does not match its path info: expected "
-            f"{info.nar_hash_sri()} ({info.nar_size} bytes), got {got} ({size} bytes)",
-            path=info.path.path,
-        )
 
 
 def open_ssh_store(url: StoreUrl) -> ServeStore:

@@ -28,6 +28,7 @@ from typing import Final
 
 from xstore.errors import NotAllowedError, UnsupportedError
 from xstore.protocols import serve as proto
+from xstore.protocols.common import NarData, NarEnd
 from xstore.remote.channel import Channel
 from xstore.remote.pump import next_event
 from xstore.storeapi import Read, Store
@@ -81,7 +82,7 @@ def serve_ssh(
             if not write:
                 raise NotAllowedError("importing paths is not allowed")
             store.add_to_store(
-                event.info, _payload(conn, channel, proto.NarData, proto.NarEnd), check_sigs=False
+                event.info, _payload(conn, channel, NarData, NarEnd), check_sigs=False
             )
             channel.send(conn.added(), "a confirmation")
         elif isinstance(event, proto.ImportPaths):
@@ -108,8 +109,8 @@ def serve_ssh(
 def _payload(
     conn: proto.ServeServer,
     channel: Channel,
-    data_type: type[proto.NarData] | type[proto.ExportData],
-    end_type: type[proto.NarEnd] | type[proto.ExportEnd],
+    data_type: type[NarData] | type[proto.ExportData],
+    end_type: type[NarEnd] | type[proto.ExportEnd],
 ) -> Read:
     """A `read(n)` over the payload that follows a request (`NarData`/`ExportData` chunks up to the end
     event): the chunks as they arrive, then `b""` for good."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 
@@ -26,6 +27,13 @@ pytest_plugins = ("tests.localstores",)
 
 TESTS_DIR = Path(__file__).resolve().parent
 NIX_FIXTURES_DIR = TESTS_DIR / "data" / "nix-fixtures"
+
+# A script that starts the suite in the background (`cmd &` without job control) starts it with SIGINT
+# ignored, and children inherit an ignored signal: the tests that stop a process with SIGINT, as Ctrl-C
+# would, then wait for an interrupt that never lands. A handler here becomes the default in each child at
+# exec, as if the suite had been started from a terminal.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 settings.register_profile("dev", deadline=None)
 settings.register_profile("ci", deadline=None, print_blob=True)

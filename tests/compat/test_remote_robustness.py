@@ -199,7 +199,7 @@ def test_ctrl_c_ends_a_wait_and_the_far_end(big: NixStore, env: dict[str, str], 
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
+            proc.communicate()  # also closes the pipes
     assert proc.returncode == 130
     assert stderr.decode().splitlines() == ["error: interrupted"]
     wait_for(lambda: gone(far), "the far end to be gone", 10)

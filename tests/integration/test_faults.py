@@ -137,10 +137,11 @@ def test_a_busy_database_is_waited_for_audibly_and_interruptibly(tmp_path: Path,
                     holder.execute("commit")
                     assert proc.wait(timeout=30) == 0
                 else:
+                    # Stopped while the database is still held: the wait polls (a blocking SQLite wait
+                    # of up to an hour would outlast the 30 s here). No bound in seconds below that:
+                    # a loaded machine may take a few to deliver the signal and unwind.
                     proc.send_signal(signal.SIGINT)
-                    started = time.monotonic()
                     assert proc.wait(timeout=30) == 130
-                    assert time.monotonic() - started < 2.0
                     holder.execute("commit")
             finally:
                 if proc.poll() is None:
@@ -338,7 +339,13 @@ def test_umount_refuses_what_xstore_did_not_mount(fuse_here: None, tmp_path: Pat
             assert "is not one of xstore's filesystems (it is fuse.other)" in one_line_error(result)
         finally:
             other.send_signal(signal.SIGINT)
-            if other.wait(timeout=30) != 0:
+            try:
+                stopped = other.wait(timeout=30) == 0
+            except subprocess.TimeoutExpired:
+                other.kill()  # never wait for ever: the test fails, and the mount goes below
+                other.wait()
+                stopped = False
+            if not stopped:
                 subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
 
 

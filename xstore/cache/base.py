@@ -157,18 +157,27 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def put(self, name: str, data: bytes, content_type: str) -> None: ...
 
-    def put_file(self, name: str, f: IO[bytes], size: int, content_type: str) -> None:
-        """Store the `size` bytes of the open file `f` as `name` (streamed, not read into memory)."""
-        raise NotImplementedError
-
+    @abc.abstractmethod
     def new_upload(self) -> Upload:
-        return SpooledUpload(self.put_file)
+        """An upload of a file whose size is not known yet (a NAR as it is compressed)."""
 
     def prepare(self) -> None:  # noqa: B027 (most kinds need nothing)
         """Make what a new cache needs beside `nix-cache-info` (directories, for `file://`)."""
 
     def close(self) -> None:  # noqa: B027
         """Release connections. Idempotent."""
+
+
+class SpoolingBackend(Backend):
+    """A backend that can only send a file whose size it knows (HTTP PUT, S3): an upload is spooled to a
+    temporary file first, then sent with `put_file`."""
+
+    @abc.abstractmethod
+    def put_file(self, name: str, f: IO[bytes], size: int, content_type: str) -> None:
+        """Store the `size` bytes of the open file `f` as `name` (streamed, not read into memory)."""
+
+    def new_upload(self) -> Upload:
+        return SpooledUpload(self.put_file)
 
 
 def _nix32(digest: bytes) -> str:

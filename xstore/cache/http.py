@@ -31,7 +31,7 @@ import time
 from collections.abc import Iterator
 from typing import IO, Any, Final
 
-from xstore.cache.base import MAX_SMALL_FILE, Backend, BinaryCacheStore
+from xstore.cache.base import MAX_SMALL_FILE, BinaryCacheStore, SpoolingBackend
 from xstore.errors import BinaryCacheError, UnsupportedError
 from xstore.storeapi import Read
 from xstore.storeurl import StoreUrl
@@ -81,7 +81,7 @@ def _cause(e: BaseException) -> BaseException:
     return seen
 
 
-class HttpBackend(Backend):
+class HttpBackend(SpoolingBackend):
     parallel = HTTP_CONNECTIONS
 
     def __init__(self, url: StoreUrl) -> None:

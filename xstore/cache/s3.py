@@ -25,7 +25,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import IO, Any, Final
 
-from xstore.cache.base import MAX_SMALL_FILE, Backend, BinaryCacheStore
+from xstore.cache.base import MAX_SMALL_FILE, BinaryCacheStore, SpoolingBackend
 from xstore.errors import BinaryCacheError, InvalidStoreUrlError, UnsupportedError
 from xstore.storeapi import Read
 from xstore.storeurl import StoreUrl
@@ -49,7 +49,7 @@ def _code(e: botocore.exceptions.ClientError) -> str:
     return str(e.response.get("Error", {}).get("Code", ""))
 
 
-class S3Backend(Backend):
+class S3Backend(SpoolingBackend):
     parallel = CONNECTIONS
 
     def __init__(self, url: StoreUrl) -> None:

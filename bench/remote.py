@@ -45,7 +45,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Final
 
-from bench.common import log, make_big_file, remove
+from bench.common import log, make_big_file, nix_environment, remove
 
 SEED: Final = 20240611
 GNU_TIME: Final = "/usr/bin/time"
@@ -54,25 +54,19 @@ NIX_OPTIONS: Final = ("--option", "build-users-group", "", "--option", "substitu
 RSS_TARGET_KIB: Final = 64 * 1024
 
 
+def nix_copy_from(dst: Path, url: str, path: str) -> list[str]:
+    """`nix copy --from URL PATH` into the store at `dst`. The far ends here sign nothing, so signatures
+    are not checked (xstore's copy from them checks none either)."""
+    return ["nix", "copy", "--no-check-sigs", "--store", str(dst), *NIX_OPTIONS, "--from", url, path]
+
+
 def nix_env(base: Path) -> dict[str, str]:
-    """An environment keeping Nix's state, configuration and caches under `base` (nothing touches /nix)."""
-    dirs = {name: base / name for name in ("state", "log", "conf", "cache", "home", "default-store")}
-    for path in dirs.values():
-        path.mkdir(parents=True, exist_ok=True)
-    (dirs["conf"] / "nix.conf").write_text(
-        "sandbox = false\nsubstituters =\nbuild-users-group =\nexperimental-features = nix-command\n"
-    )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NIX_")}
-    env.update(
-        NIX_STATE_DIR=str(dirs["state"]),
-        NIX_LOG_DIR=str(dirs["log"]),
-        NIX_CONF_DIR=str(dirs["conf"]),
-        NIX_REMOTE=str(dirs["default-store"]),
-        XDG_CACHE_HOME=str(dirs["cache"]),
-        HOME=str(dirs["home"]),
-        LC_ALL="C",
-        PYTHONPYCACHEPREFIX=str(base / "pycache"),
-    )
+    """`bench.common.nix_environment`, with `nix copy` enabled and no build users (the benchmark runs as
+    root), and xstore's bytecode cached under `base` (xstore runs in it too, as the far end's program)."""
+    env = nix_environment(base)
+    with open(base / "conf" / "nix.conf", "a") as f:
+        f.write("build-users-group =\nexperimental-features = nix-command\n")
+    env["PYTHONPYCACHEPREFIX"] = str(base / "pycache")
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     return env
 
@@ -259,17 +253,7 @@ class Bench:
             argv = (
                 [x, "copy", "--from", url, "--to", str(dst), "-r", path]
                 if tool == "xstore"
-                else [
-                    "nix",
-                    "copy",
-                    "--no-check-sigs",
-                    "--store",
-                    str(dst),
-                    *NIX_OPTIONS,
-                    "--from",
-                    url,
-                    path,
-                ]
+                else nix_copy_from(dst, url, path)
             )
             sample = self.run(argv)
         elif route in ("serve-to", "serve-from"):
@@ -281,17 +265,7 @@ class Bench:
             else:
                 dst = self.empty_store("nix")
                 url = f"ssh://localhost?remote-store={src}&remote-program={program}"
-                argv = [
-                    "nix",
-                    "copy",
-                    "--no-check-sigs",
-                    "--store",
-                    str(dst),
-                    *NIX_OPTIONS,
-                    "--from",
-                    url,
-                    path,
-                ]
+                argv = nix_copy_from(dst, url, path)
             sample = self.run(argv)
             deadline = time.monotonic() + 60
             while not (far_rss.exists() and far_rss.read_text().strip()):
@@ -315,17 +289,7 @@ class Bench:
             argv = (
                 [x, "copy", "--from", url, "--to", str(dst), "-r", path]
                 if tool == "xstore"
-                else [
-                    "nix",
-                    "copy",
-                    "--no-check-sigs",
-                    "--store",
-                    str(dst),
-                    *NIX_OPTIONS,
-                    "--from",
-                    url,
-                    path,
-                ]
+                else nix_copy_from(dst, url, path)
             )
             sample = self.run(argv)
         else:

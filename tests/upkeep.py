@@ -4,6 +4,7 @@
 - `make_store(root, tree)`: a small synthetic local store with real trees, references and derivers,
   registered through xstore's own add transaction, for the unit tests that need no Nix.
 - `nix_at(nix, store, ...)`: `nix-store --store ROOT` with the fixture options, returning stdout.
+- `gc_killed_at(root, step, count)`: a garbage collection that SIGKILLs itself part-way.
 """
 
 from __future__ import annotations
@@ -210,3 +211,27 @@ def build_chain(nix: Nix, root: Path, length: int, *, name: str = "link", lines:
         + " ]"
     )
     return nix_eval_paths(nix, root, expression)
+
+
+_GC_KILLER = """
+import os, signal, sys
+from xstore.gc import GcOptions, collect_garbage
+from xstore.store import LocalStore
+step, count = sys.argv[2], int(sys.argv[3])
+seen = 0
+def hook(name, _what):
+    global seen
+    if name == step:
+        seen += 1
+        if seen == count:
+            os.kill(os.getpid(), signal.SIGKILL)
+with LocalStore.open(sys.argv[1]) as store:
+    collect_garbage(store, GcOptions(), hook=hook)
+"""
+
+
+def gc_killed_at(root: Path, step: str, count: int) -> int:
+    """Collect garbage in the store at `root` in a child process that SIGKILLs itself the `count`th
+    time the collector reaches `step` (the collector's test hook). Returns the child's exit status."""
+    argv = [*XSTORE[:-2], "-c", _GC_KILLER, str(root), step, str(count)]
+    return subprocess.run(argv, check=False).returncode

@@ -34,7 +34,7 @@ import pytest
 
 from tests.helpers import Nix
 from tests.nixstores import NixStore, build_nix_store
-from tests.upkeep import build_chain, lines, nix_at, xstore, xstore_ok
+from tests.upkeep import build_chain, gc_killed_at, lines, nix_at, xstore, xstore_ok
 from xstore.import_export import list_stream
 
 LIVE_LABELS = ("dep", "text_a")  # rooted below: dep by --add-root, text_c by a profile
@@ -346,22 +346,6 @@ def test_gc_loop_beside_import(nix: Nix, chain: tuple[list[str], bytes], tmp_pat
 
 # -- killed while collecting -------------------------------------------------------------------------------
 
-KILLER = """
-import os, signal, sys
-from xstore.gc import GcOptions, collect_garbage
-from xstore.store import LocalStore
-step, count = sys.argv[2], int(sys.argv[3])
-seen = 0
-def hook(name, _what):
-    global seen
-    if name == step:
-        seen += 1
-        if seen == count:
-            os.kill(os.getpid(), signal.SIGKILL)
-with LocalStore.open(sys.argv[1]) as store:
-    collect_garbage(store, GcOptions(), hook=hook)
-"""
-
 
 @pytest.mark.parametrize(
     ("step", "count", "then"),
@@ -381,8 +365,7 @@ def test_sigkill_during_gc(
     store = copy_of(built, tmp_path / "root")
     nix_roots(nix, store, tmp_path)
     dead = nix_gc(nix, store, "--print-dead")
-    killed = subprocess.run([*XSTORE[:-2], "-c", KILLER, str(store.root), step, str(count)], check=False)
-    assert killed.returncode == -signal.SIGKILL
+    assert gc_killed_at(store.root, step, count) == -signal.SIGKILL
     nix_verifies(nix, store)
     gone = set(dead) - valid(store)
     assert gone  # the collection got somewhere before it was killed

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.upkeep import Spec, make_store, store_path, write_path
+from tests.upkeep import Spec, gc_killed_at, make_store, store_path, write_path
 from xstore.casehack import CaseHackMode
 from xstore.errors import InvalidPathError, StoreError, UsageError
 from xstore.gc import (
@@ -383,22 +383,6 @@ def test_links_cleaned(store: LocalStore, paths: dict[str, StorePath]) -> None:
 
 # -- crashes --------------------------------------------------------------------------------------------
 
-KILLER = """
-import os, signal, sys
-from xstore.gc import GcOptions, collect_garbage
-from xstore.store import LocalStore
-step, count = sys.argv[2], int(sys.argv[3])
-seen = 0
-def hook(name, _what):
-    global seen
-    if name == step:
-        seen += 1
-        if seen == count:
-            os.kill(os.getpid(), signal.SIGKILL)
-with LocalStore.open(sys.argv[1]) as store:
-    collect_garbage(store, GcOptions(), hook=hook)
-"""
-
 
 @pytest.mark.parametrize(
     ("step", "count"),
@@ -415,8 +399,7 @@ def test_sigkill_leaves_a_consistent_store(
     store: LocalStore, paths: dict[str, StorePath], step: str, count: int
 ) -> None:
     gcroot(store, "tool", paths["tool"].path)
-    killed = subprocess.run([sys.executable, "-c", KILLER, str(store.root), step, str(count)], check=False)
-    assert killed.returncode == -signal.SIGKILL
+    assert gc_killed_at(store.root, step, count) == -signal.SIGKILL
     # Every registered path still has its contents, unchanged; what is gone is unregistered.
     assert verify(store, check_contents=True) == []
     assert valid_names(store, paths) >= {"tool", "base"}

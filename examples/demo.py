@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 import shlex
 import shutil
@@ -153,16 +154,7 @@ def narinfos(cache: Path) -> dict[str, bytes]:
 
 
 def decompressed(data: bytes) -> bytes:
-    view = memoryview(data)
-    pos = 0
-
-    def read(n: int) -> bytes:
-        nonlocal pos
-        out = bytes(view[pos : pos + n])
-        pos += len(out)
-        return out
-
-    reader = open_reader(read, "zstd")
+    reader = open_reader(io.BytesIO(data).read, "zstd")
     return b"".join(iter(lambda: reader(1 << 20), b""))
 
 

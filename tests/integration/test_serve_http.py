@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import signal
@@ -28,7 +29,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -148,7 +149,7 @@ def test_cache_info_narinfos_listings(
             assert signature_valid(info.fingerprint(), sig, keys)
             listing = client.get(f"/{path.hash_part}.ls")
             assert listing.headers["content-type"] == "application/json"
-            index = build_index(_reader(nar_of(root, path)))
+            index = build_index(io.BytesIO(nar_of(root, path)).read)
             assert listing.text == dump_json({"version": 1, "root": listing_json(index.root, recursive=True)})
             assert json.loads(listing.text)["version"] == 1
         # HEAD: GET's headers, no body.
@@ -164,19 +165,6 @@ def test_cache_info_narinfos_listings(
     assert any(" GET /nix-cache-info 200 50 " in line for line in log), log
     assert any(f"HEAD /{TOP.hash_part}.narinfo 200 0 " in line for line in log), log
     assert any(f"GET /{'1' * 32}.narinfo 404 " in line and "(no such path)" in line for line in log), log
-
-
-def _reader(data: bytes) -> Callable[[int], bytes]:
-    view = memoryview(data)
-    pos = 0
-
-    def read(n: int) -> bytes:
-        nonlocal pos
-        out = bytes(view[pos : pos + n])
-        pos += len(out)
-        return out
-
-    return read
 
 
 def test_nars_plain_and_ranges(shared: tuple[Path, dict[StorePath, PathInfo]], tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ such a valid path as if it were its lock file, spins forever when it has content
    only where that is safe: never when the name is a valid store path, a directory, a symlink, or a file
    with contents that is still linked (junk no lock protocol leaves behind); then xstore goes on with
    its own lock alone. It is never truncated, and on release it is unlinked only if it is still the very
-   file that was locked and not a valid path.
+   file that was locked (a store path that took the name meanwhile is another file).
 
 Every wait is first tried without blocking; when the lock is taken the wait is announced
 (`notices.notice`) and then blocks in flock, which Ctrl-C and SIGTERM interrupt. No wait spins.
@@ -131,12 +131,19 @@ class NixLockFile:
         self.path = path
         self._fd = -1
         self.busy = False  # taken by someone else, and not waited for
-        self._is_valid_path = is_valid_path
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
         for _ in range(_MAX_STALE_RETRIES):
-            if is_valid_path():
-                return  # a store path named like a lock file: never touch it
+            # Usually there is no such file and this makes it: then it is no store path, and the database
+            # need not be asked (a path made valid under this name meanwhile would be another file).
+            fresh = True
             try:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+                try:
+                    fd = os.open(path, flags | os.O_EXCL, 0o600)
+                except FileExistsError:
+                    fresh = False
+                    if is_valid_path():
+                        return  # a store path named like a lock file: never touch it
+                    fd = os.open(path, flags, 0o600)
             except OSError as e:
                 if e.errno in (errno.EISDIR, errno.ELOOP, errno.ENOTDIR, errno.EACCES, errno.EPERM):
                     return  # not a lock file (a directory, a symlink...) or not ours to use
@@ -147,7 +154,7 @@ class NixLockFile:
                     self.busy = True
                     return
                 linked = _still_linked(path, fd)
-                if linked and os.fstat(fd).st_size == 0 and not is_valid_path():
+                if linked and os.fstat(fd).st_size == 0 and (fresh or not is_valid_path()):
                     self._fd = fd
                     return
             except BaseException:
@@ -166,7 +173,9 @@ class NixLockFile:
         if self._fd < 0:
             return
         try:
-            if _still_linked(self.path, self._fd) and not self._is_valid_path():
+            # Still the very file locked (its inode cannot be reused while it is open): a store path that
+            # took this name meanwhile is another file, and stays.
+            if _still_linked(self.path, self._fd):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.path)
             with contextlib.suppress(OSError):

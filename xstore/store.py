@@ -172,6 +172,11 @@ def _db_errors(method: Callable[Concatenate[LocalStore, P], R]) -> Callable[Conc
                 return method(self, *args, **kwargs)
 
         try:
+            try:
+                return attempt()  # the usual case, without the waiting loop's cost
+            except sqlite3.Error as e:
+                if not _is_busy(e):
+                    raise
             return _patiently(f"the database of the store at '{self.root}'", attempt)
         except sqlite3.Error as e:
             raise StoreError(f"the store database '{self.db_dir / 'db.sqlite'}' cannot be used: {e}") from e
@@ -193,11 +198,14 @@ class LocalStore(Store):
         self.root = Path(root).absolute()
         self.url = str(self.root)
         self.real_store_dir = self.root / "nix" / "store"
+        self._real_prefix = os.fsencode(self.real_store_dir) + b"/"
         self.state_dir = self.root / "nix" / "var" / "nix"
         self.db_dir = self.state_dir / "db"
         self.xstore_dir = self.root / "nix" / "var" / "xstore"
         self._big_lock = -1
         self._probed: StoreSettings | None = None
+        self._settings_read: tuple[tuple[int, ...], StoreSettings] | None = None
+        self._trusted: tuple[tuple[str, ...], dict[str, Any]] | None = None
         self._db: sqlite3.Connection | None = None
         self._db_lock = threading.RLock()
         self.read_only = read_only
@@ -367,7 +375,24 @@ class LocalStore(Store):
         os.replace(tmp, path)
 
     def _read_settings(self) -> StoreSettings | None:
+        """The recorded settings, read again only when the file has changed (it is always replaced
+        whole, so a new inode or time tells): a copy asks for them for every path it adds."""
         path = self.xstore_dir / "settings.json"
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise StoreError(f"cannot read '{path}': {e}") from e
+        identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        if self._settings_read is not None and self._settings_read[0] == identity:
+            return self._settings_read[1]
+        settings = self._parse_settings(path)
+        if settings is not None:
+            self._settings_read = (identity, settings)
+        return settings
+
+    def _parse_settings(self, path: Path) -> StoreSettings | None:
         try:
             data = json.loads(path.read_text())
         except FileNotFoundError:
@@ -427,7 +452,10 @@ class LocalStore(Store):
         this store object with `trust_keys` (as `--trusted-public-keys` does for one command)."""
         from xstore.signing import parse_public_keys
 
-        return parse_public_keys([*self.settings.trusted_public_keys, *self.extra_trusted_keys])
+        texts = (*self.settings.trusted_public_keys, *self.extra_trusted_keys)
+        if self._trusted is None or self._trusted[0] != texts:
+            self._trusted = (texts, parse_public_keys(texts))
+        return dict(self._trusted[1])
 
     def trust_keys(self, keys: Iterable[str]) -> None:
         """Trust `keys` (texts of public keys, several per text allowed) for as long as this store object
@@ -467,7 +495,7 @@ class LocalStore(Store):
     # -- paths ---------------------------------------------------------------------------------------
 
     def real_path(self, path: StorePath) -> bytes:
-        return os.fsencode(self.real_store_dir / path.base)
+        return self._real_prefix + os.fsencode(path.base)
 
     @_db_errors
     def query_path_info(self, path: StorePath) -> PathInfo | None:
@@ -527,8 +555,9 @@ class LocalStore(Store):
             return None
         return parse_store_path(row[0])
 
+    @_db_errors
     def is_valid(self, path: StorePath) -> bool:
-        return bool(self.query_valid_paths([path]))
+        return self.db.execute("select 1 from ValidPaths where path = ?", (path.path,)).fetchone() is not None
 
     @_db_errors
     def all_paths(self) -> list[StorePath]:
@@ -572,11 +601,7 @@ class LocalStore(Store):
         (`SignatureError`), as Nix's `require-sigs`."""
         from xstore.store_add import add_nar
 
-        if check_sigs and not self.is_valid(info.path):
-            from xstore.signing import require_trusted
-
-            require_trusted(info, self.trusted_keys(), self.describe())
-        return add_nar(self, info, read)
+        return add_nar(self, info, read, check_sigs=check_sigs)
 
     @_db_errors
     def register(self, info: PathInfo) -> None:
@@ -587,7 +612,7 @@ class LocalStore(Store):
         db = self.db
         db.execute("begin immediate")
         try:
-            db.execute(
+            cursor = db.execute(
                 "insert into ValidPaths (path, hash, registrationTime, deriver, narSize, ultimate, sigs, ca) "
                 "values (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
@@ -601,14 +626,21 @@ class LocalStore(Store):
                     info.ca,
                 ),
             )
-            (rid,) = db.execute("select id from ValidPaths where path = ?", (info.path.path,)).fetchone()
+            rid = cursor.lastrowid
+            ids: dict[str, int] = {}
+            for batch in batched({ref.path for ref in info.references}):
+                marks = ",".join("?" * len(batch))
+                query = f"select path, id from ValidPaths where path in ({marks})"  # noqa: S608 (placeholders only)
+                ids.update(db.execute(query, batch).fetchall())
             for ref in info.references:
-                row = db.execute("select id from ValidPaths where path = ?", (ref.path,)).fetchone()
-                if row is None:
+                if ref.path not in ids:
                     raise InvalidPathError(
                         f"cannot register '{info.path}': its reference '{ref}' is not valid", path=ref.path
                     )
-                db.execute("insert or replace into Refs (referrer, reference) values (?, ?)", (rid, row[0]))
+            db.executemany(
+                "insert or replace into Refs (referrer, reference) values (?, ?)",
+                [(rid, ids[ref.path]) for ref in info.references],
+            )
             db.execute("commit")
         except BaseException:
             if db.in_transaction:
@@ -664,15 +696,16 @@ class LocalStore(Store):
         free."""
         locks = self._locks_dir()
 
+        try:
+            lock_path: StorePath | None = StorePath(path.hash_part, path.name + ".lock")
+        except InvalidStorePathError:
+            lock_path = None  # the name would be too long for a store path
+
         def lock_is_a_valid_path() -> bool:
-            try:
-                lock_path = StorePath(path.hash_part, path.name + ".lock")
-            except InvalidStorePathError:
-                return False  # the name would be too long for a store path
-            return self.is_valid(lock_path)
+            return lock_path is not None and self.is_valid(lock_path)
 
         return PathLock(
-            locks / f"path-{path.hash_part}",
+            f"{locks}/path-{path.hash_part}",
             self.real_path(path) + b".lock",
             path.path,
             lock_is_a_valid_path,

@@ -59,6 +59,7 @@ class PathAdder:
         self.store = store
         self.expected = expected
         if expected is not None:
+            # Checked once: the references are temporary roots from here on, so they stay valid.
             self._check_references(expected)
         self._exit = contextlib.ExitStack()
         settings = store.settings
@@ -119,14 +120,11 @@ class PathAdder:
             self.writer.commit()
             store = self.store
             store.add_temp_root(info.path)
-            if store.is_valid(info.path):  # the usual answer is no: one query, no lock
-                self._check_same(store.require(info.path), info)
-                return False
-            self._check_references(info)
+            if expected is None:
+                self._check_references(info)
             with store.lock(info.path):
-                existing = store.query_path_info(info.path)  # another process may have added it meanwhile
-                if existing is not None:
-                    self._check_same(existing, info)
+                if store.is_valid(info.path):  # another process may have added it meanwhile
+                    self._check_same(store.require(info.path), info)
                     return False
                 store.remove_invalid_leftover(info.path)
                 real = store.real_path(info.path)
@@ -147,14 +145,16 @@ class PathAdder:
         self._exit.close()
 
 
-def add_nar(store: LocalStore, info: PathInfo, read: Read) -> bool:
+def add_nar(store: LocalStore, info: PathInfo, read: Read, *, check_sigs: bool = False) -> bool:
     """Add the path `info` describes from the NAR read with `read(n)` (metadata first). See
-    `Store.add_to_store`. A NAR longer than `info.nar_size` is refused as soon as it is."""
+    `Store.add_to_store`. A NAR longer than `info.nar_size` is refused as soon as it is. With
+    `check_sigs`, a path that is not valid yet must be trusted (`signing.require_trusted`) before a byte
+    of its NAR is read."""
     hasher = hashlib.sha256()
     parser = NarParser(hasher=hasher)
     limit = info.nar_size or None
     store.add_temp_root(info.path)  # whether added now or valid already, a collection must keep it
-    if store.query_path_info(info.path) is not None:
+    if store.is_valid(info.path):
         for _ in iter_events(read, parser, contents=False):
             _check_limit(info, parser, limit)
         _check_end(parser, read)
@@ -166,6 +166,10 @@ def add_nar(store: LocalStore, info: PathInfo, read: Read) -> bool:
                 path=info.path.path,
             )
         return False
+    if check_sigs:
+        from xstore.signing import require_trusted
+
+        require_trusted(info, store.trusted_keys(), store.describe())
     adder = PathAdder(store, info)
     try:
         for event in iter_events(read, parser):

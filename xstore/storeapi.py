@@ -22,7 +22,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from xstore.errors import InvalidPathError, StoreError, XstoreError
 from xstore.hashing import HashAlgorithm, HashFormat, format_digest
@@ -32,6 +32,7 @@ Read = Callable[[int], bytes]
 Sink = Callable[[bytes], object]
 
 _QUERY_BATCH: Final = 500
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,8 +176,9 @@ class Store(abc.ABC):
         self.close()
 
 
-def batched(items: Iterable[StorePath], size: int = _QUERY_BATCH) -> Iterable[list[StorePath]]:
-    batch: list[StorePath] = []
+def batched(items: Iterable[T], size: int = _QUERY_BATCH) -> Iterable[list[T]]:
+    """`items` in lists of at most `size` (a query's placeholders are limited)."""
+    batch: list[T] = []
     for item in items:
         batch.append(item)
         if len(batch) >= size:

@@ -202,6 +202,7 @@ class LocalStore(Store):
         self.state_dir = self.root / "nix" / "var" / "nix"
         self.db_dir = self.state_dir / "db"
         self.xstore_dir = self.root / "nix" / "var" / "xstore"
+        self._settings_file = self.xstore_dir / "settings.json"
         self._big_lock = -1
         self._probed: StoreSettings | None = None
         self._settings_read: tuple[tuple[int, ...], StoreSettings] | None = None
@@ -214,7 +215,7 @@ class LocalStore(Store):
         self._scratch: contextlib.ExitStack | None = None
         self._scratch_dir = b""
         self._scratch_count = itertools.count()
-        self._have_locks_dir = False
+        self._locks: str | None = None  # the locks directory, once made
         if not (self.db_dir / "db.sqlite").exists() and not _create:
             raise StoreError(
                 f"no store at '{self.root}' (no nix/var/nix/db/db.sqlite); "
@@ -377,7 +378,7 @@ class LocalStore(Store):
     def _read_settings(self) -> StoreSettings | None:
         """The recorded settings, read again only when the file has changed (it is always replaced
         whole, so a new inode or time tells): a copy asks for them for every path it adds."""
-        path = self.xstore_dir / "settings.json"
+        path = self._settings_file
         try:
             st = os.stat(path)
         except FileNotFoundError:
@@ -682,13 +683,13 @@ class LocalStore(Store):
             added += self.add_signatures(path, signed.sigs)
         return added
 
-    def _locks_dir(self) -> Path:
+    def _locks_dir(self) -> str:
         """`nix/var/xstore/locks`, made once per store object."""
-        locks = self.xstore_dir / "locks"
-        if not self._have_locks_dir:
+        if self._locks is None:
+            locks = self.xstore_dir / "locks"
             locks.mkdir(parents=True, exist_ok=True)
-            self._have_locks_dir = True
-        return locks
+            self._locks = str(locks)
+        return self._locks
 
     def lock(self, path: StorePath, *, blocking: bool = True) -> PathLock:
         """Lock `path` for adding it: xstore's own lock and, where safe, Nix's `<path>.lock`

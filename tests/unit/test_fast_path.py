@@ -86,6 +86,11 @@ TAKEN = [
     ["export", "/nix/store/p"],
     ["export", "-r", "--store", "local?root=/srv", "p1", "p2", "-o", "out.export"],
     ["export", "--recursive", "--output=-", "--", "-p"],
+    ["copy", "--to", "x", "p"],
+    ["copy", "--from", "file:///srv/cache", "--to", "/srv/root", "-r", "p1", "p2"],
+    ["copy", "--from=s3://b?region=x", "--trusted-public-keys", "k:AAAA k2:BBBB", "--no-check-sigs", "p"],
+    ["copy", "--to", "file:///c?compression=zstd&secret-key=k", "--case-hack=on", "--case-fold", "apfs", "p"],
+    ["copy", "--recursive", "--", "-p"],
 ]
 
 
@@ -131,7 +136,12 @@ LEFT_TO_TYPER = [
     ["export"],
     ["export", "-ro", "f", "p"],
     ["export", "p", "--recursive=1"],
-    ["copy", "--to", "x", "p"],
+    ["copy"],
+    ["copy", "--to", "x"],
+    ["copy", "-rh", "p"],
+    ["copy", "--from", "a", "--to", "b", "--no-check-sigs=1", "p"],
+    ["copy", "p", "--trusted-public-keys"],
+    ["copy", "p", "--case-fold", "ntfs"],
 ]
 
 

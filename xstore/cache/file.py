@@ -30,6 +30,20 @@ def _describe(e: OSError) -> str:
     return e.strerror or str(e)
 
 
+def _sized_reads(f: IO[bytes]) -> Read:
+    """`f.read`, asking for no more than the file holds (plus one byte, to see the end): a request for a
+    whole chunk would allocate that much for a NAR file of a few hundred bytes."""
+    left = os.fstat(f.fileno()).st_size
+
+    def read(n: int) -> bytes:
+        nonlocal left
+        data = f.read(min(n, left + 1) if left >= 0 else n)
+        left -= len(data)
+        return data
+
+    return read
+
+
 class FileBackend(Backend):
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -43,8 +57,13 @@ class FileBackend(Backend):
 
     def get(self, name: str) -> bytes | None:
         try:
-            with open(self._path(name), "rb") as f:
-                data = f.read(MAX_SMALL_FILE + 1)
+            with open(f"{self.root}/{name}", "rb", buffering=0) as f:
+                # Sized by the file (a read of MAX_SMALL_FILE bytes would allocate that much every time);
+                # one byte more than it says shows a file that grew.
+                size = os.fstat(f.fileno()).st_size
+                data = f.read(min(size, MAX_SMALL_FILE) + 1)
+                if len(data) > size and len(data) <= MAX_SMALL_FILE:
+                    data += f.read(MAX_SMALL_FILE + 1 - len(data))
         except FileNotFoundError:
             return None
         except NotADirectoryError:
@@ -73,7 +92,7 @@ class FileBackend(Backend):
         except OSError as e:
             raise BinaryCacheError(f"cannot read '{path}': {_describe(e)}") from None
         with f:
-            yield f.read
+            yield _sized_reads(f)
 
     def _temp_name(self, path: Path) -> Path:
         return path.with_name(f"{path.name}.tmp.{os.getpid()}.{next(_COUNTER)}")

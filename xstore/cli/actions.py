@@ -1,5 +1,6 @@
 """What the commands scripts call most do, without typer: `nar dump`, `nar restore`, `nar ls`, `nar cat`,
-`hash path`, `hash file`, `import` and `export`, and the store arguments every store command shares.
+`hash path`, `hash file`, `import`, `export` and `copy`, and the store arguments every store command
+shares.
 
 Each function is the whole body of its command. The typer commands in `nar.py`, `hash.py` and `store.py`
 declare the options and help and call these; the fast path (`fast.py`) parses the plain forms of the same
@@ -261,3 +262,61 @@ def export_paths(paths: Sequence[str], store: str | None, recursive: bool, outpu
         wanted = store_paths(s, paths, recursive)
         with Progress("exporting") as progress, atomic_output(output) as sink:
             export_stream(s, wanted, sink, progress=progress)
+
+
+def copy(
+    paths: Sequence[str],
+    from_: str | None,
+    to: str | None,
+    recursive: bool,
+    case_hack: CaseHackOpt,
+    case_fold: FoldOpt,
+    no_check_sigs: bool,
+    trusted_public_keys: str | None,
+) -> None:
+    from xstore.casehack import CaseHackMode, Fold
+    from xstore.copy import CopyResult, copy_paths, plan_copy
+    from xstore.errors import UsageError
+    from xstore.stores import open_store
+    from xstore.storeurl import parse_store_url
+
+    with cli_errors():
+        if parse_store_url(from_) == parse_store_url(to):
+            raise UsageError("--from and --to name the same store")
+        # The destination first: making a read-only store writable must happen before any thread starts.
+        with open_store(
+            to,
+            create=True,
+            case_hack=CaseHackMode(case_hack.value),
+            fold=None if case_fold is FoldOpt.auto else Fold(case_fold.value),
+        ) as dst:
+            clean = getattr(dst, "clean_temp", None)
+            if clean is not None:
+                clean()
+            trust_keys = getattr(dst, "trust_keys", None)
+            if trusted_public_keys and trust_keys is not None:
+                trust_keys([trusted_public_keys])
+            with open_store(from_, read_only=True) as src:
+                plan = plan_copy(src, dst, store_paths(src, paths, False), recursive=recursive)
+                with Progress("copying", plan.bytes_to_copy) as progress:
+                    done = 0
+
+                    def show(result: CopyResult) -> None:
+                        if result.copied:
+                            progress.item(result.path.path)
+                            progress.echo(result.path.path)
+
+                    def moved(n: int) -> None:
+                        nonlocal done
+                        done += n
+                        progress.update(done)
+
+                    copy_paths(
+                        src,
+                        dst,
+                        [],
+                        plan=plan,
+                        on_path=show,
+                        on_bytes=moved,
+                        check_sigs=False if no_check_sigs else None,
+                    )

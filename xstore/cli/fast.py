@@ -108,6 +108,19 @@ SPECS: dict[tuple[str, ...], Spec] = {
             Opt(("--case-fold",), "case_fold", default=FoldOpt.auto, choices=FoldOpt),
         ),
     ),
+    ("copy",): Spec(
+        "copy",
+        ("*paths",),
+        (
+            Opt(("--from",), "from_"),
+            Opt(("--to",), "to"),
+            Opt(("-r", "--recursive"), "recursive", "flag", default=False),
+            _CASE_HACK,
+            Opt(("--case-fold",), "case_fold", default=FoldOpt.auto, choices=FoldOpt),
+            Opt(("--no-check-sigs",), "no_check_sigs", "flag", default=False),
+            Opt(("--trusted-public-keys",), "trusted_public_keys"),
+        ),
+    ),
     ("export",): Spec(
         "export_paths",
         ("*paths",),

@@ -192,52 +192,7 @@ def copy(
     Example: xstore copy --from /mnt/linux-root --to ~/nix-root -r /nix/store/...-hello-2.12
     Example: xstore copy --to 'file:///srv/cache?compression=zstd&secret-key=secret.key' -r ./result
     """
-    from xstore.casehack import CaseHackMode, Fold
-    from xstore.copy import CopyResult, copy_paths, plan_copy
-    from xstore.errors import UsageError
-    from xstore.stores import open_store
-    from xstore.storeurl import parse_store_url
-
-    with cli_errors():
-        if parse_store_url(from_) == parse_store_url(to):
-            raise UsageError("--from and --to name the same store")
-        # The destination first: making a read-only store writable must happen before any thread starts.
-        with open_store(
-            to,
-            create=True,
-            case_hack=CaseHackMode(case_hack.value),
-            fold=None if case_fold is FoldOpt.auto else Fold(case_fold.value),
-        ) as dst:
-            clean = getattr(dst, "clean_temp", None)
-            if clean is not None:
-                clean()
-            trust_keys = getattr(dst, "trust_keys", None)
-            if trusted_public_keys and trust_keys is not None:
-                trust_keys([trusted_public_keys])
-            with open_store(from_, read_only=True) as src:
-                plan = plan_copy(src, dst, store_paths(src, paths, False), recursive=recursive)
-                with Progress("copying", plan.bytes_to_copy) as progress:
-                    done = 0
-
-                    def show(result: CopyResult) -> None:
-                        if result.copied:
-                            progress.item(result.path.path)
-                            progress.echo(result.path.path)
-
-                    def moved(n: int) -> None:
-                        nonlocal done
-                        done += n
-                        progress.update(done)
-
-                    copy_paths(
-                        src,
-                        dst,
-                        [],
-                        plan=plan,
-                        on_path=show,
-                        on_bytes=moved,
-                        check_sigs=False if no_check_sigs else None,
-                    )
+    actions.copy(paths, from_, to, recursive, case_hack, case_fold, no_check_sigs, trusted_public_keys)
 
 
 def path_info(

@@ -9,10 +9,14 @@ That scheme has a hole: `<hash>-foo.lock` is a valid store path name. Nix 2.8 lo
 such a valid path as if it were its lock file, spins forever when it has contents, and can never add
 `<hash>-foo` when it is a directory. xstore therefore locks a path twice:
 
-1. its own lock, `ROOT/nix/var/xstore/locks/path-<hash part>`, outside the store directory where no
-   store path can be, and per hash part (lower-case nix32), so two spellings of a name that a folding
-   filesystem cannot keep apart share it. This one is always taken, and is what keeps xstore processes
-   apart.
+1. its own lock, outside the store directory where no store path can be, and per hash part (lower-case
+   nix32), so two spellings of a name that a folding filesystem cannot keep apart share it. This one is
+   always taken, and is what keeps xstore processes apart. On Linux it is one byte of one file,
+   `ROOT/nix/var/xstore/path-locks`, at an offset given by the hash part, locked with an open file
+   description lock (`fcntl(F_OFD_SETLK)`: owned by the open file like flock, so threads and processes
+   exclude each other alike, and released when it is closed): nothing is created or deleted per path.
+   Elsewhere it is a file per hash part, `ROOT/nix/var/xstore/locks/path-<hash part>`, deleted after
+   use as Nix deletes its own.
 2. Nix's `<path>.lock` beside it, so that Nix and xstore adding the same path wait for each other, but
    only where that is safe: never when the name is a valid store path, a directory, a symlink, or a file
    with contents that is still linked (junk no lock protocol leaves behind); then xstore goes on with
@@ -29,6 +33,8 @@ import contextlib
 import errno
 import fcntl
 import os
+import struct
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Final
@@ -121,6 +127,53 @@ class DeletableLock:
         self.release()
 
 
+# Linux's open file description locks, through fcntl's `struct flock` (type, whence, start, length, pid),
+# laid out as on the 64-bit ABIs; elsewhere the lock is a file of its own (`DeletableLock`).
+_OFD_SETLK: Final = getattr(fcntl, "F_OFD_SETLK", None)
+_OFD_SETLKW: Final = getattr(fcntl, "F_OFD_SETLKW", None)
+HAVE_BYTE_LOCKS: Final = (
+    sys.platform == "linux" and _OFD_SETLK is not None and struct.calcsize("@hhqqi4x") == 32
+)
+
+
+class ByteLock:
+    """An exclusive lock on byte `offset` of the file `path` (made when missing, never deleted), with an
+    open file description lock of its own: another `ByteLock` on the same byte waits, in this process
+    or another. The wait is announced, naming `what`; without `blocking`, `acquired` says whether the
+    byte was free. Linux only (`HAVE_BYTE_LOCKS`)."""
+
+    def __init__(self, path: PathLike, offset: int, what: str, *, blocking: bool = True) -> None:
+        assert _OFD_SETLK is not None
+        assert _OFD_SETLKW is not None
+        self._fd = -1
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        request = struct.pack("@hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, offset, 1, 0)
+        try:
+            try:
+                fcntl.fcntl(fd, _OFD_SETLK, request)
+            except OSError as e:
+                if e.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                if not blocking:
+                    os.close(fd)
+                    return
+                notice(f"waiting for {what}, which another process holds")
+                fcntl.fcntl(fd, _OFD_SETLKW, request)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+
+    @property
+    def acquired(self) -> bool:
+        return self._fd >= 0
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)  # the lock belongs to this open file alone: closing it releases the lock
+
+
 class NixLockFile:
     """Nix's `<path>.lock`, taken only where that is safe (see the module docstring). `held` says
     whether it was; when it was not, the caller relies on its own lock alone."""
@@ -190,16 +243,21 @@ class PathLock:
 
     def __init__(
         self,
-        own: PathLike,
+        own: PathLike | tuple[PathLike, int],
         nix: bytes,
         shown: str,
         is_lock_a_valid_path: Callable[[], bool],
         *,
         blocking: bool = True,
     ) -> None:
+        """`own` is xstore's own lock: a file of its own, or a file and the byte in it (`ByteLock`)."""
         what = f"the lock on '{shown}'"
         self.acquired = False
-        self._own = DeletableLock(own, what, blocking=blocking)
+        self._own: DeletableLock | ByteLock = (
+            ByteLock(own[0], own[1], what, blocking=blocking)
+            if isinstance(own, tuple)
+            else DeletableLock(own, what, blocking=blocking)
+        )
         self._nix = None
         if not self._own.acquired:
             return

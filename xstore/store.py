@@ -43,13 +43,15 @@ from xstore.errors import HashMismatchError, InputError, InvalidPathError, Inval
 from xstore.fsops import remove_tree
 from xstore.hashing import HashAlgorithm, HashFormat, HashSink, encode_nix32, parse_hash
 from xstore.notices import notice
-from xstore.pathlocks import PathLock, flock_fd, lock_file
+from xstore.pathlocks import HAVE_BYTE_LOCKS, PathLock, flock_fd, lock_file
 from xstore.storeapi import PathInfo, Read, Sink, Store, batched
 from xstore.storepath import HASH_PART_LEN, STORE_DIR, StorePath, parse_store_path
 from xstore.temproots import RootsFile, roots_file
 
 SCHEMA_VERSION: Final = 10
 SETTINGS_VERSION: Final = 1
+
+_BYTE_LOCK_MASK: Final = (1 << 62) - 1  # offsets of path locks (`pathlocks.ByteLock`)
 
 # Nix's schema 10 (schema.sql): the same tables, columns, constraints, indexes and trigger.
 _SCHEMA: Final = """
@@ -203,6 +205,7 @@ class LocalStore(Store):
         self.db_dir = self.state_dir / "db"
         self.xstore_dir = self.root / "nix" / "var" / "xstore"
         self._settings_file = self.xstore_dir / "settings.json"
+        self._byte_locks = str(self.xstore_dir / "path-locks")
         self._big_lock = -1
         self._probed: StoreSettings | None = None
         self._settings_read: tuple[tuple[int, ...], StoreSettings] | None = None
@@ -705,8 +708,13 @@ class LocalStore(Store):
         def lock_is_a_valid_path() -> bool:
             return lock_path is not None and self.is_valid(lock_path)
 
+        own: str | tuple[str, int] = f"{locks}/path-{path.hash_part}"
+        if HAVE_BYTE_LOCKS:
+            # The hash part read as a base-36 number (nix32's letters are digits of base 36): one byte
+            # per hash part, anywhere in 62 bits.
+            own = (self._byte_locks, int(path.hash_part, 36) & _BYTE_LOCK_MASK)
         return PathLock(
-            f"{locks}/path-{path.hash_part}",
+            own,
             self.real_path(path) + b".lock",
             path.path,
             lock_is_a_valid_path,

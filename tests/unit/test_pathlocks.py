@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import fcntl
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -13,7 +15,7 @@ from typing import Any
 import pytest
 
 import xstore.pathlocks as pathlocks
-from xstore.pathlocks import DeletableLock
+from xstore.pathlocks import ByteLock, DeletableLock
 
 
 def test_path_lock_release_unlinks_then_marks(tmp_path: Path) -> None:
@@ -113,3 +115,93 @@ def test_path_lock_waiter_gets_fresh_file(tmp_path: Path) -> None:
     assert not os.path.lexists(lock_path)
 
 
+
+
+needs_byte_locks = pytest.mark.skipif(not pathlocks.HAVE_BYTE_LOCKS, reason="open file description locks")
+
+
+@needs_byte_locks
+def test_byte_locks_exclude_each_other_per_byte_in_one_process(tmp_path: Path) -> None:
+    path = tmp_path / "path-locks"
+    first = ByteLock(path, 7, "x")
+    try:
+        assert first.acquired
+        assert not ByteLock(path, 7, "x", blocking=False).acquired  # another open file, same byte
+        other = ByteLock(path, 8, "x", blocking=False)
+        assert other.acquired
+        other.release()
+    finally:
+        first.release()
+    again = ByteLock(path, 7, "x", blocking=False)
+    assert again.acquired
+    again.release()
+    again.release()  # twice is harmless
+    assert path.stat().st_size == 0  # nothing is written, and the file stays
+
+
+@needs_byte_locks
+def test_byte_lock_waiter_gets_the_byte_when_released(tmp_path: Path) -> None:
+    path = tmp_path / "path-locks"
+    far = (1 << 62) - 1  # the highest offset a path lock uses
+    owner = ByteLock(path, far, "x")
+    got: list[ByteLock] = []
+    thread = threading.Thread(target=lambda: got.append(ByteLock(path, far, "x")), daemon=True)
+    thread.start()
+    thread.join(0.3)
+    assert not got, "the waiter should still wait"
+    owner.release()
+    thread.join(10)
+    (waiter,) = got
+    assert waiter.acquired
+    waiter.release()
+
+
+@needs_byte_locks
+def test_byte_lock_excludes_another_process(tmp_path: Path) -> None:
+    path = tmp_path / "path-locks"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from xstore.pathlocks import ByteLock; lock = ByteLock(sys.argv[1], 42, 'x'); "
+            "print('held', flush=True); sys.stdin.read()",
+            str(path),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == "held\n"
+        assert not ByteLock(path, 42, "x", blocking=False).acquired
+        assert ByteLock(path, 43, "x", blocking=False).acquired
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(30)
+        assert holder.stdout is not None
+        holder.stdout.close()
+    assert ByteLock(path, 42, "x", blocking=False).acquired  # its end released the lock
+
+
+@needs_byte_locks
+def test_store_path_locks_create_and_delete_nothing_of_their_own(tmp_path: Path) -> None:
+    """On Linux xstore's own lock on a path is a byte of one file: nothing per path in the locks
+    directory, and a second lock on the same hash part (another name) waits for the first."""
+    from xstore.casehack import CaseHackMode
+    from xstore.store import LocalStore
+    from xstore.storepath import StorePath
+
+    with LocalStore.create(tmp_path / "root", case_hack=CaseHackMode.OFF) as store:
+        path = StorePath("a" * 32, "one")
+        locks = tmp_path / "root" / "nix" / "var" / "xstore" / "locks"
+        with store.lock(path):
+            assert os.listdir(locks) == []
+            assert store.try_lock(StorePath("a" * 32, "ONE")) is None  # same hash part
+            other = store.try_lock(StorePath("b" * 32, "one"))
+            assert other is not None
+            other.release()
+        free = store.try_lock(StorePath("a" * 32, "ONE"))
+        assert free is not None
+        free.release()

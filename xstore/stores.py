@@ -123,7 +123,10 @@ def open_store(
 def ensure_writable(store_dir: Path) -> None:
     """For commands that write to a store: if its directory is a read-only bind mount, continue in a
     private mount namespace where it is writable (NixOS/nix#9705). Must run before any thread starts."""
-    if sys.platform.startswith("linux") and store_dir.is_dir():
+    if not sys.platform.startswith("linux") or not store_dir.is_dir():
+        return
+    # A read-only mount shows in statvfs: only then is the mount table read (mountns).
+    if os.statvfs(store_dir).f_flag & os.ST_RDONLY:
         from xstore import mountns
 
         if mountns.status(store_dir).read_only:

@@ -28,16 +28,18 @@ import contextlib
 import errno
 import fcntl
 import os
-import socket
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from xstore.errors import StoreError
 from xstore.storepath import StorePath
+
+if TYPE_CHECKING:
+    import socket
 
 TEMP_ROOTS_DIR: Final = "temproots"
 GC_LOCK: Final = "gc.lock"
@@ -132,6 +134,8 @@ class RootsFile:
         """Send `path` to the running collector and wait for its answer. False when there was no
         collector to tell after all (it ended, or has not made its socket yet): try again."""
         if self.sock is None:
+            import socket  # only when a collector runs
+
             address, dir_fd = socket_address(self.state_dir / GC_SOCKET)
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:

@@ -27,15 +27,13 @@ Nix: binary-cache-store.cc (`init`, `addToStoreCommon`, `narFromPath`, `queryPat
 from __future__ import annotations
 
 import abc
-import concurrent.futures
 import contextlib
 import hashlib
 import io
 import os
-import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from typing import IO, Any, Final
+from typing import IO, TYPE_CHECKING, Any, Final
 
 from xstore.compression import CHUNK, Method, open_reader, open_writer
 from xstore.errors import (
@@ -62,6 +60,9 @@ from xstore.narinfo import (
 from xstore.storeapi import PathInfo, Read, Sink, Store
 from xstore.storepath import STORE_DIR, StorePath
 from xstore.storeurl import StoreUrl
+
+if TYPE_CHECKING:
+    import concurrent.futures
 
 # Small files (narinfos, nix-cache-info, listings) are read whole, up to this size.
 MAX_SMALL_FILE: Final = 64 << 20
@@ -90,6 +91,12 @@ MIME_CACHE_INFO: Final = "text/x-nix-cache-info"
 MIME_JSON: Final = "application/json"
 
 
+def _thread_pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
+    import concurrent.futures  # only where a backend has parallel connections
+
+    return concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="xstore-cache")
+
+
 class Upload(abc.ABC):
     """A file being written to a cache under a name not known yet (a NAR's name is its hash)."""
 
@@ -110,6 +117,8 @@ class SpooledUpload(Upload):
 
     def __init__(self, put_file: Callable[[str, IO[bytes], int, str], None]) -> None:
         self._put_file = put_file
+        import tempfile
+
         self._file: IO[bytes] | None = tempfile.TemporaryFile(prefix="xstore-upload-")  # noqa: SIM115
         self._size = 0
 
@@ -267,9 +276,7 @@ class BinaryCacheStore(Store):
         if self.backend.parallel <= 1 or len(items) <= 1:
             return [function(item) for item in items]
         if self._pool is None:
-            self._pool = concurrent.futures.ThreadPoolExecutor(
-                max_workers=self.backend.parallel, thread_name_prefix="xstore-cache"
-            )
+            self._pool = _thread_pool(self.backend.parallel)
         futures = [self._pool.submit(function, item) for item in items]
         try:
             return [f.result() for f in futures]
@@ -403,9 +410,7 @@ class BinaryCacheStore(Store):
         while self._prefetch_queue and len(self._prefetched) < PREFETCH_WINDOW:
             path, url = self._prefetch_queue.pop(0)
             if self._pool is None:
-                self._pool = concurrent.futures.ThreadPoolExecutor(
-                    max_workers=self.backend.parallel, thread_name_prefix="xstore-cache"
-                )
+                self._pool = _thread_pool(self.backend.parallel)
             self._prefetched[path] = self._pool.submit(self._fetch_small, url)
 
     def _fetch_small(self, url: str) -> bytes | None:

@@ -2,7 +2,7 @@
 as `python -m http.server`, what Nix and xstore read caches from), the same with PUT (what they upload
 to), with switches to misbehave, and moto's standalone S3 server as a subprocess.
 
-Only the server side is hand-made here; the clients under test are Nix and xstore's httpx and boto3.
+Only the server side is hand-made here; the clients under test are Nix and xstore's urllib3 and boto3.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""`http://` and `https://` binary caches, through httpx (the `cache` extra).
+"""`http://` and `https://` binary caches, through urllib3 (the `cache` extra).
 
-One `httpx.Client` per store: connections are kept alive and reused, up to 25 at once (Nix's
+One `urllib3.PoolManager` per store: connections are kept alive and reused, up to 25 at once (Nix's
 `http-connections`), and the cache logic fans its queries out over them. As Nix's file transfer does:
 
 - GET reads, HEAD tests, PUT uploads (with the file's MIME type), following redirects;
@@ -12,10 +12,15 @@ One `httpx.Client` per store: connections are kept alive and reused, up to 25 at
 - HTTPS checks certificates against the system's CA store (`ssl.create_default_context()`, which honours
   `SSL_CERT_FILE`);
 - credentials come from a netrc file: the URL's `netrc-file=`, else `$NETRC`, else Nix's
-  `$NIX_CONF_DIR/netrc` (`/etc/nix/netrc`), else `~/.netrc`, the first that exists.
+  `$NIX_CONF_DIR/netrc` (`/etc/nix/netrc`), else `~/.netrc`, the first that exists. They are sent to the
+  cache's host only (a redirect to another host drops them).
 
 Every network read has a timeout (30 s to connect, 300 s without a byte, as Nix's stalled-download
 timeout), and every wait can be interrupted with Ctrl-C.
+
+urllib3 rather than httpx: a request costs less than half the CPU time, and importing it does not import
+trio and anyio (httpcore does when they are installed, as they are here), which matters for a run of
+small paths (bench/README.md).
 
 Nix: http-binary-cache-store.cc, filetransfer.cc.
 """
@@ -23,13 +28,14 @@ Nix: http-binary-cache-store.cc, filetransfer.cc.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import random
 import socket
 import ssl
 import time
-from collections.abc import Iterator
-from typing import IO, Any, Final
+from collections.abc import Callable, Iterable, Iterator
+from typing import IO, Final
 
 from xstore.cache.base import MAX_SMALL_FILE, BinaryCacheStore, SpoolingBackend
 from xstore.errors import BinaryCacheError, UnsupportedError
@@ -37,21 +43,25 @@ from xstore.storeapi import Read
 from xstore.storeurl import StoreUrl
 
 try:
-    import httpx
+    import urllib3
+    from urllib3.exceptions import HTTPError as TransportError
 except ImportError:  # this module is imported only for an http(s):// URL
     raise UnsupportedError(
-        "http(s):// binary caches need the Python package 'httpx': pip install 'xstore[cache]'"
+        "http(s):// binary caches need the Python package 'urllib3': pip install 'xstore[cache]'"
     ) from None
 
 HTTP_CONNECTIONS: Final = 25
-STREAM_CONNECTIONS: Final = 2
 ATTEMPTS: Final = 5
 RETRY_DELAY: Final = 0.1  # seconds before the first retry; doubled each time
 CONNECT_TIMEOUT: Final = 30.0
 STALL_TIMEOUT: Final = 300.0
+MAX_REDIRECTS: Final = 10
 MISSING: Final = frozenset({404, 410, 401, 403, 407})
 NOT_TRANSIENT_5XX: Final = frozenset({501, 505, 511})
 CHUNK: Final = 1 << 20
+DRAIN_LIMIT: Final = 64 << 10  # an error's body up to this size is read, to keep the connection
+
+Body = bytes | Callable[[], Iterable[bytes]]  # a factory: called again for every attempt
 
 
 def _transient(status: int) -> bool:
@@ -71,14 +81,38 @@ def netrc_file(url: StoreUrl) -> str | None:
     return next((c for c in candidates if c and os.path.isfile(c)), None)
 
 
+def _netrc_auth(file: str, host: str) -> str | None:
+    """The `Authorization` header for `host` from the netrc file, or None if it has no entry."""
+    import netrc
+
+    try:
+        entry = netrc.netrc(file).authenticators(host)
+    except (OSError, netrc.NetrcParseError) as e:
+        raise BinaryCacheError(f"cannot read the netrc file '{file}': {e}") from None
+    if entry is None:
+        return None
+    login, _account, password = entry
+    return urllib3.util.make_headers(basic_auth=f"{login}:{password}")["authorization"]
+
+
 def _cause(e: BaseException) -> BaseException:
-    """The innermost cause of an httpx error (the socket or TLS error that started it)."""
+    """The innermost cause of a transport error (the socket or TLS error that started it)."""
     seen = e
     while seen.__cause__ is not None or seen.__context__ is not None:
         nxt = seen.__cause__ or seen.__context__
         assert nxt is not None
         seen = nxt
     return seen
+
+
+def _finish(response: urllib3.BaseHTTPResponse) -> None:
+    """Done with a response whose body is not wanted: a small one is read so that its connection can
+    be reused, a large or unknown one closes its connection."""
+    remaining = response.length_remaining
+    if remaining is not None and remaining <= DRAIN_LIMIT:
+        response.drain_conn()  # returns the connection to the pool, or closes it after a failure
+    else:
+        response.close()
 
 
 class HttpBackend(SpoolingBackend):
@@ -88,39 +122,36 @@ class HttpBackend(SpoolingBackend):
         self.base = f"{url.scheme}://{url.authority}{url.path}".rstrip("/")
         self.url = self.base
         self.host = url.authority
-        auth = None
-        netrc = netrc_file(url)
-        if netrc is not None:
-            try:
-                auth = httpx.NetRCAuth(netrc)
-            except (OSError, ValueError) as e:
-                raise BinaryCacheError(f"cannot read the netrc file '{netrc}': {e}") from None
         from xstore import __version__
 
-        settings: dict[str, Any] = {
-            "verify": ssl.create_default_context(),
-            "timeout": httpx.Timeout(STALL_TIMEOUT, connect=CONNECT_TIMEOUT),
-            "auth": auth,
-            "follow_redirects": True,
-            "trust_env": False,
-            "headers": {"User-Agent": f"xstore/{__version__}"},
-        }
-        # Queries fan out over many connections; NARs stream one or two at a time over a pool of their
-        # own (each request scans its pool, so a small one keeps a long run of sequential requests cheap).
-        self.client = httpx.Client(
-            limits=httpx.Limits(max_connections=HTTP_CONNECTIONS, max_keepalive_connections=HTTP_CONNECTIONS),
-            **settings,
-        )
-        self.stream_client = httpx.Client(
-            limits=httpx.Limits(
-                max_connections=STREAM_CONNECTIONS, max_keepalive_connections=STREAM_CONNECTIONS
-            ),
-            **settings,
+        self.headers = {"User-Agent": f"xstore/{__version__}"}
+        netrc = netrc_file(url)
+        if netrc is not None:
+            auth = _netrc_auth(netrc, urllib3.util.parse_url(self.base).host or "")
+            if auth is not None:
+                self.headers["Authorization"] = auth
+        # Connections beyond the pool's size (never more than the parallel requests) are closed after
+        # use; a response dropped part way closes its connection instead of returning it.
+        self.pool = urllib3.PoolManager(
+            num_pools=4,
+            maxsize=HTTP_CONNECTIONS,
+            block=False,
+            timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT, read=STALL_TIMEOUT),
+            retries=urllib3.Retry(
+                total=None,
+                connect=0,
+                read=0,
+                status=0,
+                other=0,
+                redirect=MAX_REDIRECTS,
+                raise_on_status=False,
+                respect_retry_after_header=False,
+            ),  # our own retries (`_send`); urllib3 follows redirects
+            ssl_context=ssl.create_default_context() if url.scheme == "https" else None,
         )
 
     def close(self) -> None:
-        self.client.close()
-        self.stream_client.close()
+        self.pool.clear()
 
     def _url(self, name: str) -> str:
         if "://" in name:
@@ -131,7 +162,7 @@ class HttpBackend(SpoolingBackend):
 
     # -- errors and retries ----------------------------------------------------------------------------
 
-    def _failure(self, e: Exception, url: str) -> BinaryCacheError:
+    def _failure(self, e: BaseException, url: str) -> BinaryCacheError:
         cause = _cause(e)
         if isinstance(cause, ssl.SSLCertVerificationError):
             return BinaryCacheError(
@@ -143,73 +174,83 @@ class HttpBackend(SpoolingBackend):
             return BinaryCacheError(f"cannot resolve the host name of {url}: {cause.strerror or cause}")
         if isinstance(cause, ConnectionRefusedError):
             return BinaryCacheError(f"cannot connect to {self.host} ({url}): connection refused")
-        if isinstance(e, httpx.TimeoutException):
+        if isinstance(cause, TimeoutError):
             return BinaryCacheError(f"timed out talking to {self.host} ({url})")
-        reason = str(cause) or str(e) or type(e).__name__
+        if isinstance(cause, http.client.IncompleteRead):
+            return BinaryCacheError(f"the connection to {self.host} closed before the end of {url}")
+        reason = str(cause) or str(e) or type(cause).__name__
         return BinaryCacheError(f"failure talking to {self.host} ({url}): {reason}")
 
     @staticmethod
-    def _permanent(e: Exception) -> bool:
+    def _permanent(e: BaseException) -> bool:
         cause = _cause(e)
-        return isinstance(cause, ssl.SSLError | socket.gaierror)
+        # TLS failures, unknown hosts, too many redirects
+        return isinstance(cause, ssl.SSLError | socket.gaierror | urllib3.exceptions.ResponseError)
 
     def _wait(self, attempt: int) -> None:
         time.sleep(RETRY_DELAY * (2**attempt) * (0.5 + random.random()))  # noqa: S311 (jitter)
 
-    def _send(self, method: str, name: str, *, bulk: bool = False, **kwargs: Any) -> httpx.Response:
-        """One request with Nix's retries; the response's body is not read (`stream`). `bulk` requests
-        (NARs, uploads) go over the small pool."""
+    def _send(
+        self, method: str, name: str, *, headers: dict[str, str] | None = None, body: Body | None = None
+    ) -> urllib3.BaseHTTPResponse:
+        """One request with Nix's retries; the response's body is not read yet."""
         url = self._url(name)
-        rewind = kwargs.pop("rewind", None)
-        client = self.stream_client if bulk else self.client
+        sent = {**self.headers, **headers} if headers else self.headers
         for attempt in range(ATTEMPTS):
             try:
-                request = client.build_request(method, url, **kwargs)
-                response = client.send(request, stream=True)
-            except httpx.TransportError as e:
+                response = self.pool.urlopen(
+                    method, url, body=body() if callable(body) else body, headers=sent, preload_content=False
+                )
+            except TransportError as e:
                 if self._permanent(e) or attempt == ATTEMPTS - 1:
                     raise self._failure(e, url) from None
             else:
-                if not _transient(response.status_code) or attempt == ATTEMPTS - 1:
+                if not _transient(response.status) or attempt == ATTEMPTS - 1:
                     return response
-                response.close()
+                _finish(response)
             self._wait(attempt)
-            if rewind is not None:
-                rewind()
         raise AssertionError("unreachable")
 
-    def _unexpected(self, response: httpx.Response, what: str) -> BinaryCacheError:
-        return BinaryCacheError(
-            f"{what} {response.request.url}: HTTP {response.status_code} {response.reason_phrase}".rstrip()
-        )
+    @staticmethod
+    def _unexpected(response: urllib3.BaseHTTPResponse, what: str, url: str) -> BinaryCacheError:
+        return BinaryCacheError(f"{what} {url}: HTTP {response.status} {response.reason or ''}".rstrip())
 
     # -- the backend -----------------------------------------------------------------------------------
 
     def get(self, name: str) -> bytes | None:
         response = self._send("GET", name)
-        with contextlib.closing(response):
-            if response.status_code in MISSING:
-                return None
-            if response.status_code != 200:
-                raise self._unexpected(response, "cannot download")
+        url = self._url(name)
+        if response.status in MISSING:
+            _finish(response)
+            return None
+        if response.status != 200:
+            _finish(response)
+            raise self._unexpected(response, "cannot download", url)
+        try:
+            size = response.length_remaining
+            if size is not None and size > MAX_SMALL_FILE:
+                raise BinaryCacheError(f"{url} is over {MAX_SMALL_FILE} bytes")
+            if size is not None and "content-encoding" not in response.headers:
+                return response.read()  # the whole body, checked against its length by urllib3
             out = bytearray()
-            try:
-                for chunk in response.iter_bytes():
-                    out += chunk
-                    if len(out) > MAX_SMALL_FILE:
-                        raise BinaryCacheError(f"{response.request.url} is over {MAX_SMALL_FILE} bytes")
-            except httpx.TransportError as e:
-                raise self._failure(e, str(response.request.url)) from None
+            while chunk := response.read1(CHUNK):
+                out += chunk
+                if len(out) > MAX_SMALL_FILE:
+                    raise BinaryCacheError(f"{url} is over {MAX_SMALL_FILE} bytes")
             return bytes(out)
+        except TransportError as e:
+            raise self._failure(e, url) from None
+        finally:
+            response.close()  # after the whole body a no-op: its connection is back in the pool
 
     def exists(self, name: str) -> bool:
         response = self._send("HEAD", name)
-        with contextlib.closing(response):
-            if response.status_code in MISSING:
-                return False
-            if 200 <= response.status_code < 300:
-                return True
-            raise self._unexpected(response, "cannot check")
+        _finish(response)
+        if response.status in MISSING:
+            return False
+        if 200 <= response.status < 300:
+            return True
+        raise self._unexpected(response, "cannot check", self._url(name))
 
     @contextlib.contextmanager
     def open_read(self, url: str) -> Iterator[Read]:
@@ -220,23 +261,21 @@ class HttpBackend(SpoolingBackend):
             reader.close()
 
     def put(self, name: str, data: bytes, content_type: str) -> None:
-        response = self._send("PUT", name, content=data, headers={"Content-Type": content_type})
-        with contextlib.closing(response):
-            if not 200 <= response.status_code < 300:
-                raise self._unexpected(response, "cannot upload to")
+        self._upload(name, data, {"Content-Type": content_type})
 
     def put_file(self, name: str, f: IO[bytes], size: int, content_type: str) -> None:
         def body() -> Iterator[bytes]:
+            f.seek(0)
             while chunk := f.read(CHUNK):
                 yield chunk
 
-        headers = {"Content-Type": content_type, "Content-Length": str(size)}
-        response = self._send(
-            "PUT", name, bulk=True, content=body(), headers=headers, rewind=lambda: f.seek(0)
-        )
-        with contextlib.closing(response):
-            if not 200 <= response.status_code < 300:
-                raise self._unexpected(response, "cannot upload to")
+        self._upload(name, body, {"Content-Type": content_type, "Content-Length": str(size)})
+
+    def _upload(self, name: str, body: Body, headers: dict[str, str]) -> None:
+        response = self._send("PUT", name, body=body, headers=headers)
+        _finish(response)
+        if not 200 <= response.status < 300:
+            raise self._unexpected(response, "cannot upload to", self._url(name))
 
 
 class _Download:
@@ -249,35 +288,33 @@ class _Download:
         self.offset = 0
         self.pending = b""
         self.done = False
-        self.response: httpx.Response | None = None
-        self.chunks: Iterator[bytes] | None = None
+        self.response: urllib3.BaseHTTPResponse | None = None
         self.resumable = False
         self._open({})
 
     def _open(self, headers: dict[str, str]) -> None:
-        response = self.backend._send("GET", self.name, bulk=True, headers=headers)
+        response = self.backend._send("GET", self.name, headers=headers)
         expected = 206 if headers else 200
-        if response.status_code != expected:
-            response.close()
-            if response.status_code in MISSING:
-                raise BinaryCacheError(f"the NAR file {self.url} is missing (HTTP {response.status_code})")
-            raise self.backend._unexpected(response, "cannot download")
+        if response.status != expected:
+            _finish(response)
+            if response.status in MISSING:
+                raise BinaryCacheError(f"the NAR file {self.url} is missing (HTTP {response.status})")
+            raise self.backend._unexpected(response, "cannot download", self.url)
         self.resumable = (
             response.headers.get("accept-ranges", "").lower() == "bytes"
             and "content-encoding" not in response.headers
         )
         self.response = response
-        self.chunks = response.iter_bytes()
 
     def read(self, n: int) -> bytes:
         attempt = 0
         while not self.pending and not self.done:
-            assert self.chunks is not None
+            assert self.response is not None
             try:
-                self.pending = next(self.chunks, b"")
+                self.pending = self.response.read1(CHUNK)  # what has come, not a full chunk
                 if not self.pending:
                     self.done = True
-            except httpx.TransportError as e:
+            except TransportError as e:
                 self.close()
                 if not self.resumable or attempt >= ATTEMPTS - 1:
                     raise self.backend._failure(e, self.url) from None
@@ -290,7 +327,8 @@ class _Download:
 
     def close(self) -> None:
         if self.response is not None:
-            self.response.close()
+            if not self.done:
+                self.response.close()  # part read: the connection cannot be reused
             self.response = None
 
 

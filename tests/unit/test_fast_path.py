@@ -4,6 +4,7 @@ must leave to typer; and a run on it must not load typer or click at all."""
 
 from __future__ import annotations
 
+import enum
 import inspect
 import os
 import subprocess
@@ -91,6 +92,10 @@ TAKEN = [
     ["copy", "--from=s3://b?region=x", "--trusted-public-keys", "k:AAAA k2:BBBB", "--no-check-sigs", "p"],
     ["copy", "--to", "file:///c?compression=zstd&secret-key=k", "--case-hack=on", "--case-fold", "apfs", "p"],
     ["copy", "--recursive", "--", "-p"],
+    ["serve", "ssh"],
+    ["serve", "ssh", "--serve", "--write"],
+    ["serve", "ssh", "--serve", "--write", "--store", "/srv/nix-root"],
+    ["serve", "ssh", "--write", "--store=/srv/r", "--timeout", "2.5", "--idle-timeout=60"],
 ]
 
 
@@ -142,6 +147,11 @@ LEFT_TO_TYPER = [
     ["copy", "--from", "a", "--to", "b", "--no-check-sigs=1", "p"],
     ["copy", "p", "--trusted-public-keys"],
     ["copy", "p", "--case-fold", "ntfs"],
+    ["serve", "ssh", "--timeout", "soon"],
+    ["serve", "ssh", "--idle-timeout="],
+    ["serve", "ssh", "--write=1"],
+    ["serve", "ssh", "extra"],
+    ["serve", "http"],
 ]
 
 
@@ -179,6 +189,9 @@ def test_tables_mirror_the_typer_declarations(key: tuple[str, str]) -> None:
             assert sorted(param.type.choices) == sorted(m.value for m in opt.choices)
         else:
             assert not hasattr(param.type, "choices")
+        assert (param.type.name == "float") == (opt.convert is float)
+        if not param.is_flag:
+            assert param.default == (opt.default.value if isinstance(opt.default, enum.Enum) else opt.default)
     assert [p.name for p in arguments] == list(spec.positionals)
     assert [p.nargs for p in arguments] == [-1 if spec.rest else 1] * len(arguments)
     for param in arguments:

@@ -1,12 +1,12 @@
 """What the commands scripts call most do, without typer: `nar dump`, `nar restore`, `nar ls`, `nar cat`,
-`hash path`, `hash file`, `import`, `export` and `copy`, and the store arguments every store command
-shares.
+`hash path`, `hash file`, `import`, `export`, `copy` and `serve ssh` (which Nix starts once per
+connection), and the store arguments every store command shares.
 
-Each function is the whole body of its command. The typer commands in `nar.py`, `hash.py` and `store.py`
-declare the options and help and call these; the fast path (`fast.py`) parses the plain forms of the same
-command lines itself and calls them directly, so that a run of `xstore nar dump` does not pay for typer
-and click.
-Options arrive already parsed: strings, bools, and the `CaseHackOpt` and `FoldOpt` choices.
+Each function is the whole body of its command. The typer commands in `nar.py`, `hash.py`, `store.py`
+and `serve.py` declare the options and help and call these; the fast path (`fast.py`) parses the plain
+forms of the same command lines itself and calls them directly, so that a run of `xstore nar dump` does
+not pay for typer and click.
+Options arrive already parsed: strings, bools, floats, and the `CaseHackOpt` and `FoldOpt` choices.
 """
 
 from __future__ import annotations
@@ -320,3 +320,29 @@ def copy(
                         on_bytes=moved,
                         check_sigs=False if no_check_sigs else None,
                     )
+
+
+def serve_ssh(store: str | None, write: bool, serve: bool, timeout: float, idle_timeout: float) -> None:
+    """`xstore serve ssh`: the `nix-store --serve` protocol on stdin and stdout (`serve` is the flag Nix
+    appends, accepted and ignored)."""
+    from xstore.remote.channel import Channel
+    from xstore.serve.ssh import serve_ssh as serve_on
+    from xstore.stores import open_store
+
+    del serve
+    with cli_errors():
+        if sys.stdin.isatty() or sys.stdout.isatty():
+            from xstore.errors import UsageError
+
+            raise UsageError(
+                "'xstore serve ssh' speaks a binary protocol on stdin and stdout; run it from ssh or Nix "
+                "(remote-program), not from a terminal"
+            )
+        blocking = (os.get_blocking(0), os.get_blocking(1))
+        try:
+            with open_store(store, create=write) as s:
+                channel = Channel(0, 1, peer="the client", timeout=timeout)
+                serve_on(s, channel, write=write, idle_timeout=idle_timeout)
+        finally:
+            os.set_blocking(0, blocking[0])
+            os.set_blocking(1, blocking[1])

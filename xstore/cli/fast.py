@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 class Opt:
     """An option: its spellings, the parameter it sets, and how (`value`, `flag` or `multi`)."""
 
-    __slots__ = ("choices", "default", "dest", "kind", "names")
+    __slots__ = ("choices", "convert", "default", "dest", "kind", "names")
 
     def __init__(
         self,
@@ -33,12 +33,14 @@ class Opt:
         kind: str = "value",
         default: object = None,
         choices: type[enum.Enum] | None = None,
+        convert: type[float] | None = None,
     ) -> None:
         self.names = names
         self.dest = dest
         self.kind = kind
         self.default = default
         self.choices = choices
+        self.convert = convert  # a value's type where it is not a string (click's FLOAT is `float()`)
 
 
 class Spec:
@@ -121,6 +123,17 @@ SPECS: dict[tuple[str, ...], Spec] = {
             Opt(("--trusted-public-keys",), "trusted_public_keys"),
         ),
     ),
+    ("serve", "ssh"): Spec(
+        "serve_ssh",
+        (),
+        (
+            _STORE,
+            Opt(("--write",), "write", "flag", default=False),
+            Opt(("--serve",), "serve", "flag", default=False),
+            Opt(("--timeout",), "timeout", default=300.0, convert=float),
+            Opt(("--idle-timeout",), "idle_timeout", default=3600.0, convert=float),
+        ),
+    ),
     ("export",): Spec(
         "export_paths",
         ("*paths",),
@@ -175,9 +188,9 @@ def parse(argv: Sequence[str]) -> tuple[str, dict[str, object]] | None:
             return None
         if opt.kind == "multi":
             multi.setdefault(opt.dest, []).append(value)
-        elif opt.choices is not None:
+        elif opt.choices is not None or opt.convert is not None:
             try:
-                values[opt.dest] = opt.choices(value)
+                values[opt.dest] = (opt.choices or opt.convert)(value)  # type: ignore[misc]
             except ValueError:
                 return None
         else:

@@ -124,27 +124,6 @@ def ssh(
     Paths locked by a client (QueryValidPaths with its lock flag, with --write) stay safe from
     garbage collection until the session ends. Builds are refused: xstore builds nothing.
     """
-    import os
-    import sys
+    from xstore.cli import actions
 
-    from xstore.remote.channel import Channel
-    from xstore.serve.ssh import serve_ssh
-    from xstore.stores import open_store
-
-    del serve
-    with cli_errors():
-        if sys.stdin.isatty() or sys.stdout.isatty():
-            from xstore.errors import UsageError
-
-            raise UsageError(
-                "'xstore serve ssh' speaks a binary protocol on stdin and stdout; run it from ssh or Nix "
-                "(remote-program), not from a terminal"
-            )
-        blocking = (os.get_blocking(0), os.get_blocking(1))
-        try:
-            with open_store(store, create=write) as s:
-                channel = Channel(0, 1, peer="the client", timeout=timeout)
-                serve_ssh(s, channel, write=write, idle_timeout=idle_timeout)
-        finally:
-            os.set_blocking(0, blocking[0])
-            os.set_blocking(1, blocking[1])
+    actions.serve_ssh(store, write, serve, timeout, idle_timeout)

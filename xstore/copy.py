@@ -6,12 +6,16 @@ path's NAR streams from the source's `nar_from_path` into the destination's `add
 small bounded queue (`storeapi.pipe_nar`), so memory stays flat whatever the sizes. Each path lands
 atomically or not at all; a failure stops the copy with the paths before it in place.
 
+A destination that takes many paths in one request (`add_many`: the Nix daemon's AddMultipleToStore,
+which Nix's own copy uses) gets them that way, the NARs streamed one after another without waiting for
+the far end between paths.
+
 Nix: store-api.cc (`copyPaths`, `copyStorePath`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Final
 
@@ -75,8 +79,7 @@ def copy_one(
 
         return read_counted
 
-    # As Nix's copyStorePath: a copied path was not built where it lands.
-    landed = info.replace(ultimate=False) if info.ultimate else info
+    landed = _landed(info)
     # A store that hands out a NAR as a read function (a binary cache) needs no thread in between for a
     # small NAR; a large one is read in a thread of its own all the same, so that decompressing and
     # hashing the file overlap with writing. The destination checks the NAR's hash itself (every
@@ -86,13 +89,7 @@ def copy_one(
         with open_nar(info.path, check_nar_hash=False) as read:
             return bool(dst.add_to_store(landed, counted(read), check_sigs=check_sigs))
 
-    def produce(sink: Sink) -> None:
-        if open_nar is None:
-            src.nar_from_path(info.path, sink)
-            return
-        with open_nar(info.path, check_nar_hash=False) as read:
-            while chunk := read(_CHUNK):
-                sink(chunk)
+    produce = _producer(src, info)
 
     if open_nar is None and 0 < info.nar_size <= _WHOLE_NAR:
         # A NAR no bigger than one chunk is taken whole, without the thread and queue of `pipe_nar`
@@ -108,6 +105,38 @@ def copy_one(
         return dst.add_to_store(landed, counted(read), check_sigs=check_sigs)
 
     return bool(pipe_nar(produce, consume))
+
+
+def _producer(src: Store, info: PathInfo) -> Callable[[Sink], None]:
+    """What writes the path's NAR from `src` to a sink (a cache's is not hashed on the way: the
+    destination checks it)."""
+    open_nar = getattr(src, "open_nar", None)
+
+    def produce(sink: Sink) -> None:
+        if open_nar is None:
+            src.nar_from_path(info.path, sink, known=info)
+            return
+        with open_nar(info.path, check_nar_hash=False) as read:
+            while chunk := read(_CHUNK):
+                sink(chunk)
+
+    return produce
+
+
+def _counted_sink(
+    produce: Callable[[Sink], None], on_bytes: Callable[[int], None] | None
+) -> Callable[[Sink], None]:
+    if on_bytes is None:
+        return produce
+
+    def counted(sink: Sink) -> None:
+        def passing(data: bytes) -> None:
+            sink(data)
+            on_bytes(len(data))
+
+        produce(passing)
+
+    return counted
 
 
 def copy_paths(
@@ -141,16 +170,43 @@ def copy_paths(
     prefetch = getattr(src, "prefetch", None)  # a remote cache reads small NARs ahead
     if prefetch is not None:
         prefetch(plan.missing)
-    results = []
-    for path in plan.order:
-        info = plan.infos[path]
-        if path in missing:
-            dst.add_temp_root(path)
-            copied = copy_one(src, dst, info, check_sigs=check_sigs, on_bytes=on_bytes)
-        else:
-            copied = False
-        result = CopyResult(path, copied, info.nar_size)
+    results: list[CopyResult] = []
+
+    def report(result: CopyResult) -> None:
         results.append(result)
         if on_path is not None:
             on_path(result)
+
+    add_many = getattr(dst, "add_many", None)
+    count = sum(1 for p in plan.order if p in missing)
+    if add_many is not None and count > 1:
+
+        def entries() -> Iterator[tuple[PathInfo, Callable[[Sink], None]]]:
+            for path in plan.order:
+                info = plan.infos[path]
+                if path not in missing:
+                    report(CopyResult(path, False, info.nar_size))
+                    continue
+                yield _landed(info), _counted_sink(_producer(src, info), on_bytes)
+
+        add_many(
+            entries(),
+            count,
+            check_sigs=check_sigs,
+            on_sent=lambda info: report(CopyResult(info.path, True, info.nar_size)),
+        )
+        return results
+    for path in plan.order:
+        info = plan.infos[path]
+        # Every store's add roots the path itself, for as long as the session lasts (Nix's addToStore
+        # calls addTempRoot first): no round trip of our own for it.
+        copied = (
+            copy_one(src, dst, info, check_sigs=check_sigs, on_bytes=on_bytes) if path in missing else False
+        )
+        report(CopyResult(path, copied, info.nar_size))
     return results
+
+
+def _landed(info: PathInfo) -> PathInfo:
+    """As Nix's copyStorePath: a copied path was not built where it lands."""
+    return info.replace(ultimate=False) if info.ultimate else info

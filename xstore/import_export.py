@@ -51,7 +51,7 @@ def export_paths(
     for path in order:
         info = store.require(path)
         sink(PATH_MARKER)
-        done += store.nar_from_path(path, sink)
+        done += store.nar_from_path(path, sink, known=info)
         sink(trailer(path, info.references, info.deriver))
         if progress is not None:
             progress(done)

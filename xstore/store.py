@@ -577,12 +577,12 @@ class LocalStore(Store):
     def _all_rows(self) -> list[str]:
         return [str(p) for (p,) in self.db.execute("select path from ValidPaths")]
 
-    def nar_from_path(self, path: StorePath, sink: Sink) -> int:
+    def nar_from_path(self, path: StorePath, sink: Sink, *, known: PathInfo | None = None) -> int:
         """The path's NAR, dumped with the store's case-hack setting (original names), hashed on the way:
-        `HashMismatchError` when it no longer matches the registration."""
+        `HashMismatchError` when it no longer matches the registration (`known`, else read now)."""
         from xstore.nar.dump import dump_path
 
-        info = self.require(path)
+        info = known if known is not None and known.path == path else self.require(path)
         hasher = HashSink(HashAlgorithm.SHA256)
 
         def write(block: bytes) -> None:

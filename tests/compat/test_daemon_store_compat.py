@@ -102,6 +102,44 @@ def test_copy_to_a_daemon_and_back(nix: Nix, src: NixStore, daemon: Daemon, tmp_
     NixStore(local, dict(src.paths)).verify(nix)
 
 
+def test_a_modified_source_path_cuts_the_stream_after_the_paths_before_it(
+    nix: Nix, src: NixStore, daemon: Daemon, tmp_path: Path
+) -> None:
+    """Many paths go to the daemon in one AddMultipleToStore stream. A path whose contents no longer
+    match its registration is cut off there: the paths sent before it are added (and printed), it and
+    the ones after it are not, and the daemon's store checks out."""
+    local = tmp_path / "local"
+    out = src.paths["out"]
+    xstore_ok("copy", "--from", src.root, "--to", local, "-r", out)
+    modified = local / src.paths["text_c"].lstrip("/")
+    modified.chmod(0o644)
+    modified.write_bytes(modified.read_bytes() + b"changed\n")
+    modified.chmod(0o444)
+    result = run_xstore("copy", "--no-check-sigs", "--from", local, "--to", daemon.url, "-r", out)
+    assert result.returncode == 1
+    lines = result.stderr.decode().splitlines()
+    assert len(lines) == 1, lines
+    assert f"path '{src.paths['text_c']}' was modified" in lines[0]
+    printed = result.stdout.decode().split()
+    order = src.query_requisites(nix, "out")
+    assert printed == order[: order.index(src.paths["text_c"])]
+    assert printed, "the closure's order should put paths before text_c"
+
+    def valid(path: str) -> bool:
+        argv = [nix.nix_store_exe, "--store", str(daemon.root), "--option", "build-users-group", ""]
+        argv += ["-q", "--hash", path]
+        found = subprocess.run(argv, env=dict(nix.env), capture_output=True, check=False, timeout=60)
+        return found.returncode == 0
+
+    assert [p for p in order if valid(p)] == printed
+    NixStore(daemon.root, dict(src.paths)).verify(nix)
+    # The daemon is still there for the rest, once the path is whole again.
+    modified.chmod(0o644)
+    modified.write_bytes(modified.read_bytes().removesuffix(b"changed\n"))
+    xstore_ok("copy", "--no-check-sigs", "--from", local, "--to", daemon.url, "-r", out)
+    assert [p for p in order if valid(p)] == order
+
+
 def test_the_daemon_checks_signatures_unless_told_not_to(
     nix: Nix, src: NixStore, daemon: Daemon, tmp_path: Path
 ) -> None:

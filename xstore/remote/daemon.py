@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Final, TypeVar
 
 from xstore.errors import InvalidStoreUrlError, ProtocolError, RemoteConnectionError, RemoteError
@@ -68,6 +68,10 @@ def _connect(path: str, timeout: float | None) -> socket.socket:
         reason = "timed out" if isinstance(e, TimeoutError) else (e.strerror or str(e))
         raise RemoteConnectionError(f"cannot connect to the Nix daemon at '{path}': {reason}") from None
     return sock
+
+
+class _RefusedError(Exception):
+    """The daemon reported a failure while a stream was being sent (its error follows)."""
 
 
 class DaemonStore(Store):
@@ -190,8 +194,8 @@ class DaemonStore(Store):
 
     # -- NARs --------------------------------------------------------------------------------------
 
-    def nar_from_path(self, path: StorePath, sink: Sink) -> int:
-        info = self.require(path)
+    def nar_from_path(self, path: StorePath, sink: Sink, *, known: PathInfo | None = None) -> int:
+        info = known if known is not None and known.path == path else self.require(path)
         with self._session.exchange():
             self._session.send(self._conn.nar_from_path(path), "a request for a NAR")
             return self._session.receive_nar(self._conn, info, sink, "NarFromPath", aside=self._handle)
@@ -248,6 +252,97 @@ class DaemonStore(Store):
             raise cut
         self._infos.pop(info.path, None)
         return True
+
+    def add_many(
+        self,
+        entries: Iterable[tuple[PathInfo, Callable[[Sink], object]]],
+        count: int,
+        *,
+        check_sigs: bool = True,
+        on_sent: Callable[[PathInfo], None] | None = None,
+    ) -> None:
+        """AddMultipleToStore, as Nix's copy to a daemon: `count` paths in one framed stream, each
+        path's header followed by the NAR its producer writes to the sink given, without waiting for
+        the daemon between paths (it adds them in order while the rest arrive). `on_sent(info)` is told
+        once a path's NAR has gone out. On a failure the paths before the failing one stay added; the
+        daemon's error is raised (`RemoteError`), or ours when our side failed first (a source NAR that
+        breaks off cuts the stream, which the daemon then refuses)."""
+        session = self._session
+        conn = self._conn
+        channel = session.channel
+        failed: list[proto.OpFailed] = []
+        pending = bytearray()
+        what = "the paths"
+        sent: list[PathInfo] = []
+
+        def watch(data: bytes) -> bool:
+            conn.receive_data(data)
+            while (event := conn.next_event()) is not NEED_DATA:
+                if isinstance(event, proto.OpFailed):
+                    failed.append(event)
+                    return False
+                if not self._handle(event):
+                    raise ProtocolError(
+                        f"{session.peer} answered {type(event).__name__} in the middle of {what}", offset=0
+                    )
+            return True
+
+        complete = 0  # the length of `pending` up to the end of the last whole path in it
+
+        def flush() -> None:
+            nonlocal complete
+            if pending:
+                data = bytes(pending)
+                pending.clear()
+                complete = 0
+                if not (
+                    channel.send_watching(conn.frame_header(len(data)), what, watch)
+                    and channel.send_watching(data, what, watch)
+                ):
+                    raise _RefusedError
+
+        def sink(data: bytes) -> None:
+            # Small pieces (headers, small NARs) share a frame; a chunk of a large NAR is a frame.
+            pending.extend(data)
+            if len(pending) >= CHUNK:
+                flush()
+
+        cut: BaseException | None = None
+        with session.exchange():
+            session.send(conn.add_multiple_to_store(dont_check_sigs=not check_sigs), "AddMultipleToStore")
+            try:
+                sink(conn.multiple_count(count))
+                for info, produce in entries:
+                    what = f"the NAR of '{info.path}'"
+                    sink(conn.multiple_entry(info))
+                    produce(sink)
+                    complete = len(pending)
+                    sent.append(info)
+                    if on_sent is not None:
+                        on_sent(info)
+                flush()
+            except _RefusedError:
+                pass
+            except BaseException as e:  # noqa: BLE001 (raised again below, once the daemon has answered)
+                cut = e
+                # The paths sent whole go out; the one that failed is cut off where it stands, so the
+                # daemon refuses it (and expects in vain the paths after it).
+                del pending[complete:]
+                with contextlib.suppress(_RefusedError):
+                    flush()
+            session.send(conn.end_frames(), "the end of the paths")
+            if cut is not None:
+                if not failed:
+                    with contextlib.suppress(RemoteError):
+                        self._until(proto.Done, what)
+            elif failed:
+                self._handle(failed[0])
+            else:
+                self._until(proto.Done, "confirmation that the paths were added")
+        for info in sent:
+            self._infos.pop(info.path, None)
+        if cut is not None:
+            raise cut
 
     def close(self) -> None:
         self._session.close()

@@ -212,8 +212,8 @@ class ServeStore(Store):
 
     # -- NARs --------------------------------------------------------------------------------------
 
-    def nar_from_path(self, path: StorePath, sink: Sink) -> int:
-        info = self.require(path)
+    def nar_from_path(self, path: StorePath, sink: Sink, *, known: PathInfo | None = None) -> int:
+        info = known if known is not None and known.path == path else self.require(path)
         with self._session.exchange():
             self._session.send(self._conn.dump_store_path(path), "a request for a NAR")
             return self._session.receive_nar(self._conn, info, sink, "DumpStorePath")

@@ -316,7 +316,7 @@ class CacheApp:
         from xstore.nar.listing import build_index, dump_json, listing_json
         from xstore.storeapi import pipe_nar
 
-        index = pipe_nar(lambda sink: self.store.nar_from_path(info.path, sink), build_index)
+        index = pipe_nar(lambda sink: self.store.nar_from_path(info.path, sink, known=info), build_index)
         return dump_json({"version": 1, "root": listing_json(index.root, recursive=True)})
 
     # -- NARs ------------------------------------------------------------------------------------------
@@ -346,7 +346,7 @@ class CacheApp:
                 )
 
         try:
-            self.store.nar_from_path(info.path, sink)
+            self.store.nar_from_path(info.path, sink, known=info)
         except HashMismatchError as e:
             return info, e
         if target.compression is Method.NONE:
@@ -446,7 +446,7 @@ class CacheApp:
 
             try:
                 writer = open_writer(hand_over, method, level=_LEVELS.get(method))
-                store.nar_from_path(info.path, sink)  # raises when the NAR is not the registered one
+                store.nar_from_path(info.path, sink, known=info)  # raises on a modified NAR
                 for part in withheld:
                     writer(part)
                 writer.finish()

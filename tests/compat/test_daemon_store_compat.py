@@ -23,6 +23,7 @@ import pytest
 from tests.helpers import Nix
 from tests.nixstores import NixStore, build_case_closure, build_nix_store
 from tests.remotes import fake_ssh, path_with, run_xstore, ssh_log, xstore_ok
+from xstore.errors import InvalidPathError
 from xstore.storepath import parse_store_path
 from xstore.stores import open_store
 
@@ -241,3 +242,22 @@ def test_temporary_roots_hold_while_the_connection_lasts(nix: Nix, src: NixStore
         time.sleep(0.1)
     assert result.returncode == 0, result.stderr
     assert not (daemon.root / file.path.lstrip("/")).exists()
+
+
+def test_closure_queries_are_pipelined_and_stay_in_step(nix: Nix, src: NixStore, daemon: Daemon) -> None:
+    """A closure's path infos go to the daemon a level at a time, the requests together; a path the
+    daemon lacks is refused after all the answers of its batch are read, so the connection goes on."""
+    xstore_ok("copy", "--no-check-sigs", "--from", src.root, "--to", daemon.url, "-r", src.paths["out"])
+    missing = parse_store_path("/nix/store/" + "0" * 32 + "-missing")
+    out = parse_store_path(src.paths["out"])
+    with open_store(daemon.url) as store:
+        with pytest.raises(InvalidPathError, match=f"path '{missing}' is not valid"):
+            store.query_closure([parse_store_path(src.paths["text_a"]), missing])
+        closure = store.query_closure([out])
+        assert sorted(p.path for p in closure) == sorted(src.query_requisites(nix, "out"))
+        served = NixStore(daemon.root, dict(src.paths))
+        theirs = {i["path"]: i for i in served.path_info(nix, "out", recursive=True)}
+        for path, info in closure.items():
+            assert info.nar_size == theirs[path.path]["narSize"]
+            assert info.nar_hash_sri() == theirs[path.path]["narHash"]
+        assert store.query_valid_paths([out, missing]) == {out}

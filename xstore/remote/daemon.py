@@ -31,7 +31,13 @@ import socket
 from collections.abc import Callable, Iterable
 from typing import Final, TypeVar
 
-from xstore.errors import InvalidStoreUrlError, ProtocolError, RemoteConnectionError, RemoteError
+from xstore.errors import (
+    InvalidPathError,
+    InvalidStoreUrlError,
+    ProtocolError,
+    RemoteConnectionError,
+    RemoteError,
+)
 from xstore.notices import notice
 from xstore.protocols import worker as proto
 from xstore.remote.channel import CHUNK, Channel, one_line, plain, shell_escape
@@ -68,6 +74,9 @@ def _connect(path: str, timeout: float | None) -> socket.socket:
         reason = "timed out" if isinstance(e, TimeoutError) else (e.strerror or str(e))
         raise RemoteConnectionError(f"cannot connect to the Nix daemon at '{path}': {reason}") from None
     return sock
+
+
+PIPELINED: Final = 128  # requests sent before their answers are read
 
 
 class _RefusedError(Exception):
@@ -179,6 +188,45 @@ class DaemonStore(Store):
         if reply.info is not None:
             self._infos[path] = reply.info
         return reply.info
+
+    def _query_path_infos(self, paths: list[StorePath]) -> dict[StorePath, PathInfo | None]:
+        """QueryPathInfo for each of `paths`, the requests sent together and the answers read in order
+        (the daemon answers one after another): one round trip for a batch, not one per path."""
+        found: dict[StorePath, PathInfo | None] = {p: self._infos[p] for p in paths if p in self._infos}
+        todo = [p for p in dict.fromkeys(paths) if p not in found]
+        session = self._session
+        # A batch's requests (about 100 bytes each) fit in an empty socket or pipe buffer at once, so the
+        # send cannot block on a daemon that is itself blocked writing answers not yet read.
+        for batch in batched(todo, PIPELINED):
+            with session.exchange():
+                session.send(b"".join(self._conn.query_path_info(p) for p in batch), "path info")
+                failure: RemoteError | None = None
+                for path in batch:
+                    try:
+                        reply = self._until(proto.PathInfoReply, "path info")
+                    except RemoteError as e:  # the other answers still come: read them, stay in step
+                        failure = failure or e
+                        continue
+                    if reply.info is not None:
+                        self._infos[path] = reply.info
+                    found[path] = reply.info
+                if failure is not None:
+                    raise failure
+        return found
+
+    def query_closure(self, paths: Iterable[StorePath]) -> dict[StorePath, PathInfo]:
+        """The closure level by level, each level's path infos asked for in one round trip."""
+        infos: dict[StorePath, PathInfo] = {}
+        frontier = list(dict.fromkeys(paths))
+        while frontier:
+            found = self._query_path_infos(frontier)
+            for path in frontier:
+                info = found[path]
+                if info is None:
+                    raise InvalidPathError(f"path '{path}' is not valid in {self.describe()}", path=path.path)
+                infos[path] = info
+            frontier = list(dict.fromkeys(r for p in frontier for r in infos[p].references if r not in infos))
+        return infos
 
     def query_path_from_hash_part(self, hash_part: str) -> StorePath | None:
         reply = self._op(

@@ -248,12 +248,11 @@ class DaemonStore(Store):
             self._session.send(self._conn.nar_from_path(path), "a request for a NAR")
             return self._session.receive_nar(self._conn, info, sink, "NarFromPath", aside=self._handle)
 
-    def add_to_store(self, info: PathInfo, read: Read, *, check_sigs: bool = True) -> bool:
-        """AddToStoreNar, the NAR in frames as `read` gives it. Returns True: the daemon does not say
-        whether it had the path already (it then drops the NAR)."""
-        session = self._session
+    def _watcher(self, failed: list[proto.OpFailed], what: Callable[[], str]) -> Callable[[bytes], bool]:
+        """For `Channel.send_watching` during an upload: what the daemon says meanwhile is handled (log
+        lines shown), a failure kept in `failed` and the upload stopped (False); anything else is a
+        protocol error. `what()` names what is being sent."""
         conn = self._conn
-        failed: list[proto.OpFailed] = []
 
         def watch(data: bytes) -> bool:
             conn.receive_data(data)
@@ -263,11 +262,36 @@ class DaemonStore(Store):
                     return False
                 if not self._handle(event):
                     raise ProtocolError(
-                        f"{session.peer} answered {type(event).__name__} in the middle of a NAR", offset=0
+                        f"{self._session.peer} answered {type(event).__name__} in the middle of {what()}",
+                        offset=0,
                     )
             return True
 
+        return watch
+
+    def _upload_answer(
+        self, failed: list[proto.OpFailed], cut: BaseException | None, what: str, confirmation: str
+    ) -> None:
+        """The daemon's answer to an upload whose closing frame has gone: its failure raised; after our
+        side was `cut` (the daemon then refuses the truncated upload), read and dropped, so that the two
+        ends stay in step and the caller raises our error; else its confirmation."""
+        if cut is not None:
+            if not failed:
+                with contextlib.suppress(RemoteError):
+                    self._until(proto.Done, what)
+        elif failed:
+            self._handle(failed[0])
+        else:
+            self._until(proto.Done, confirmation)
+
+    def add_to_store(self, info: PathInfo, read: Read, *, check_sigs: bool = True) -> bool:
+        """AddToStoreNar, the NAR in frames as `read` gives it. Returns True: the daemon does not say
+        whether it had the path already (it then drops the NAR)."""
+        session = self._session
+        conn = self._conn
+        failed: list[proto.OpFailed] = []
         what = f"the NAR of '{info.path}'"
+        watch = self._watcher(failed, lambda: "a NAR")
         cut: BaseException | None = None
         with session.exchange():
             session.send(conn.add_to_store_nar(info, dont_check_sigs=not check_sigs), "a path's metadata")
@@ -286,16 +310,7 @@ class DaemonStore(Store):
                 ):
                     break
             session.send(conn.end_frames(), "the end of a NAR")
-            if cut is not None:
-                # Our side of the NAR failed and it was cut off with the closing frame: the daemon refuses
-                # the truncated path, and the two ends stay in step.
-                if not failed:
-                    with contextlib.suppress(RemoteError):
-                        self._until(proto.Done, what)
-            elif failed:
-                self._handle(failed[0])
-            else:
-                self._until(proto.Done, f"confirmation that '{info.path}' was added")
+            self._upload_answer(failed, cut, what, f"confirmation that '{info.path}' was added")
         if cut is not None:
             raise cut
         self._infos.pop(info.path, None)
@@ -322,18 +337,7 @@ class DaemonStore(Store):
         pending = bytearray()
         what = "the paths"
         sent: list[PathInfo] = []
-
-        def watch(data: bytes) -> bool:
-            conn.receive_data(data)
-            while (event := conn.next_event()) is not NEED_DATA:
-                if isinstance(event, proto.OpFailed):
-                    failed.append(event)
-                    return False
-                if not self._handle(event):
-                    raise ProtocolError(
-                        f"{session.peer} answered {type(event).__name__} in the middle of {what}", offset=0
-                    )
-            return True
+        watch = self._watcher(failed, lambda: what)
 
         complete = 0  # the length of `pending` up to the end of the last whole path in it
 
@@ -379,14 +383,7 @@ class DaemonStore(Store):
                 with contextlib.suppress(_RefusedError):
                     flush()
             session.send(conn.end_frames(), "the end of the paths")
-            if cut is not None:
-                if not failed:
-                    with contextlib.suppress(RemoteError):
-                        self._until(proto.Done, what)
-            elif failed:
-                self._handle(failed[0])
-            else:
-                self._until(proto.Done, "confirmation that the paths were added")
+            self._upload_answer(failed, cut, what, "confirmation that the paths were added")
         for info in sent:
             self._infos.pop(info.path, None)
         if cut is not None:

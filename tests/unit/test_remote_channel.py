@@ -1,6 +1,7 @@
 """The channel every remote store and `xstore serve ssh` moves bytes on: waits are announced, bounded by
 the timeout (counted from the last progress), and interrupted by Ctrl-C; a peer that went away is a
-connection error. Plus the command lines Nix's conventions give for ssh."""
+connection error, and one gone before the greeting is judged by what it sent. Plus the command lines Nix's
+conventions give for ssh."""
 
 from __future__ import annotations
 
@@ -14,10 +15,13 @@ from types import FrameType
 
 import pytest
 
-from xstore.errors import RemoteConnectionError, RemoteTimeoutError
+from xstore.errors import ProtocolError, RemoteConnectionError, RemoteTimeoutError
 from xstore.notices import listening
+from xstore.protocols.serve import SERVE_MAGIC_2, ServeClient
 from xstore.remote import channel as channel_module
 from xstore.remote.channel import Channel, one_line, shell_escape, ssh_argv
+from xstore.remote.session import Session
+from xstore.wire import encode_u64
 
 
 @pytest.fixture
@@ -97,6 +101,41 @@ def test_a_peer_that_stops_reading_times_out(pipes: tuple[Channel, int, int]) ->
         RemoteTimeoutError, match=r"'far' did not answer for 0\.5 seconds \(xstore was waiting for a NAR\)"
     ):
         channel.send(b"x" * (4 << 20), "a NAR")
+
+
+@pytest.mark.parametrize(
+    ("sent", "message"),
+    [
+        (b"Welcome to far!\n", "'nix-store --serve' protocol mismatch from 'far', got 'Welcome to far!'"),
+        (b"", "'nix-store --serve' protocol mismatch from 'far' (it closed the connection)"),
+    ],
+    ids=["banner", "nothing"],
+)
+def test_a_far_end_gone_before_the_greeting_is_judged_by_what_it_sent(
+    pipes: tuple[Channel, int, int], sent: bytes, message: str
+) -> None:
+    """Whether the far end exits before or after xstore writes its greeting is a race; either way the
+    error is the protocol mismatch, not the broken pipe."""
+    channel, far_w, far_r = pipes
+    client = ServeClient(peer="'far'")
+    os.write(far_w, sent)
+    os.close(far_w)
+    os.close(far_r)  # writing the greeting now fails with EPIPE
+    with pytest.raises(ProtocolError) as raised:
+        Session(channel, "'far'").greet(client, client.hello())
+    assert str(raised.value) == message
+
+
+def test_a_far_end_that_greets_and_stops_reading_is_a_connection_error(
+    pipes: tuple[Channel, int, int],
+) -> None:
+    channel, far_w, far_r = pipes
+    client = ServeClient(peer="'far'")
+    os.write(far_w, encode_u64(SERVE_MAGIC_2) + encode_u64(0x206))
+    os.close(far_r)
+    with pytest.raises(RemoteConnectionError) as raised:
+        Session(channel, "'far'").greet(client, client.hello())
+    assert str(raised.value) == "'far' closed the connection while xstore was sending the greeting"
 
 
 def test_ssh_command_lines_follow_nix(monkeypatch: pytest.MonkeyPatch) -> None:

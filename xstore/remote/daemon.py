@@ -118,8 +118,7 @@ class DaemonStore(Store):
         self.trusted: bool | None = None
         try:
             with session.exchange():
-                session.send(self._conn.hello(), "the greeting")
-                session.next_event(self._conn, "its greeting", greeting=True)
+                session.greet(self._conn, self._conn.hello())
                 session.send(self._conn.handshake(), "the handshake")
                 handshake = self._until(proto.Handshake, "its handshake", greeting=True)
             self.nix_version = handshake.nix_version

@@ -120,8 +120,7 @@ class ServeStore(Store):
         self._locked: set[StorePath] = set()
         try:
             with self._session.exchange():
-                self._session.send(self._conn.hello(), "the greeting")
-                self._session.next_event(self._conn, "its greeting", greeting=True)
+                self._session.greet(self._conn, self._conn.hello())
         except BaseException:
             self.close()
             raise

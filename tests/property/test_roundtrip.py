@@ -21,6 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests import narbuild
 from tests.strategies import (
     ChunkReader,
     Node,
@@ -165,6 +166,87 @@ def test_truncated_archive_is_refused(model: Node, data: st.DataObject) -> None:
         assert whole.data.startswith(last.data)
     else:
         assert merged == expected[: len(merged)]
+
+
+def verdict(chunks: Iterable[bytes]) -> tuple[list[Event], str]:
+    """The events a parser gives for `chunks` (contents merged) and how it ended: `ok`, or the error's
+    type, message and offset."""
+    events: list[Event] = []
+    try:
+        parse_chunks(chunks, events=events)
+    except NarError as e:
+        return comparable_events(events), f"{type(e).__name__}: {e} @ {e.offset}"
+    return comparable_events(events), "ok"
+
+
+# Bytes that make the most of a damaged token: lengths of tokens, the tags themselves, NUL and "/".
+_DAMAGE = st.sampled_from([b"\0", b"\x01", b"\x07", b"\x08", b"\xff", b"/", b".", b"(", b")", b"e", b"n"])
+
+
+# Names and targets around every rule: invalid, at and over the limits, with the suffix, and a few
+# plain ones that collide and go out of order.
+_NAMES = st.sampled_from(
+    [b"a", b"b", b"B", b"ab", b"", b".", b"..", b"a/b", b"a\0", b"n" * 255, b"n" * 256, b"A~nix~case~hack~1"]
+)
+_TARGETS = st.sampled_from([b"t", b"/etc/passwd", b"", b"t\0", b"t" * 4095, b"t" * 4096])
+
+
+def _hostile_node(
+    children: st.SearchStrategy[tuple[narbuild.Token, ...]],
+) -> st.SearchStrategy[tuple[narbuild.Token, ...]]:
+    entries = st.lists(st.tuples(_NAMES, children), max_size=5)
+    return entries.map(lambda items: narbuild.directory(*items))
+
+
+_HOSTILE_NODES: st.SearchStrategy[tuple[narbuild.Token, ...]] = st.recursive(
+    st.one_of(
+        st.builds(lambda c, x: narbuild.regular(c, executable=x), st.binary(max_size=20), st.booleans()),
+        _TARGETS.map(narbuild.symlink),
+    ),
+    _hostile_node,
+    max_leaves=12,
+)
+
+
+def _deep(depth: int, leaf: tuple[narbuild.Token, ...]) -> tuple[narbuild.Token, ...]:
+    node = leaf
+    for _ in range(depth):
+        node = narbuild.directory((b"d", node))
+    return node
+
+
+def hostile_archives() -> st.SearchStrategy[bytes]:
+    """Archives built token by token (`tests/narbuild.py`), entries in any order, names and targets
+    breaking every rule, nesting around the depth limit."""
+    deep = st.builds(_deep, st.integers(60, 66), _HOSTILE_NODES)
+    return st.one_of(
+        root_nodes(max_nodes=12).map(encode_tree),
+        _hostile_node(_HOSTILE_NODES).map(narbuild.archive),
+        deep.map(narbuild.archive),
+    )
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(hostile_archives(), st.data())
+def test_damaged_archive_gets_the_same_verdict_whole_and_byte_by_byte(
+    blob: bytes, data: st.DataObject
+) -> None:
+    """The parser reads a whole buffered entry header in one step and everything else token by token;
+    fed byte by byte it never has a whole header. Both must give the same events and the same error
+    (type, message, offset) for any archive, valid or not."""
+    archive = bytearray(blob)
+    for _ in range(data.draw(st.integers(0, 3), label="damages")):
+        at = data.draw(st.integers(0, len(archive) - 1), label="at")
+        if data.draw(st.booleans(), label="overwrite"):
+            archive[at : at + 1] = data.draw(_DAMAGE, label="byte")
+        else:
+            del archive[at : at + data.draw(st.integers(1, 16), label="cut")]
+            if not archive:
+                break
+    blob = bytes(archive)
+    whole = verdict([blob])
+    assert verdict(blob[i : i + 1] for i in range(len(blob))) == whole
+    assert verdict(draw_chunks(data, blob)) == whole
 
 
 @IN_MEMORY

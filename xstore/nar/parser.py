@@ -359,7 +359,9 @@ class NarParser:
             return FileChunk(buf)
         n = min(avail, remaining, MAX_CHUNK)
         self._pos = pos + n
-        self._remaining = remaining - n
+        self._remaining = remaining = remaining - n
+        if not remaining:
+            self._state = _State.PADDING
         return FileChunk(buf[pos : pos + n])
 
     def _padding(self) -> Event | Signal | None:
@@ -370,7 +372,16 @@ class NarParser:
         if buf[pos : pos + pad] != ZEROS[:pad]:
             self._token_offset = self._base + pos
             self._fail("non-zero padding")
-        self._pos = pos + pad
+        pos += pad
+        if self._stack and buf.startswith(tokens.CLOSE_CLOSE, pos):
+            # The common case: the file's node and its directory entry end here.
+            self._token_offset = self._base + pos + _CLOSE_LEN
+            self._pos = pos + _CLOSE_CLOSE_LEN
+            path = self._path
+            self._path = self._stack[-1].path
+            self._state = _State.DIRECTORY_TAG
+            return FileEnd(path)
+        self._pos = pos
         self._state = _State.NODE_CLOSE
         return None
 
@@ -399,6 +410,11 @@ class NarParser:
         return FileEnd(path) if self._is_file else None
 
     def _directory_tag(self) -> Event | Signal | None:
+        buf, pos = self._buf, self._pos
+        if buf.startswith(tokens.ENTRY_NAME, pos):
+            event = self._whole_entry(buf, pos)
+            if event is not None:
+                return event
         if self._expect_quiet(tokens.ENTRY):
             self._state = _State.ENTRY_OPEN
             return None
@@ -410,6 +426,76 @@ class NarParser:
         frame = self._stack.pop()
         self._end_node()
         return DirectoryEnd(frame.path)
+
+    def _whole_entry(self, buf: bytes, pos: int) -> Event | None:
+        """The common case in one step: an entry whose header (`entry ( name NAME node ( type ...` up to
+        a file's size, a symlink's target or a directory's type) is buffered whole and valid. Returns
+        its node's event with the state advanced as the single steps would have left it, or None, with
+        nothing changed, for anything else (incomplete, invalid, too deep): the single steps then read
+        it and say exactly what is wrong."""
+        start = pos + _ENTRY_NAME_LEN
+        end = len(buf)
+        if end - start < 8:
+            return None
+        (n,) = U64.unpack_from(buf, start)
+        if n > NAR_MAX_NAME:
+            return None
+        name_end = start + 8 + n
+        node = name_end + (-n & 7)
+        kind = node + _NODE_OPEN_TYPE_LEN
+        if kind > end or buf[name_end:node] != ZEROS[: node - name_end]:
+            return None
+        if not buf.startswith(tokens.NODE_OPEN_TYPE, node):
+            return None
+        name = buf[start + 8 : name_end]
+        frame = self._stack[-1]
+        prev = frame.prev_name
+        if (prev is not None and name <= prev) or name_problem(name) is not None:
+            return None
+        path = (*frame.path, name)
+        if len(path) >= NAR_MAX_DEPTH:
+            return None
+        event: Event
+        if buf.startswith(tokens.REGULAR_CONTENTS, kind):
+            executable = False
+            size_at = kind + _REGULAR_CONTENTS_LEN
+        elif buf.startswith(tokens.REGULAR_EXEC_CONTENTS, kind):
+            executable = True
+            size_at = kind + _REGULAR_EXEC_CONTENTS_LEN
+        else:
+            size_at = -1
+        if size_at >= 0:
+            if end - size_at < 8:
+                return None
+            (size,) = U64.unpack_from(buf, size_at)
+            self._pos = size_at + 8
+            self._executable = executable
+            self._is_file = True
+            self._size = self._remaining = size
+            self._state = _State.CONTENTS
+            event = RegularFile(path, executable, size, self._base + size_at + 8)
+        elif buf.startswith(tokens.DIRECTORY, kind):
+            self._pos = kind + _DIRECTORY_LEN
+            self._stack.append(_Frame(path))
+            self._state = _State.DIRECTORY_TAG
+            event = DirectoryStart(path)
+        elif buf.startswith(tokens.SYMLINK_TARGET, kind):
+            try:
+                parsed = parse_string(buf, kind + _SYMLINK_TARGET_LEN, NAR_MAX_TARGET)
+            except WireError:
+                return None
+            if parsed is None or target_problem(parsed[0]) is not None:
+                return None
+            target, self._pos = parsed
+            self._is_file = False
+            self._state = _State.NODE_CLOSE
+            event = Symlink(path, target)
+        else:
+            return None
+        self._token_offset = self._base + kind
+        frame.prev_name = name
+        self._path = path
+        return event
 
     def _entry_open(self) -> Event | Signal | None:
         if not self._expect(tokens.OPEN, "("):
@@ -468,6 +554,15 @@ class NarParser:
                 self._hasher.update(self._buf[self._hashed : self._pos])
                 self._hashed = self._pos
 
+
+_ENTRY_NAME_LEN: Final = len(tokens.ENTRY_NAME)
+_NODE_OPEN_TYPE_LEN: Final = len(tokens.NODE_OPEN_TYPE)
+_REGULAR_CONTENTS_LEN: Final = len(tokens.REGULAR_CONTENTS)
+_REGULAR_EXEC_CONTENTS_LEN: Final = len(tokens.REGULAR_EXEC_CONTENTS)
+_DIRECTORY_LEN: Final = len(tokens.DIRECTORY)
+_SYMLINK_TARGET_LEN: Final = len(tokens.SYMLINK_TARGET)
+_CLOSE_LEN: Final = len(tokens.CLOSE)
+_CLOSE_CLOSE_LEN: Final = len(tokens.CLOSE_CLOSE)
 
 _WHAT: Final[dict[_State, str]] = {
     _State.MAGIC: "the archive header",

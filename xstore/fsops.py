@@ -29,10 +29,14 @@ if TYPE_CHECKING:
 PLATFORM: str = sys.platform  # a plain string: both branches type-check on every platform
 
 
-def canonicalise(real_path: bytes) -> None:
-    """Make the tree at `real_path` read-only and timeless, as Nix does."""
+CANONICAL_MTIME_NS: Final = 1_000_000_000  # Nix's mtime for everything in the store: 1 s after the epoch
+
+
+def canonicalise(real_path: bytes, *, recursive: bool = True) -> None:
+    """Make the tree at `real_path` read-only and timeless, as Nix does (without `recursive`: only the
+    entry at `real_path`)."""
     st = os.lstat(real_path)
-    if stat.S_ISDIR(st.st_mode):
+    if recursive and stat.S_ISDIR(st.st_mode):
         with os.scandir(real_path) as it:
             children = [os.fsencode(e.path) for e in it]
         for child in children:

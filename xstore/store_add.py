@@ -12,8 +12,10 @@ cache's narinfo, the serve and daemon protocols and `copy` (metadata before it).
 4. The path and its references are held as temporary roots (Nix's protocol, `temproots.py`), so a
    garbage collection running meanwhile keeps them. Under the path's lock: a path that became valid
    meanwhile is left alone (its hash must agree); anything occupying the path's place that is not valid
-   is removed (a killed earlier import); the tree is renamed into place, canonicalised and registered in
-   one SQLite transaction. A failure after the rename removes the tree again.
+   is removed (a killed earlier import); the tree is renamed into place and registered in one SQLite
+   transaction. It is canonical by then (read-only, mtime 1): the writer made each node so as it was
+   completed, all but a root directory, which is made so once moved. A failure after the rename removes
+   the tree again.
 
 An error or an interrupt at any point leaves nothing: no temporary directory, no lock file, no row.
 
@@ -71,6 +73,7 @@ class PathAdder:
             case_hack=CaseHackMode.ON if settings.case_hack else CaseHackMode.OFF,
             fold=settings.fold,
             staging=False,
+            canonical=True,  # all but a root directory, which is canonicalised once moved
         )
         self._exit.callback(self.writer.abort)
 
@@ -133,7 +136,7 @@ class PathAdder:
                 os.rename(self._dest, real)
                 self.writer.moved()
                 try:
-                    canonicalise(real)
+                    canonicalise(real, recursive=False)
                     store.register(info)
                 except BaseException:
                     remove_tree(real)

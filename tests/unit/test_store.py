@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tests.localstores import dummy, export_bytes, leftovers, read_from, rows, sp, store_entries
+from tests.localstores import add_path, dummy, export_bytes, leftovers, read_from, rows, sp, store_entries
 from xstore.casehack import CaseHackMode, Fold, probe
 from xstore.cli.app import app
 from xstore.errors import HashMismatchError, InvalidPathError, StoreError, XstoreError
@@ -382,6 +382,65 @@ def test_import_missing_reference_leaves_nothing(
             import_stream(other, read_from(stream))
         assert other.all_paths() == []
         assert store_entries(other) == []
+
+
+def _deep_tree(store: LocalStore) -> PathInfo:
+    """A path with nested directories, an executable, a plain file and symlinks at several depths,
+    referring to another path (which an export of it alone does not carry)."""
+    dep = add_path(store, sp("5f", "dep"), {b"x": b"x"}).path
+    return add_path(
+        store,
+        sp("7d", "deep"),
+        {
+            b"a/b/c/": b"",
+            b"a/b/c/file": b"data\n",
+            b"a/b/run": b"#!/bin/sh\n",
+            b"a/link": b"->b/run",
+            b"top": b"->a",
+            b"z/": b"",
+        },
+        dep,
+    )
+
+
+def test_an_imported_tree_is_canonical_throughout(store: LocalStore, tmp_path: Path) -> None:
+    """The add transaction makes each node read-only and timeless as it completes it (the root once
+    moved): every entry ends as `canonicalise` would leave it."""
+    info = _deep_tree(store)
+    stream = export_bytes(store, [info.references[0], info.path])
+    with LocalStore.create(tmp_path / "other", case_hack=CaseHackMode.OFF) as other:
+        import_stream(other, read_from(stream))
+        real = os.fsdecode(other.real_path(info.path))
+        seen = {}
+        for where, dirs, files in os.walk(real):
+            for name in ["", *dirs, *files]:
+                path = os.path.join(where, name) if name else where
+                st = os.lstat(path)
+                seen[os.path.relpath(path, real)] = (stat.S_IMODE(st.st_mode), st.st_mtime_ns)
+        links = {k for k in seen if os.path.islink(os.path.join(real, k))}
+        assert links == {"a/link", "top"}
+        expected = {
+            k: (0o777 if k in links else 0o555 if os.path.isdir(os.path.join(real, k)) else 0o444, 10**9)
+            for k in seen
+        }
+        expected["a/b/run"] = (0o555, 10**9)
+        assert seen == expected
+        assert export_bytes(other, [info.references[0], info.path]) == stream
+
+
+def test_a_refused_import_with_read_only_directories_leaves_nothing(
+    store: LocalStore, tmp_path: Path
+) -> None:
+    """Directories completed before the refusal are read-only already; removing the tree must not stop
+    at them (as an unprivileged user, where they would block the removal: the suite's second run)."""
+    info = _deep_tree(store)
+    stream = export_bytes(store, [info.path])  # its reference is checked once the NAR has arrived
+    with LocalStore.create(tmp_path / "other", case_hack=CaseHackMode.OFF) as other:
+        with pytest.raises(InvalidPathError, match="is not valid"):
+            import_stream(other, read_from(stream))
+        assert other.all_paths() == []
+        assert store_entries(other) == []
+        assert not os.listdir(other.scratch_dir or b"/nonexistent")
 
 
 @pytest.mark.case_sensitive_tmp  # the `filled` store holds README and Readme side by side

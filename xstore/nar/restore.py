@@ -22,6 +22,7 @@ import contextlib
 import errno
 import os
 import stat
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
@@ -35,7 +36,7 @@ from xstore.errors import (
     TruncatedError,
     XstoreError,
 )
-from xstore.fsops import copy_range, hold, remove_dead_staging, staging_name
+from xstore.fsops import CANONICAL_MTIME_NS, copy_range, hold, remove_dead_staging, remove_tree, staging_name
 from xstore.nar.drive import iter_events
 from xstore.nar.events import (
     ArchiveEnd,
@@ -89,7 +90,10 @@ class TreeWriter:
     Call `handle(event)` for each event in order, then `commit()` once the archive has ended, or
     `abort()` on any failure (safe to call more than once, and after `commit`). With `staging` off, the
     tree is built in place at `dest`, whose directory the caller keeps private (the store's scratch
-    directory); `abort` then removes it. Raises
+    directory); `abort` then removes it. With `canonical`, every node is left as a store keeps it
+    (`fsops.canonicalise`: read-only, mtime 1) as soon as it is complete, by its open descriptor,
+    except the root when it is a directory: moving a directory to another parent needs write
+    permission on it, so the caller moves it first and then canonicalises that one entry. Raises
     `DestinationExistsError` at construction if `dest` exists, `RestoreError` for filesystem
     failures, `CaseHackError` for names the case hack cannot separate.
     """
@@ -101,6 +105,7 @@ class TreeWriter:
         case_hack: CaseHackMode = CaseHackMode.AUTO,
         fold: Fold | None = None,
         staging: bool = True,
+        canonical: bool = False,
     ) -> None:
         self.dest = os.path.abspath(os.fsencode(dest))
         parent, self._name = os.path.split(self.dest)
@@ -119,6 +124,8 @@ class TreeWriter:
         self._renamed = 0
         self._preallocate = _fallocate is not None
         self._staged = staging
+        self._canonical = canonical
+        self._times = (time.time_ns(), CANONICAL_MTIME_NS)  # atime now, as a file just made has
         self._committed = False
         self._linked = False  # staged: the root has been linked or renamed to `dest`
         if not staging:
@@ -178,13 +185,20 @@ class TreeWriter:
             mode = 0o755 if event.executable else 0o644
             fd = self._create(lambda: os.open(name, _NEW_FILE_FLAGS, mode, dir_fd=where.fd), where, name)
             self._file_fd = fd
-            os.fchmod(fd, mode)
+            self._file_mode = mode
+            if not self._canonical:
+                os.fchmod(fd, mode)
             self._file_size = event.size
             self._written = 0
             self._allocated = 0
         elif kind is FileEnd:
             fd, self._file_fd = self._file_fd, -1
-            os.close(fd)
+            try:
+                if self._canonical:
+                    os.fchmod(fd, self._file_mode & 0o555)
+                    os.utime(fd, ns=self._times)
+            finally:
+                os.close(fd)
         elif kind is DirectoryStart:
             assert isinstance(event, DirectoryStart)
             name, where = self._place(event.path)
@@ -194,12 +208,20 @@ class TreeWriter:
             self._stack.append(_Dir(fd, CaseHackNames(self.fold) if self.case_hack else None, shown))
             os.fchmod(fd, 0o755)  # after the push, so that abort() closes fd if this fails
         elif kind is DirectoryEnd:
-            os.close(self._stack.pop().fd)
+            fd = self._stack.pop().fd
+            try:
+                if self._canonical and self._stack:
+                    os.fchmod(fd, 0o555)
+                    os.utime(fd, ns=self._times)
+            finally:
+                os.close(fd)
         elif kind is Symlink:
             assert isinstance(event, Symlink)
             name, where = self._place(event.path)
             target = event.target
             self._create(lambda: os.symlink(target, name, dir_fd=where.fd), where, name)
+            if self._canonical:
+                os.utime(name, ns=self._times, dir_fd=where.fd, follow_symlinks=False)
         elif kind is ArchiveEnd:
             pass
         else:
@@ -352,7 +374,10 @@ class TreeWriter:
                 if self._staged:
                     _remove_entry(parent_fd, self._staging)
                 elif not self._committed:
-                    _remove_entry(parent_fd, self._name)
+                    if self._canonical:
+                        remove_tree(self.dest)  # read-only directories inside
+                    else:
+                        _remove_entry(parent_fd, self._name)
             finally:
                 os.close(parent_fd)
 

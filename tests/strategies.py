@@ -19,7 +19,6 @@ spellings of one another, and UTF-8 with NFC/NFD variants, where the case hack h
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import itertools
 import os
@@ -437,7 +436,7 @@ def comparable_events(events: Iterable[Event]) -> list[Event]:
                 out.append(FileChunk(merged))
             pending.clear()
         if isinstance(event, RegularFile):
-            out.append(dataclasses.replace(event, contents_offset=0))
+            out.append(RegularFile(event.path, event.executable, event.size, 0))
         elif isinstance(event, ArchiveEnd):
             out.append(ArchiveEnd(0))
         else:

@@ -17,9 +17,12 @@ import enum
 import os
 import zlib
 from collections.abc import Callable
-from typing import Any, Final
 
 from xstore.errors import CompressionError, UnsupportedError
+
+TYPE_CHECKING = False  # not `from typing import`: the fast path runs without loading typing
+if TYPE_CHECKING:
+    from typing import Any, Final
 
 Read = Callable[[int], bytes]
 Sink = Callable[[bytes], object]

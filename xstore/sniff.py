@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from typing import Final
 
 from xstore.compression import Method, detect, open_reader
 from xstore.errors import WrongFormatError
 from xstore.nar.tokens import MAGIC as NAR_HEAD
 from xstore.wire import encode_u64
+
+TYPE_CHECKING = False  # not `from typing import`: the fast path runs without loading typing
+if TYPE_CHECKING:
+    from typing import Final
 
 Read = Callable[[int], bytes]
 
@@ -111,6 +114,4 @@ def expect(kind: Kind, wanted: Kind, what: str) -> None:
     if kind in (wanted, Kind.UNKNOWN, Kind.EMPTY):
         return
     advice = _ADVICE.get(kind)
-    raise WrongFormatError(
-        f"{what} is {kind.value}, not {wanted.value}" + (f": {advice}" if advice else "")
-    )
+    raise WrongFormatError(f"{what} is {kind.value}, not {wanted.value}" + (f": {advice}" if advice else ""))

@@ -230,7 +230,8 @@ def test_whatever_the_fast_path_takes_typer_reads_the_same(data: st.DataObject) 
 
 
 def test_a_run_on_the_fast_path_loads_neither_typer_nor_click(tmp_path: Path) -> None:
-    """Nor, for `nar dump`, the other heavy modules it does not need: what keeps its start-up short."""
+    """Nor, for `nar dump` and `nar restore`, the other heavy modules they do not need: what keeps their
+    start-up short."""
     (tmp_path / "f").write_bytes(b"hello")
     probe = (
         "import sys\n"
@@ -258,6 +259,11 @@ def test_a_run_on_the_fast_path_loads_neither_typer_nor_click(tmp_path: Path) ->
     assert fast_run.returncode == 0, fast_run.stderr
     assert fast_run.stderr == "\n"
     assert (tmp_path / "f.nar").read_bytes().startswith(b"\x0d\0\0\0\0\0\0\0nix-archive-1")
+    # Nor does a restore (or a listing): the parser, its events and the tree writer load none of them.
+    restored = run("nar", "restore", "out", "-i", "f.nar")
+    assert restored.returncode == 0, restored.stderr
+    assert restored.stderr == "\n"
+    assert (tmp_path / "out").read_bytes() == b"hello"
     hashed = run("hash", "file", "f", "--format", "base16")
     assert hashed.stdout == "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824\n"
     assert not {"typer", "click"} & set(hashed.stderr.split())

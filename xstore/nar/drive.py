@@ -16,10 +16,13 @@ reach them as the part already read (a `FileChunk`) and one call `bypass(n)` for
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Final
 
 from xstore.nar.events import NEED_DATA, ArchiveEnd, Event, FileChunk, RegularFile
 from xstore.nar.parser import NarParser
+
+TYPE_CHECKING = False  # not `from typing import`: the fast path runs without loading typing
+if TYPE_CHECKING:
+    from typing import Final
 
 CHUNK: Final = 1 << 20
 BYPASS_MIN: Final = 1 << 20  # below this, a kernel copy saves less than the calls it costs

@@ -4,13 +4,19 @@ A NAR is a tree walked depth first, entries of a directory in strictly increasin
 is announced by one event carrying its path inside the archive (a tuple of byte components, `()` for the
 root). A regular file is `RegularFile`, then its contents as any number of `FileChunk`s, then `FileEnd`.
 A directory is `DirectoryStart`, its entries, `DirectoryEnd`. The archive closes with `ArchiveEnd`.
+
+The events are `records.Record`s, not dataclasses: every command that reads an archive imports them
+(see `records.py` on start-up).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from xstore.records import Record
 from xstore.wire import NEED_DATA, Signal
+
+TYPE_CHECKING = False  # not `from typing import`: the fast path runs without loading typing
+if TYPE_CHECKING:
+    from typing import Final
 
 __all__ = [
     "NEED_DATA",
@@ -27,47 +33,61 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class DirectoryStart:
-    path: tuple[bytes, ...]
+class DirectoryStart(Record):
+    __slots__ = ("path",)
+
+    def __init__(self, path: tuple[bytes, ...]) -> None:
+        self.path: Final = path
 
 
-@dataclass(frozen=True, slots=True)
-class DirectoryEnd:
-    path: tuple[bytes, ...]
+class DirectoryEnd(Record):
+    __slots__ = ("path",)
+
+    def __init__(self, path: tuple[bytes, ...]) -> None:
+        self.path: Final = path
 
 
-@dataclass(frozen=True, slots=True)
-class RegularFile:
+class RegularFile(Record):
     """A regular file's header. `contents_offset` is the archive offset of its first content byte."""
 
-    path: tuple[bytes, ...]
-    executable: bool
-    size: int
-    contents_offset: int
+    __slots__ = ("path", "executable", "size", "contents_offset")  # noqa: RUF023 (the fields' order)
+
+    def __init__(self, path: tuple[bytes, ...], executable: bool, size: int, contents_offset: int) -> None:
+        self.path: Final = path
+        self.executable: Final = executable
+        self.size: Final = size
+        self.contents_offset: Final = contents_offset
 
 
-@dataclass(frozen=True, slots=True)
-class FileChunk:
-    data: bytes
+class FileChunk(Record):
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data: Final = data
 
 
-@dataclass(frozen=True, slots=True)
-class FileEnd:
-    path: tuple[bytes, ...]
+class FileEnd(Record):
+    __slots__ = ("path",)
+
+    def __init__(self, path: tuple[bytes, ...]) -> None:
+        self.path: Final = path
 
 
-@dataclass(frozen=True, slots=True)
-class Symlink:
-    path: tuple[bytes, ...]
-    target: bytes
+class Symlink(Record):
+    __slots__ = ("path", "target")
+
+    def __init__(self, path: tuple[bytes, ...], target: bytes) -> None:
+        self.path: Final = path
+        self.target: Final = target
 
 
-@dataclass(frozen=True, slots=True)
-class ArchiveEnd:
+class ArchiveEnd(Record):
     """The archive is complete; `size` is its length in bytes."""
 
-    size: int
+    __slots__ = ("size",)
+
+    def __init__(self, size: int) -> None:
+        self.size: Final = size
 
 
 Event = DirectoryStart | DirectoryEnd | RegularFile | FileChunk | FileEnd | Symlink | ArchiveEnd

@@ -19,9 +19,7 @@ suffix. The parser stops exactly at the end of the archive; bytes after it stay 
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable
-from typing import Final, NoReturn, Protocol
 
 from xstore.errors import NarError, TruncatedError, WireError
 from xstore.nar import tokens
@@ -48,35 +46,44 @@ from xstore.wire import (
     parse_string,
 )
 
+TYPE_CHECKING = False  # not `from typing import`: the fast path runs without loading typing
+if TYPE_CHECKING:
+    from typing import Final, NoReturn, Protocol
+
 # Upper bound on one FileChunk's size when contents come out of the buffer (not when passed through).
 MAX_CHUNK: Final = 1 << 20
 
 
-class _Hasher(Protocol):
-    def update(self, data: bytes, /) -> object: ...
+if TYPE_CHECKING:
+
+    class _Hasher(Protocol):
+        def update(self, data: bytes, /) -> object: ...
 
 
-class _State(enum.IntEnum):
-    MAGIC = enum.auto()
-    NODE_OPEN = enum.auto()  # "("
-    TYPE_TAG = enum.auto()  # "type"
-    TYPE = enum.auto()  # "regular" | "directory" | "symlink"
-    REGULAR_TAG = enum.auto()  # "executable" | "contents"
-    EXECUTABLE_VALUE = enum.auto()  # ""
-    CONTENTS_TAG = enum.auto()  # "contents"
-    SIZE = enum.auto()  # u64
-    CONTENTS = enum.auto()  # raw bytes
-    PADDING = enum.auto()  # zeros up to a multiple of 8
-    TARGET_TAG = enum.auto()  # "target"
-    TARGET = enum.auto()  # symlink target
-    NODE_CLOSE = enum.auto()  # ")" closing a regular file or symlink
-    DIRECTORY_TAG = enum.auto()  # "entry" | ")"
-    ENTRY_OPEN = enum.auto()  # "("
-    NAME_TAG = enum.auto()  # "name"
-    NAME = enum.auto()  # entry name
-    NODE_TAG = enum.auto()  # "node"
-    ENTRY_CLOSE = enum.auto()  # ")"
-    DONE = enum.auto()
+class _State:
+    """The parser's states: what the archive must hold next. Plain ints (indexes into `_STEPS`), not an
+    enum: a step is one tuple index, and nothing is built at import."""
+
+    MAGIC = 0
+    NODE_OPEN = 1  # "("
+    TYPE_TAG = 2  # "type"
+    TYPE = 3  # "regular" | "directory" | "symlink"
+    REGULAR_TAG = 4  # "executable" | "contents"
+    EXECUTABLE_VALUE = 5  # ""
+    CONTENTS_TAG = 6  # "contents"
+    SIZE = 7  # u64
+    CONTENTS = 8  # raw bytes
+    PADDING = 9  # zeros up to a multiple of 8
+    TARGET_TAG = 10  # "target"
+    TARGET = 11  # symlink target
+    NODE_CLOSE = 12  # ")" closing a regular file or symlink
+    DIRECTORY_TAG = 13  # "entry" | ")"
+    ENTRY_OPEN = 14  # "("
+    NAME_TAG = 15  # "name"
+    NAME = 16  # entry name
+    NODE_TAG = 17  # "node"
+    ENTRY_CLOSE = 18  # ")"
+    DONE = 19
 
 
 class _Frame:
@@ -154,22 +161,22 @@ class NarParser:
 
     @property
     def done(self) -> bool:
-        return self._state is _State.DONE
+        return self._state == _State.DONE
 
     @property
     def unused_data(self) -> bytes:
         """Bytes received beyond the end of the archive (empty before the end)."""
-        return self._buf[self._pos :] if self._state is _State.DONE else b""
+        return self._buf[self._pos :] if self._state == _State.DONE else b""
 
     @property
     def contents_remaining(self) -> int:
         """Bytes of the current file's contents not yet returned (0 outside contents)."""
-        return self._remaining if self._state is _State.CONTENTS else 0
+        return self._remaining if self._state == _State.CONTENTS else 0
 
     def take_buffered_contents(self) -> bytes:
         """The part of the current file's contents that is already buffered, consumed (so that
         `skip_contents` then leaves just what the source still holds). Empty outside contents."""
-        if self._state is not _State.CONTENTS:
+        if self._state != _State.CONTENTS:
             return b""
         pos = self._pos
         n = min(len(self._buf) - pos, self._remaining)
@@ -184,7 +191,7 @@ class NarParser:
         its source (by seeking) before it feeds data again. Only valid right after `RegularFile` or a
         `FileChunk`; returns 0 elsewhere.
         """
-        if self._state is not _State.CONTENTS:
+        if self._state != _State.CONTENTS:
             return 0
         buffered = min(len(self._buf) - self._pos, self._remaining)
         left = self._remaining - buffered
@@ -213,7 +220,7 @@ class NarParser:
 
     def _need(self) -> Signal:
         if self._eof:
-            if self._state is _State.MAGIC and self._base + len(self._buf) == 0:
+            if self._state == _State.MAGIC and self._base + len(self._buf) == 0:
                 raise NarError("input doesn't look like a Nix archive (it is empty)", offset=0)
             raise TruncatedError(
                 f"unexpected end of file while reading {_WHAT[self._state]}",
@@ -564,7 +571,7 @@ _SYMLINK_TARGET_LEN: Final = len(tokens.SYMLINK_TARGET)
 _CLOSE_LEN: Final = len(tokens.CLOSE)
 _CLOSE_CLOSE_LEN: Final = len(tokens.CLOSE_CLOSE)
 
-_WHAT: Final[dict[_State, str]] = {
+_WHAT: Final[dict[int, str]] = {
     _State.MAGIC: "the archive header",
     _State.NODE_OPEN: "a node",
     _State.TYPE_TAG: "a node's type",
@@ -587,25 +594,26 @@ _WHAT: Final[dict[_State, str]] = {
     _State.DONE: "nothing",
 }
 
-_STEPS: Final[dict[_State, Callable[[NarParser], Event | Signal | None]]] = {
-    _State.MAGIC: NarParser._magic,
-    _State.NODE_OPEN: NarParser._node_open,
-    _State.TYPE_TAG: NarParser._type_tag,
-    _State.TYPE: NarParser._type,
-    _State.REGULAR_TAG: NarParser._regular_tag,
-    _State.EXECUTABLE_VALUE: NarParser._executable_value,
-    _State.CONTENTS_TAG: NarParser._contents_tag,
-    _State.SIZE: NarParser._file_size,
-    _State.CONTENTS: NarParser._contents,
-    _State.PADDING: NarParser._padding,
-    _State.TARGET_TAG: NarParser._target_tag,
-    _State.TARGET: NarParser._target,
-    _State.NODE_CLOSE: NarParser._node_close,
-    _State.DIRECTORY_TAG: NarParser._directory_tag,
-    _State.ENTRY_OPEN: NarParser._entry_open,
-    _State.NAME_TAG: NarParser._name_tag,
-    _State.NAME: NarParser._name,
-    _State.NODE_TAG: NarParser._node_tag,
-    _State.ENTRY_CLOSE: NarParser._entry_close,
-    _State.DONE: NarParser._done,
-}
+# Indexed by state.
+_STEPS: Final[tuple[Callable[[NarParser], Event | Signal | None], ...]] = (
+    NarParser._magic,  # MAGIC
+    NarParser._node_open,  # NODE_OPEN
+    NarParser._type_tag,  # TYPE_TAG
+    NarParser._type,  # TYPE
+    NarParser._regular_tag,  # REGULAR_TAG
+    NarParser._executable_value,  # EXECUTABLE_VALUE
+    NarParser._contents_tag,  # CONTENTS_TAG
+    NarParser._file_size,  # SIZE
+    NarParser._contents,  # CONTENTS
+    NarParser._padding,  # PADDING
+    NarParser._target_tag,  # TARGET_TAG
+    NarParser._target,  # TARGET
+    NarParser._node_close,  # NODE_CLOSE
+    NarParser._directory_tag,  # DIRECTORY_TAG
+    NarParser._entry_open,  # ENTRY_OPEN
+    NarParser._name_tag,  # NAME_TAG
+    NarParser._name,  # NAME
+    NarParser._node_tag,  # NODE_TAG
+    NarParser._entry_close,  # ENTRY_CLOSE
+    NarParser._done,  # DONE
+)

@@ -24,8 +24,6 @@ import os
 import stat
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Final
 
 from xstore.casehack import CaseHackMode, CaseHackNames, Fold, FsCaseBehaviour, probe, resolve_restore_mode
 from xstore.errors import (
@@ -50,6 +48,11 @@ from xstore.nar.events import (
 )
 from xstore.nar.parser import NarParser
 from xstore.nar.rules import show
+from xstore.records import Record
+
+TYPE_CHECKING = False  # not `from typing import`: the fast path runs without loading typing
+if TYPE_CHECKING:
+    from typing import Final
 
 CHUNK: Final = 1 << 20
 PREALLOCATE_STEP: Final = 64 << 20  # reserve disk space this far ahead of the data written
@@ -63,16 +66,20 @@ PathArg = str | bytes | os.PathLike[str] | os.PathLike[bytes]
 _fallocate: Callable[[int, int, int], None] | None = getattr(os, "posix_fallocate", None)
 
 
-@dataclass(frozen=True, slots=True)
-class RestoreResult:
+class RestoreResult(Record):
     """What a restore did: the archive's size, whether the case hack was applied and with which fold,
     how many names it renamed, and the probe result when `auto` asked the filesystem."""
 
-    nar_size: int
-    case_hack: bool
-    fold: Fold
-    renamed: int
-    probed: FsCaseBehaviour | None
+    __slots__ = ("nar_size", "case_hack", "fold", "renamed", "probed")  # noqa: RUF023 (the fields' order)
+
+    def __init__(
+        self, nar_size: int, case_hack: bool, fold: Fold, renamed: int, probed: FsCaseBehaviour | None
+    ) -> None:
+        self.nar_size: Final = nar_size
+        self.case_hack: Final = case_hack
+        self.fold: Final = fold
+        self.renamed: Final = renamed
+        self.probed: Final = probed
 
 
 class _Dir:

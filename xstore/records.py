@@ -9,14 +9,26 @@ that check would cost every construction, and constructions are per archive entr
 
 from __future__ import annotations
 
+TYPE_CHECKING = False  # not `from typing import`: the fast path runs without loading typing
+if TYPE_CHECKING:
+    from typing import ClassVar
+
 
 class Record:
-    """Equality (same type, same fields), hashing and `repr` from `__slots__`."""
+    """Equality (same type, same fields), hashing and `repr` from the fields in `__slots__`, a base
+    class's first (a subclass that only gives a kind its own type declares `__slots__ = ()`)."""
 
     __slots__: tuple[str, ...] = ()
+    _fields: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls) -> None:
+        super().__init_subclass__()
+        cls._fields = tuple(
+            name for klass in reversed(cls.__mro__) for name in vars(klass).get("__slots__", ())
+        )
 
     def _values(self) -> tuple[object, ...]:
-        return tuple(getattr(self, name) for name in self.__slots__)
+        return tuple(getattr(self, name) for name in self._fields)
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
@@ -27,5 +39,5 @@ class Record:
         return hash((type(self).__name__, *self._values()))
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._fields)
         return f"{type(self).__name__}({fields})"

@@ -18,6 +18,9 @@ def test_records_are_equal_by_type_and_every_field() -> None:
     assert FileEnd(path) != DirectoryEnd(path)
     assert DirectoryStart(path) != DirectoryEnd(path)
     assert FileEnd(path) != (path,)
+    # Fields a kind inherits count too.
+    assert FileEnd((b"x",)) != FileEnd((b"y",))
+    assert repr(DirectoryStart(path)) == "DirectoryStart(path=(b'a', b'b'))"
 
 
 def test_records_hash_as_they_compare() -> None:

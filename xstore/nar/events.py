@@ -33,18 +33,22 @@ __all__ = [
 ]
 
 
-class DirectoryStart(Record):
+class _PathEvent(Record):
+    """An event that carries only a node's path; each subclass is an event of its own kind (records
+    of different types never compare equal)."""
+
     __slots__ = ("path",)
 
     def __init__(self, path: tuple[bytes, ...]) -> None:
         self.path: Final = path
 
 
-class DirectoryEnd(Record):
-    __slots__ = ("path",)
+class DirectoryStart(_PathEvent):
+    __slots__ = ()
 
-    def __init__(self, path: tuple[bytes, ...]) -> None:
-        self.path: Final = path
+
+class DirectoryEnd(_PathEvent):
+    __slots__ = ()
 
 
 class RegularFile(Record):
@@ -66,11 +70,8 @@ class FileChunk(Record):
         self.data: Final = data
 
 
-class FileEnd(Record):
-    __slots__ = ("path",)
-
-    def __init__(self, path: tuple[bytes, ...]) -> None:
-        self.path: Final = path
+class FileEnd(_PathEvent):
+    __slots__ = ()
 
 
 class Symlink(Record):

@@ -440,21 +440,13 @@ class NarParser:
         its node's event with the state advanced as the single steps would have left it, or None, with
         nothing changed, for anything else (incomplete, invalid, too deep): the single steps then read
         it and say exactly what is wrong."""
-        start = pos + _ENTRY_NAME_LEN
-        end = len(buf)
-        if end - start < 8:
+        parsed = _framed(buf, pos + _ENTRY_NAME_LEN, NAR_MAX_NAME)
+        if parsed is None:
             return None
-        (n,) = U64.unpack_from(buf, start)
-        if n > NAR_MAX_NAME:
-            return None
-        name_end = start + 8 + n
-        node = name_end + (-n & 7)
-        kind = node + _NODE_OPEN_TYPE_LEN
-        if kind > end or buf[name_end:node] != ZEROS[: node - name_end]:
-            return None
+        name, node = parsed
         if not buf.startswith(tokens.NODE_OPEN_TYPE, node):
             return None
-        name = buf[start + 8 : name_end]
+        kind = node + _NODE_OPEN_TYPE_LEN
         frame = self._stack[-1]
         prev = frame.prev_name
         if (prev is not None and name <= prev) or name_problem(name) is not None:
@@ -463,16 +455,10 @@ class NarParser:
         if len(path) >= NAR_MAX_DEPTH:
             return None
         event: Event
-        if buf.startswith(tokens.REGULAR_CONTENTS, kind):
-            executable = False
-            size_at = kind + _REGULAR_CONTENTS_LEN
-        elif buf.startswith(tokens.REGULAR_EXEC_CONTENTS, kind):
-            executable = True
-            size_at = kind + _REGULAR_EXEC_CONTENTS_LEN
-        else:
-            size_at = -1
-        if size_at >= 0:
-            if end - size_at < 8:
+        executable = buf.startswith(tokens.REGULAR_EXEC_CONTENTS, kind)
+        if executable or buf.startswith(tokens.REGULAR_CONTENTS, kind):
+            size_at = kind + (_REGULAR_EXEC_CONTENTS_LEN if executable else _REGULAR_CONTENTS_LEN)
+            if len(buf) - size_at < 8:
                 return None
             (size,) = U64.unpack_from(buf, size_at)
             self._pos = size_at + 8
@@ -487,10 +473,7 @@ class NarParser:
             self._state = _State.DIRECTORY_TAG
             event = DirectoryStart(path)
         elif buf.startswith(tokens.SYMLINK_TARGET, kind):
-            try:
-                parsed = parse_string(buf, kind + _SYMLINK_TARGET_LEN, NAR_MAX_TARGET)
-            except WireError:
-                return None
+            parsed = _framed(buf, kind + _SYMLINK_TARGET_LEN, NAR_MAX_TARGET)
             if parsed is None or target_problem(parsed[0]) is not None:
                 return None
             target, self._pos = parsed
@@ -560,6 +543,15 @@ class NarParser:
             if self._hasher is not None:
                 self._hasher.update(self._buf[self._hashed : self._pos])
                 self._hashed = self._pos
+
+
+def _framed(buf: bytes, pos: int, max_len: int) -> tuple[bytes, int] | None:
+    """`wire.parse_string` for the one-step entry reader: None for anything it would not take as it is
+    (incomplete, too long, bad padding), which the single steps then read and report."""
+    try:
+        return parse_string(buf, pos, max_len)
+    except WireError:
+        return None
 
 
 _ENTRY_NAME_LEN: Final = len(tokens.ENTRY_NAME)

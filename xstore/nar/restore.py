@@ -381,10 +381,7 @@ class TreeWriter:
                 if self._staged:
                     _remove_entry(parent_fd, self._staging)
                 elif not self._committed:
-                    if self._canonical:
-                        remove_tree(self.dest)  # read-only directories inside
-                    else:
-                        _remove_entry(parent_fd, self._name)
+                    remove_tree(self.dest)  # in the caller's private directory; may hold read-only ones
             finally:
                 os.close(parent_fd)
 

@@ -16,11 +16,11 @@ signature. Everything here is pure computation.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from xstore.errors import InvalidArgumentError, InvalidHashError, NarInfoError
 from xstore.hashing import HashAlgorithm, parse_hash
+from xstore.records import FrozenRecord, setfield
 from xstore.storepath import make_fixed_output_path, make_source_path, make_text_path
 
 if TYPE_CHECKING:
@@ -28,14 +28,19 @@ if TYPE_CHECKING:
     from xstore.storepath import StorePath
 
 
-@dataclass(frozen=True, slots=True)
-class ContentAddress:
+class ContentAddress(FrozenRecord):
     """A parsed `ca`: `method` is `text`, `fixed` (flat) or `fixed:r` (recursive), or None for a form this
     module cannot recompute."""
 
+    __slots__ = ("method", "algorithm", "digest")  # noqa: RUF023 (the fields' order)
     method: str | None
     algorithm: HashAlgorithm | None
     digest: bytes
+
+    def __init__(self, method: str | None, algorithm: HashAlgorithm | None, digest: bytes) -> None:
+        setfield(self, "method", method)
+        setfield(self, "algorithm", algorithm)
+        setfield(self, "digest", digest)
 
 
 def parse_content_address(text: str) -> ContentAddress:

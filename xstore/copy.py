@@ -16,9 +16,9 @@ Nix: store-api.cc (`copyPaths`, `copyStorePath`).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from typing import Final
 
+from xstore.records import FrozenRecord, setfield
 from xstore.storeapi import PathInfo, Read, Sink, Store, pipe_nar, topo_sort
 from xstore.storepath import StorePath
 
@@ -27,20 +27,35 @@ _WHOLE_NAR: Final = 1 << 20  # from other stores, taken whole without a thread u
 _CHUNK: Final = 1 << 20
 
 
-@dataclass(frozen=True, slots=True)
-class CopyResult:
+class CopyResult(FrozenRecord):
+    __slots__ = ("path", "copied", "nar_size")  # noqa: RUF023 (the fields' order)
     path: StorePath
     copied: bool  # False: the destination had it already
     nar_size: int
 
+    def __init__(self, path: StorePath, copied: bool, nar_size: int) -> None:
+        setfield(self, "path", path)
+        setfield(self, "copied", copied)
+        setfield(self, "nar_size", nar_size)
 
-@dataclass(frozen=True, slots=True)
-class CopyPlan:
+
+class CopyPlan(FrozenRecord):
     """What a copy will do: every path considered (in order) and those the destination lacks."""
 
+    __slots__ = ("order", "missing", "infos")  # noqa: RUF023 (the fields' order)
     order: list[StorePath]
     missing: list[StorePath]
     infos: dict[StorePath, PathInfo]
+
+    def __init__(
+        self,
+        order: list[StorePath],
+        missing: list[StorePath],
+        infos: dict[StorePath, PathInfo],
+    ) -> None:
+        setfield(self, "order", order)
+        setfield(self, "missing", missing)
+        setfield(self, "infos", infos)
 
     @property
     def bytes_to_copy(self) -> int:

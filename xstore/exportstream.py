@@ -18,13 +18,13 @@ from __future__ import annotations
 import enum
 import hashlib
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Final
 
 from xstore.errors import ExportStreamError, InvalidStorePathError
 from xstore.nar.events import ArchiveEnd, Event
 from xstore.nar.parser import NarParser
 from xstore.nar.rules import show
+from xstore.records import FrozenRecord, setfield
 from xstore.storepath import HASH_PART_LEN, MAX_NAME_LEN, STORE_DIR, StorePath, parse_store_path
 from xstore.wire import NEED_DATA, Signal, WireBuffer, encode_strings, encode_u64
 
@@ -42,17 +42,20 @@ MAX_REFERENCES: Final = 1 << 16
 MAX_LEGACY_SIGNATURE: Final = 4096
 
 
-@dataclass(frozen=True, slots=True)
-class PathStart:
+class PathStart(FrozenRecord):
     """A path's record begins; its NAR follows. `offset` is the stream offset of the marker."""
 
+    __slots__ = ("offset",)
     offset: int
 
+    def __init__(self, offset: int) -> None:
+        setfield(self, "offset", offset)
 
-@dataclass(frozen=True, slots=True)
-class PathEnd:
+
+class PathEnd(FrozenRecord):
     """A path's record is complete: the trailer, and the NAR's SHA-256 digest and size."""
 
+    __slots__ = ("path", "references", "deriver", "nar_hash", "nar_size", "start", "end")  # noqa: RUF023 (the fields' order)
     path: StorePath
     references: tuple[StorePath, ...]  # sorted, without duplicates
     deriver: StorePath | None
@@ -61,12 +64,33 @@ class PathEnd:
     start: int  # stream offset of the record's marker
     end: int  # stream offset just after the record
 
+    def __init__(
+        self,
+        path: StorePath,
+        references: tuple[StorePath, ...],
+        deriver: StorePath | None,
+        nar_hash: bytes,
+        nar_size: int,
+        start: int,
+        end: int,
+    ) -> None:
+        setfield(self, "path", path)
+        setfield(self, "references", references)
+        setfield(self, "deriver", deriver)
+        setfield(self, "nar_hash", nar_hash)
+        setfield(self, "nar_size", nar_size)
+        setfield(self, "start", start)
+        setfield(self, "end", end)
 
-@dataclass(frozen=True, slots=True)
-class StreamEnd:
+
+class StreamEnd(FrozenRecord):
     """The closing 0; `size` is the stream's length."""
 
+    __slots__ = ("size",)
     size: int
+
+    def __init__(self, size: int) -> None:
+        setfield(self, "size", size)
 
 
 ExportEvent = PathStart | PathEnd | StreamEnd | Event

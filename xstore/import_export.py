@@ -14,11 +14,11 @@ the path being imported; paths completed before it stay valid.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Final
 
 from xstore.exportstream import PATH_MARKER, STREAM_END, ExportParser, PathEnd, PathStart, StreamEnd, trailer
 from xstore.nar.events import NEED_DATA, Event
+from xstore.records import FrozenRecord, setfield
 from xstore.store import LocalStore
 from xstore.store_add import PathAdder
 from xstore.storeapi import PathInfo, Read, Sink, Store, topo_sort
@@ -59,10 +59,14 @@ def export_paths(
     return order
 
 
-@dataclass(frozen=True, slots=True)
-class ImportResult:
+class ImportResult(FrozenRecord):
+    __slots__ = ("path", "imported")  # noqa: RUF023 (the fields' order)
     path: StorePath
     imported: bool  # False: it was valid already (its NAR matched)
+
+    def __init__(self, path: StorePath, imported: bool) -> None:
+        setfield(self, "path", path)
+        setfield(self, "imported", imported)
 
 
 def _drive(read: Read, parser: ExportParser) -> Iterable[PathStart | PathEnd | StreamEnd | Event]:

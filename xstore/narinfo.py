@@ -20,12 +20,12 @@ Nix: nar-info.cc (`NarInfo::NarInfo`, `NarInfo::to_string`), binary-cache-store.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Final
 
 from xstore.contentaddress import parse_content_address
 from xstore.errors import InvalidHashError, InvalidStorePathError, NarInfoError, StoreError
 from xstore.hashing import HashAlgorithm, HashFormat, ParsedHash, format_digest, parse_hash
+from xstore.records import FrozenRecord, setfield
 from xstore.storeapi import PathInfo
 from xstore.storepath import STORE_DIR, StorePath, parse_base_name, parse_store_path
 
@@ -35,17 +35,31 @@ LISTING_SUFFIX: Final = ".ls"
 _MAX_U64: Final = (1 << 64) - 1
 
 
-@dataclass(frozen=True, slots=True)
-class NarInfo:
+class NarInfo(FrozenRecord):
     """A path's entry in a binary cache: what a store knows about it (`info`) plus where its NAR file is
     and how it is compressed. `file_hash` and `file_size` describe the file as stored (compressed);
     `file_size` 0 means unknown."""
 
+    __slots__ = ("info", "url", "compression", "file_hash", "file_size")  # noqa: RUF023 (the fields' order)
     info: PathInfo
     url: str
     compression: str
-    file_hash: ParsedHash | None = None
-    file_size: int = 0
+    file_hash: ParsedHash | None
+    file_size: int
+
+    def __init__(
+        self,
+        info: PathInfo,
+        url: str,
+        compression: str,
+        file_hash: ParsedHash | None = None,
+        file_size: int = 0,
+    ) -> None:
+        setfield(self, "info", info)
+        setfield(self, "url", url)
+        setfield(self, "compression", compression)
+        setfield(self, "file_hash", file_hash)
+        setfield(self, "file_size", file_size)
 
     @property
     def path(self) -> StorePath:
@@ -217,13 +231,23 @@ def parse_narinfo(data: bytes | str, whence: str, store_dir: str = STORE_DIR) ->
 # -- nix-cache-info -----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class CacheInfo:
+class CacheInfo(FrozenRecord):
     """What `nix-cache-info` says; None where it says nothing."""
 
-    store_dir: str | None = None
-    want_mass_query: bool | None = None
-    priority: int | None = None
+    __slots__ = ("store_dir", "want_mass_query", "priority")  # noqa: RUF023 (the fields' order)
+    store_dir: str | None
+    want_mass_query: bool | None
+    priority: int | None
+
+    def __init__(
+        self,
+        store_dir: str | None = None,
+        want_mass_query: bool | None = None,
+        priority: int | None = None,
+    ) -> None:
+        setfield(self, "store_dir", store_dir)
+        setfield(self, "want_mass_query", want_mass_query)
+        setfield(self, "priority", priority)
 
 
 def parse_cache_info(data: bytes, whence: str) -> CacheInfo:

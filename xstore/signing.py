@@ -22,10 +22,10 @@ import base64
 import binascii
 import functools
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from xstore.errors import SigningKeyError, UnsupportedError
+from xstore.records import FrozenRecord, setfield
 
 if TYPE_CHECKING:
     from xstore.storeapi import PathInfo
@@ -66,10 +66,14 @@ def _split(text: str) -> tuple[str, str]:
     return name, rest
 
 
-@dataclass(frozen=True, slots=True)
-class PublicKey:
+class PublicKey(FrozenRecord):
+    __slots__ = ("name", "key")  # noqa: RUF023 (the fields' order)
     name: str
     key: bytes  # 32 bytes
+
+    def __init__(self, name: str, key: bytes) -> None:
+        setfield(self, "name", name)
+        setfield(self, "key", key)
 
     def to_text(self) -> str:
         return f"{self.name}:{base64.b64encode(self.key).decode()}"
@@ -90,10 +94,14 @@ def _loaded_public(key: bytes) -> Any:
     return _ed25519().Ed25519PublicKey.from_public_bytes(key)
 
 
-@dataclass(frozen=True, slots=True)
-class SecretKey:
+class SecretKey(FrozenRecord):
+    __slots__ = ("name", "key")  # noqa: RUF023 (the fields' order)
     name: str
     key: bytes  # 64 bytes: seed, then public key
+
+    def __init__(self, name: str, key: bytes) -> None:
+        setfield(self, "name", name)
+        setfield(self, "key", key)
 
     def to_text(self) -> str:
         return f"{self.name}:{base64.b64encode(self.key).decode()}"

@@ -34,7 +34,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 
@@ -44,6 +43,7 @@ from xstore.fsops import remove_tree
 from xstore.hashing import HashAlgorithm, HashFormat, HashSink, encode_nix32, parse_hash
 from xstore.notices import notice
 from xstore.pathlocks import HAVE_BYTE_LOCKS, PathLock, flock_fd, lock_file
+from xstore.records import FrozenRecord, setfield
 from xstore.storeapi import PathInfo, Read, Sink, Store, batched
 from xstore.storepath import HASH_PART_LEN, STORE_DIR, StorePath, parse_store_path
 from xstore.temproots import RootsFile, roots_file
@@ -102,15 +102,20 @@ def temp_token(name: str) -> str | None:
     return None
 
 
-@dataclass(frozen=True, slots=True)
-class StoreSettings:
+class StoreSettings(FrozenRecord):
     """xstore's own settings for one store, outside Nix's schema."""
 
+    __slots__ = ("case_hack", "fold", "trusted_public_keys")
     case_hack: bool
     fold: Fold
     # Public keys (`name:base64`) whose signatures make a path from a cache or a remote store
     # acceptable here (Nix's `trusted-public-keys`, per store).
-    trusted_public_keys: tuple[str, ...] = ()
+    trusted_public_keys: tuple[str, ...]
+
+    def __init__(self, case_hack: bool, fold: Fold, trusted_public_keys: tuple[str, ...] = ()) -> None:
+        setfield(self, "case_hack", case_hack)
+        setfield(self, "fold", fold)
+        setfield(self, "trusted_public_keys", trusted_public_keys)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {

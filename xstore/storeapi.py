@@ -21,11 +21,11 @@ import abc
 import queue
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
 from xstore.errors import InvalidPathError, StoreError, XstoreError
 from xstore.hashing import HashAlgorithm, HashFormat, format_digest
+from xstore.records import FrozenRecord, setfield
 from xstore.storepath import STORE_DIR, StorePath, signature_fingerprint
 
 Read = Callable[[int], bytes]
@@ -35,23 +35,53 @@ _QUERY_BATCH: Final = 500
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
-class PathInfo:
+class PathInfo(FrozenRecord):
     """What a store knows about one valid path (Nix: `ValidPathInfo`)."""
 
+    __slots__ = (  # noqa: RUF023 (the fields' order)
+        "path",
+        "nar_hash",
+        "nar_size",
+        "references",
+        "deriver",
+        "registration_time",
+        "ultimate",
+        "sigs",
+        "ca",
+    )
     path: StorePath
     nar_hash: bytes  # SHA-256 digest of the NAR
     nar_size: int
-    references: tuple[StorePath, ...] = ()  # sorted, without duplicates
-    deriver: StorePath | None = None
-    registration_time: int = 0  # seconds since the epoch; 0 when unknown
-    ultimate: bool = False  # built locally (trusted without signatures)
-    sigs: tuple[str, ...] = ()  # "keyname:base64", sorted
-    ca: str | None = None  # content address ("fixed:r:sha256:...", "text:sha256:..."), if any
+    references: tuple[StorePath, ...]  # sorted, without duplicates
+    deriver: StorePath | None
+    registration_time: int  # seconds since the epoch; 0 when unknown
+    ultimate: bool  # built locally (trusted without signatures)
+    sigs: tuple[str, ...]  # "keyname:base64", sorted
+    ca: str | None  # content address ("fixed:r:sha256:...", "text:sha256:..."), if any
 
-    def __post_init__(self) -> None:
-        if len(self.nar_hash) != HashAlgorithm.SHA256.digest_size:
-            raise StoreError(f"NAR hash of '{self.path}' is not a SHA-256 digest")
+    def __init__(
+        self,
+        path: StorePath,
+        nar_hash: bytes,
+        nar_size: int,
+        references: tuple[StorePath, ...] = (),
+        deriver: StorePath | None = None,
+        registration_time: int = 0,
+        ultimate: bool = False,
+        sigs: tuple[str, ...] = (),
+        ca: str | None = None,
+    ) -> None:
+        if len(nar_hash) != HashAlgorithm.SHA256.digest_size:
+            raise StoreError(f"NAR hash of '{path}' is not a SHA-256 digest")
+        setfield(self, "path", path)
+        setfield(self, "nar_hash", nar_hash)
+        setfield(self, "nar_size", nar_size)
+        setfield(self, "references", references)
+        setfield(self, "deriver", deriver)
+        setfield(self, "registration_time", registration_time)
+        setfield(self, "ultimate", ultimate)
+        setfield(self, "sigs", sigs)
+        setfield(self, "ca", ca)
 
     def nar_hash_sri(self) -> str:
         return format_digest(HashAlgorithm.SHA256, self.nar_hash, HashFormat.SRI)
@@ -63,11 +93,6 @@ class PathInfo:
     def fingerprint(self) -> str:
         """The text a signature of this path signs (Nix: `ValidPathInfo::fingerprint`)."""
         return signature_fingerprint(self.path, self.nar_hash_nix32(), self.nar_size, self.references)
-
-    def replace(self, **changes: Any) -> PathInfo:
-        fields = {name: getattr(self, name) for name in self.__dataclass_fields__}
-        fields.update(changes)
-        return PathInfo(**fields)
 
 
 def path_info_json(
@@ -233,12 +258,14 @@ def topo_sort(infos: Mapping[StorePath, PathInfo]) -> list[StorePath]:
 _DONE: Final = object()
 
 
-@dataclass(slots=True)
 class _Pipe:
-    q: queue.Queue[bytes | object] = field(default_factory=lambda: queue.Queue(maxsize=8))
-    pending: memoryview = field(default_factory=lambda: memoryview(b""))
-    closed: bool = False  # the reader gave up: the writer must stop
-    ended: bool = False
+    __slots__ = ("closed", "ended", "pending", "q")
+
+    def __init__(self) -> None:
+        self.q: queue.Queue[bytes | object] = queue.Queue(maxsize=8)
+        self.pending = memoryview(b"")
+        self.closed = False  # the reader gave up: the writer must stop
+        self.ended = False
 
 
 class ReaderGone(Exception):  # noqa: N818 (control flow between the two ends of a pipe, never escapes)

@@ -25,11 +25,11 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Final
 
 from xstore.errors import InvalidArgumentError, InvalidStorePathError
 from xstore.hashing import NIX32_ALPHABET, HashAlgorithm, encode_nix32, parse_hash
+from xstore.records import FrozenRecord, setfield
 
 __all__ = [
     "HASH_PART_LEN",
@@ -116,8 +116,7 @@ def check_name(name: str) -> None:
         )
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class StorePath:
+class StorePath(FrozenRecord):
     """A valid store path, without its store directory: `hash_part` (32 nix32 characters) and `name`.
 
     Construction validates both and raises `InvalidStorePathError`. Ordering is the ordering of
@@ -127,16 +126,57 @@ class StorePath:
     that tuple order is the order of the base names. Keep the fields in this order.
     """
 
+    __slots__ = ("hash_part", "name")
     hash_part: str
     name: str
 
-    def __post_init__(self) -> None:
-        problem = _hash_part_problem(self.hash_part)
+    def __init__(self, hash_part: str, name: str) -> None:
+        problem = _hash_part_problem(hash_part)
         if problem is not None:
-            raise _invalid(self.base, f"the hash part {problem}")
-        problem = _name_problem(self.name)
+            raise _invalid(f"{hash_part}-{name}", f"the hash part {problem}")
+        problem = _name_problem(name)
         if problem is not None:
-            raise _invalid(self.base, f"the name {problem}")
+            raise _invalid(f"{hash_part}-{name}", f"the name {problem}")
+        setfield(self, "hash_part", hash_part)
+        setfield(self, "name", name)
+
+    @classmethod
+    def _checked(cls, hash_part: str, name: str) -> StorePath:
+        """A store path from parts the caller has validated (`_split_base`): not checked again."""
+        path = object.__new__(cls)
+        setfield(path, "hash_part", hash_part)
+        setfield(path, "name", name)
+        return path
+
+    # Written out rather than the generic `Record` ones: store paths are the keys of every set and
+    # dict of paths.
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not StorePath:
+            return NotImplemented
+        return self.hash_part == other.hash_part and self.name == other.name
+
+    def __hash__(self) -> int:
+        return hash((self.hash_part, self.name))
+
+    def __lt__(self, other: StorePath) -> bool:
+        if type(other) is not StorePath:
+            return NotImplemented
+        return (self.hash_part, self.name) < (other.hash_part, other.name)
+
+    def __le__(self, other: StorePath) -> bool:
+        if type(other) is not StorePath:
+            return NotImplemented
+        return (self.hash_part, self.name) <= (other.hash_part, other.name)
+
+    def __gt__(self, other: StorePath) -> bool:
+        if type(other) is not StorePath:
+            return NotImplemented
+        return (self.hash_part, self.name) > (other.hash_part, other.name)
+
+    def __ge__(self, other: StorePath) -> bool:
+        if type(other) is not StorePath:
+            return NotImplemented
+        return (self.hash_part, self.name) >= (other.hash_part, other.name)
 
     @property
     def base(self) -> str:
@@ -182,7 +222,7 @@ def _split_base(base: str, shown: str | bytes) -> StorePath:
     problem = _name_problem(name)
     if problem is not None:
         raise _invalid(shown, f"the name {problem}")
-    return StorePath(hash_part, name)
+    return StorePath._checked(hash_part, name)
 
 
 def _decode(text: str | bytes) -> str:

@@ -18,24 +18,38 @@ from __future__ import annotations
 
 import os
 import urllib.parse
-from dataclasses import dataclass, field
 from typing import Final
 
 from xstore.errors import InvalidStoreUrlError
+from xstore.records import FrozenRecord, setfield
 
 SCHEMES: Final = ("local", "file", "http", "https", "s3", "ssh", "ssh-ng", "unix", "daemon")
 
 
-@dataclass(frozen=True, slots=True)
-class StoreUrl:
+class StoreUrl(FrozenRecord):
     """A parsed store URL. `scheme` is one of `SCHEMES`; `authority` the host (with user and port) or
     bucket; `path` the local root, cache directory, socket or URL path; `params` the query."""
 
+    __slots__ = ("scheme", "authority", "path", "params", "text")  # noqa: RUF023 (the fields' order)
     scheme: str
-    authority: str = ""
-    path: str = ""
-    params: dict[str, str] = field(default_factory=dict)
-    text: str = ""
+    authority: str
+    path: str
+    params: dict[str, str]
+    text: str
+
+    def __init__(
+        self,
+        scheme: str,
+        authority: str = "",
+        path: str = "",
+        params: dict[str, str] | None = None,
+        text: str = "",
+    ) -> None:
+        setfield(self, "scheme", scheme)
+        setfield(self, "authority", authority)
+        setfield(self, "path", path)
+        setfield(self, "params", {} if params is None else params)
+        setfield(self, "text", text)
 
     @property
     def is_default_local(self) -> bool:

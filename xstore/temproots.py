@@ -31,7 +31,6 @@ import os
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -66,18 +65,20 @@ def socket_address(path: Path) -> tuple[str, int]:
     return f"/proc/self/fd/{fd}/{path.name}", fd
 
 
-@dataclass(slots=True)
 class RootsFile:
     """This process's temporary roots file for one store, shared by its store objects."""
 
-    state_dir: Path
-    pid: int
-    fd: int = -1
-    gc_lock: int = -1
-    sock: socket.socket | None = None
-    users: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    recorded: set[StorePath] = field(default_factory=set)  # in the file already
+    __slots__ = ("fd", "gc_lock", "lock", "pid", "recorded", "sock", "state_dir", "users")
+
+    def __init__(self, state_dir: Path, pid: int) -> None:
+        self.state_dir = state_dir
+        self.pid = pid
+        self.fd = -1
+        self.gc_lock = -1
+        self.sock: socket.socket | None = None
+        self.users = 0
+        self.lock = threading.Lock()
+        self.recorded: set[StorePath] = set()  # in the file already
 
     @property
     def name(self) -> Path:

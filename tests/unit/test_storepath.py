@@ -7,7 +7,6 @@ Nix's (path.cc `StorePath::StorePath`, `checkName`), stricter than 2.8 in a few 
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import pickle
 import re
@@ -325,7 +324,7 @@ def test_error_pickles() -> None:
 
 def test_frozen_hashable_slotted() -> None:
     path = StorePath(H, "x")
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(AttributeError, match="cannot assign"):
         path.name = "y"  # type: ignore[misc]
     assert not hasattr(path, "__dict__")
     assert {path, StorePath(H, "x")} == {path}

@@ -1,7 +1,8 @@
 """Streaming compression and decompression, for every method Nix uses on NARs.
 
-`none`, `xz`, `bzip2` and `gzip` come from the standard library, `zstd` from `pyzstd` (a dependency)
-and `br` from `brotli` (the `cache` extra), each imported only when used. Every codec works on streams
+`none`, `xz`, `bzip2` and `gzip` come from the standard library, `zstd` from the standard library's
+`compression.zstd` (Python 3.14) or its backport `backports.zstd` (a dependency before 3.14), and `br` from
+`brotli` (the `cache` extra), each imported only when used. Every codec works on streams
 of any length in bounded memory: a reader gives out at most what is asked for, however well the input
 compresses (a small hostile input cannot expand into memory), and concatenated streams (several xz
 streams, gzip members or zstd frames, as parallel compressors write them) are read as one.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import os
+import sys
 import zlib
 from collections.abc import Callable
 
@@ -82,13 +84,25 @@ def _need(module: str, method: Method) -> Any:
         ) from None
 
 
+def _zstd() -> Any:
+    """The zstd module: the standard library's from Python 3.14, its backport before. (Not `pyzstd`:
+    since 0.18 it is a layer over the backport that imports `typing_extensions` and with it `inspect`,
+    about 10 ms of every command that reads a zstd NAR.)"""
+    if sys.version_info >= (3, 14):
+        from compression import zstd  # type: ignore[import-not-found,unused-ignore]
+
+        return zstd
+    return _need("backports.zstd", Method.ZSTD)
+
+
 # -- reading -----------------------------------------------------------------------------------------
 
 
 class _IncrementalReader:
-    """xz, bzip2 and gzip through the standard library's incremental decompressors, zstd through
-    pyzstd's, which has the same interface: output bounded per call, restarts for concatenated streams,
-    truncation detected at the end of input."""
+    """xz, bzip2, gzip and zstd through the standard library's incremental decompressors (zstd's backport
+    before Python 3.14), which share one interface: output bounded per call, one stream (xz), member
+    (gzip) or frame (zstd) per decompressor, so concatenated ones restart with a new decompressor on
+    what follows the end, and truncation detected at the end of input."""
 
     def __init__(self, read: Read, method: Method) -> None:
         self._read = read
@@ -109,17 +123,16 @@ class _IncrementalReader:
 
             return bz2.BZ2Decompressor()
         if method is Method.ZSTD:
-            pyzstd = _need("pyzstd", method)
-            self._errors = (*self._errors, pyzstd.ZstdError)
-            return pyzstd.EndlessZstdDecompressor()  # frames one after another, as one stream
+            zstd = _zstd()
+            self._errors = (*self._errors, zstd.ZstdError)
+            return zstd.ZstdDecompressor()
         return zlib.decompressobj(wbits=31)
 
     def __call__(self, n: int) -> bytes:
         gzip = self._method is Method.GZIP
-        zstd = self._method is Method.ZSTD
         while True:
             dec = self._dec
-            if not zstd and dec.eof:
+            if dec.eof:
                 # Everything after the stream's end, whatever was still queued as input (zlib keeps
                 # it in both `unused_data` and `unconsumed_tail`).
                 rest = dec.unused_data
@@ -132,8 +145,6 @@ class _IncrementalReader:
             if not self._in and (gzip or dec.needs_input):
                 self._in = self._read(CHUNK)
                 if not self._in:
-                    if zstd and dec.at_frame_edge:
-                        return b""  # the end, after complete frames
                     raise CompressionError(f"{self._method.value} data ends before its stream does")
             try:
                 out = dec.decompress(self._in, n)
@@ -203,14 +214,15 @@ class Writer:
         elif method is Method.GZIP:
             self._enc = zlib.compressobj(-1 if level is None else level, wbits=31)
         elif method is Method.ZSTD:
-            pyzstd = _need("pyzstd", method)
+            zstd = _zstd()
+            parameter = zstd.CompressionParameter
             options = {
-                pyzstd.CParameter.compressionLevel: 3 if level is None else level,
-                pyzstd.CParameter.checksumFlag: 1,  # corruption shows as an error, not as other bytes
+                parameter.compression_level: 3 if level is None else level,
+                parameter.checksum_flag: 1,  # corruption shows as an error, not as other bytes
             }
             if threads:  # Nix's parallel-compression: zstd's own worker threads
-                options[pyzstd.CParameter.nbWorkers] = os.cpu_count() or 1
-            self._enc = pyzstd.ZstdCompressor(options)
+                options[parameter.nb_workers] = os.cpu_count() or 1
+            self._enc = zstd.ZstdCompressor(options=options)
         elif method is Method.BR:
             brotli = _need("brotli", method)
             self._enc = brotli.Compressor(quality=11 if level is None else level)

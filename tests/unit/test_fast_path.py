@@ -277,3 +277,48 @@ def test_a_run_on_the_fast_path_loads_neither_typer_nor_click(tmp_path: Path) ->
     assert helped.returncode == 0
     assert "--exclude" in helped.stdout
     assert "typer" in helped.stderr.split()
+
+
+def test_store_commands_load_neither_dataclasses_nor_inspect(tmp_path: Path) -> None:
+    """`export`, `import` and `copy` from a zstd binary cache start without `dataclasses` and `inspect`
+    (about 20 ms of every such command, see `xstore.records`), nor the `pyzstd` layer that loads them."""
+    from tests.localstores import add_path, sp
+    from xstore.casehack import CaseHackMode
+    from xstore.store import LocalStore
+
+    with LocalStore.create(tmp_path / "src", case_hack=CaseHackMode.OFF) as store:
+        lib = sp("9a", "lib")
+        add_path(store, lib, {b"lib/": b"", b"lib/libx.so": b"\x7fELF" + bytes(300)})
+        add_path(store, sp("3b", "app"), {b"bin/app": b"#!/bin/sh\n"}, lib)
+    with LocalStore.create(tmp_path / "dst", case_hack=CaseHackMode.OFF):
+        pass
+    probe = (
+        "import sys\n"
+        "from xstore.cli.entry import main\n"
+        "sys.argv = ['xstore', *sys.argv[1:]]\n"
+        "try:\n"
+        "    main()\n"
+        "finally:\n"
+        "    heavy = ('typer', 'click', 'dataclasses', 'inspect', 'pyzstd')\n"
+        "    sys.stderr.write(' '.join(m for m in heavy if m in sys.modules) + '\\n')\n"
+    )
+
+    def run(*argv: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", probe, *argv],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            cwd=tmp_path,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stderr.splitlines()[-1]
+
+    app = sp("3b", "app").path
+    assert run("export", "--store", "./src", "-r", app, "-o", "closure.export") == ""
+    assert run("import", "--store", "./dst", "-i", "closure.export") == ""
+    cache = f"file://{tmp_path / 'cache'}?compression=zstd"
+    assert run("copy", "--from", "./src", "--to", cache, "-r", app) == ""
+    assert run("copy", "--from", cache, "--to", "./dst", "--no-check-sigs", "-r", app) == ""
+    assert (tmp_path / "cache" / "nix-cache-info").is_file()

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Final
 
 from xstore.errors import PathNotFoundError, TrailingDataError, TruncatedError, XstoreError
@@ -22,34 +21,43 @@ from xstore.nar.drive import iter_events
 from xstore.nar.events import ArchiveEnd, DirectoryEnd, DirectoryStart, FileChunk, RegularFile, Symlink
 from xstore.nar.parser import NarParser
 from xstore.nar.rules import show
+from xstore.records import Record
 
 CHUNK: Final = 1 << 20
 
 
-@dataclass(slots=True)
-class RegularNode:
-    size: int
-    executable: bool
-    offset: int
+class RegularNode(Record):
+    __slots__ = ("size", "executable", "offset")  # noqa: RUF023 (the fields' order)
+
+    def __init__(self, size: int, executable: bool, offset: int) -> None:
+        self.size = size
+        self.executable = executable
+        self.offset = offset  # of the contents in the archive
 
 
-@dataclass(slots=True)
-class SymlinkNode:
-    target: bytes
+class SymlinkNode(Record):
+    __slots__ = ("target",)
+
+    def __init__(self, target: bytes) -> None:
+        self.target = target
 
 
-@dataclass(slots=True)
-class DirectoryNode:
-    entries: dict[bytes, Node] = field(default_factory=dict)  # in archive (byte) order
+class DirectoryNode(Record):
+    __slots__ = ("entries",)
+
+    def __init__(self, entries: dict[bytes, Node] | None = None) -> None:
+        self.entries: dict[bytes, Node] = {} if entries is None else entries  # in archive (byte) order
 
 
 Node = RegularNode | SymlinkNode | DirectoryNode
 
 
-@dataclass(slots=True)
-class NarIndex:
-    root: Node
-    nar_size: int
+class NarIndex(Record):
+    __slots__ = ("root", "nar_size")  # noqa: RUF023 (the fields' order)
+
+    def __init__(self, root: Node, nar_size: int) -> None:
+        self.root = root
+        self.nar_size = nar_size
 
     def lookup(self, path: str | bytes) -> Node:
         """The node at `path` ("/", "", "/a/b" or "a/b"). Raises `PathNotFoundError`."""

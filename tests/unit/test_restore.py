@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import stat
+import struct
 from pathlib import Path
 
 import pytest
@@ -75,17 +76,50 @@ def test_restore_then_dump_is_identity(arena: Path) -> None:
     assert os.readlink(arena / "out" / "escape") == "../../../../etc/passwd"
 
 
-def test_modes_ignore_the_umask(arena: Path) -> None:
-    old = os.umask(0o077)
-    try:
-        restore_bytes(arena / "out", SAMPLE, case_hack=CaseHackMode.OFF)
-    finally:
-        os.umask(old)
-    out = arena / "out"
+def assert_exact_modes(out: Path) -> None:
     assert stat.S_IMODE(out.stat().st_mode) == 0o755
     assert stat.S_IMODE((out / "bin").stat().st_mode) == 0o755
     assert stat.S_IMODE((out / "bin" / "tool").stat().st_mode) == 0o755
     assert stat.S_IMODE((out / "share" / "doc").stat().st_mode) == 0o644
+
+
+# 077 and 027 take bits of 0644/0755, so each file's mode is set after its creation; 022, 002 and 000
+# take none, so the modes a file is created with stand (and no fchmod is made).
+@pytest.mark.parametrize("umask", [0o077, 0o027, 0o022, 0o002, 0o000], ids=oct)
+def test_modes_ignore_the_umask(arena: Path, umask: int) -> None:
+    old = os.umask(umask)
+    try:
+        restore_bytes(arena / "out", SAMPLE, case_hack=CaseHackMode.OFF)
+    finally:
+        os.umask(old)
+    assert_exact_modes(arena / "out")
+
+
+def posix_acl(*entries: tuple[int, int]) -> bytes:
+    """A POSIX ACL as the kernel stores it in `system.posix_acl_*` (version 2, then per entry: tag,
+    permissions, id), for the entries that take no id."""
+    no_id = 0xFFFFFFFF
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", tag, perm, no_id) for tag, perm in entries)
+
+
+def test_modes_ignore_a_default_acl(arena: Path) -> None:
+    # A default ACL stands in for the umask in the directory that has one (and those made in it): here
+    # group and others may only read (user::rwx, group::r--, other::r--), which would make 0755 0744.
+    user_obj, group_obj, other = 0x01, 0x04, 0x20
+    parent = arena / "acl"
+    parent.mkdir()
+    try:
+        os.setxattr(parent, "system.posix_acl_default", posix_acl((user_obj, 7), (group_obj, 4), (other, 4)))
+    except OSError as e:
+        pytest.skip(f"this filesystem keeps no POSIX ACLs ({e.strerror})")
+    (parent / "probe").mkdir()
+    assert stat.S_IMODE((parent / "probe").stat().st_mode) == 0o744  # the ACL applies
+    old = os.umask(0o022)
+    try:
+        restore_bytes(parent / "out", SAMPLE, case_hack=CaseHackMode.OFF)
+    finally:
+        os.umask(old)
+    assert_exact_modes(parent / "out")
 
 
 @pytest.mark.parametrize(

@@ -141,6 +141,7 @@ class TreeWriter:
             self._staging = b""
             self._staging_fd = -1
             self._root_fd, self._root_name = self._parent_fd, self._name
+            self._fix_modes = not canonical and not _creation_keeps_modes(self._root_fd)
             self._set_mode(case_hack, fold, parent)
             return
         with contextlib.suppress(OSError):
@@ -164,6 +165,7 @@ class TreeWriter:
                 f"cannot create a staging directory in '{os.fsdecode(parent)}': {e.strerror}"
             ) from e
         self._root_fd, self._root_name = self._staging_fd, _ROOT_NAME
+        self._fix_modes = not canonical and not _creation_keeps_modes(self._root_fd)
         try:
             self._set_mode(case_hack, fold, self._staging_path())
         except BaseException:
@@ -193,7 +195,7 @@ class TreeWriter:
             fd = self._create(lambda: os.open(name, _NEW_FILE_FLAGS, mode, dir_fd=where.fd), where, name)
             self._file_fd = fd
             self._file_mode = mode
-            if not self._canonical:
+            if self._fix_modes:
                 os.fchmod(fd, mode)
             self._file_size = event.size
             self._written = 0
@@ -387,6 +389,29 @@ class TreeWriter:
 
     def result(self, nar_size: int) -> RestoreResult:
         return RestoreResult(nar_size, self.case_hack, self.fold, self._renamed, self.probed)
+
+
+def _creation_keeps_modes(dir_fd: int) -> bool:
+    """Whether a file created in the directory `dir_fd` with mode 0644 or 0755 gets exactly that mode:
+    the process's umask takes none of those bits (022 and 002 take none), and the directory has no
+    default ACL (which would mask the mode in the umask's place). When unsure (no /proc, an error), no:
+    each file's mode is then set after its creation, one `fchmod` per file (8,000 for /usr/include).
+    Read once per restore: the umask is process-wide, and a restore's directories inherit the ACL of
+    the directory it starts in."""
+    try:
+        with open("/proc/self/status", "rb") as status:
+            text = status.read()
+        start = text.index(b"\nUmask:") + len(b"\nUmask:")
+        umask = int(text[start : text.index(b"\n", start)].strip(), 8)
+    except (OSError, ValueError):
+        return False
+    if umask & 0o755:
+        return False
+    try:
+        os.getxattr(dir_fd, "system.posix_acl_default")
+    except OSError as e:
+        return e.errno in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP)
+    return False  # a default ACL
 
 
 def _remove_entry(dir_fd: int, name: bytes) -> None:

@@ -114,10 +114,12 @@ class ExportParser:
 
     Raises `ExportStreamError` for framing outside the NARs, `NarError` inside them (offsets there are
     relative to the NAR), `InvalidStorePathError`-derived `ExportStreamError`s for bad paths. The
-    parser holds no resources: abandoning it needs no cleanup.
+    parser holds no resources: abandoning it needs no cleanup. `whole_files` is passed to the NARs'
+    parsers (`NarParser`): small files as single `WholeFile` events.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, whole_files: bool = False) -> None:
+        self._whole_files = whole_files
         self._buf = WireBuffer(error=ExportStreamError, where="export stream")
         self._state = _State.MARKER
         self._nar: NarParser | None = None
@@ -183,7 +185,7 @@ class ExportParser:
         self._start = at
         self._nar_start = buf.offset
         self._hasher = hashlib.sha256()
-        nar = self._nar = NarParser(hasher=self._hasher)
+        nar = self._nar = NarParser(hasher=self._hasher, whole_files=self._whole_files)
         self._state = _State.NAR
         rest = buf.take_buffered()
         if rest:

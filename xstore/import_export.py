@@ -96,7 +96,7 @@ def import_stream(
     megabyte. Raises `ExportStreamError`, `NarError`, `InvalidPathError`, `HashMismatchError`,
     `RestoreError` (a full disk, for one).
     """
-    parser = ExportParser()
+    parser = ExportParser(whole_files=True)  # the events go to a tree writer
     results: list[ImportResult] = []
     adder: PathAdder | None = None
     last = 0

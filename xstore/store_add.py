@@ -154,7 +154,7 @@ def add_nar(store: LocalStore, info: PathInfo, read: Read, *, check_sigs: bool =
     `check_sigs`, a path that is not valid yet must be trusted (`signing.require_trusted`) before a byte
     of its NAR is read."""
     hasher = hashlib.sha256()
-    parser = NarParser(hasher=hasher)
+    parser = NarParser(hasher=hasher, whole_files=True)
     limit = info.nar_size or None
     store.add_temp_root(info.path)  # whether added now or valid already, a collection must keep it
     if store.is_valid(info.path):

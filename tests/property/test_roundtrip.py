@@ -12,6 +12,7 @@ by all examples of a Hypothesis test.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
 import tempfile
@@ -40,8 +41,8 @@ from tests.strategies import (
 from xstore.casehack import CaseHackMode
 from xstore.errors import NarError, TrailingDataError, TruncatedError
 from xstore.nar.dump import dump_path
-from xstore.nar.events import NEED_DATA, ArchiveEnd, Event, FileChunk, RegularFile
-from xstore.nar.parser import NarParser
+from xstore.nar.events import NEED_DATA, ArchiveEnd, Event, FileChunk, FileEnd, RegularFile, WholeFile
+from xstore.nar.parser import WHOLE_FILE_MAX, NarParser
 from xstore.nar.restore import restore_path
 from xstore.nar.rules import name_problem, target_problem
 
@@ -234,6 +235,14 @@ def test_damaged_archive_gets_the_same_verdict_whole_and_byte_by_byte(
     """The parser reads a whole buffered entry header in one step and everything else token by token;
     fed byte by byte it never has a whole header. Both must give the same events and the same error
     (type, message, offset) for any archive, valid or not."""
+    blob = damaged(blob, data)
+    whole = verdict([blob])
+    assert verdict(blob[i : i + 1] for i in range(len(blob))) == whole
+    assert verdict(draw_chunks(data, blob)) == whole
+
+
+def damaged(blob: bytes, data: st.DataObject) -> bytes:
+    """`blob` with up to three bytes overwritten or runs of bytes cut out."""
     archive = bytearray(blob)
     for _ in range(data.draw(st.integers(0, 3), label="damages")):
         at = data.draw(st.integers(0, len(archive) - 1), label="at")
@@ -243,10 +252,80 @@ def test_damaged_archive_gets_the_same_verdict_whole_and_byte_by_byte(
             del archive[at : at + data.draw(st.integers(1, 16), label="cut")]
             if not archive:
                 break
-    blob = bytes(archive)
-    whole = verdict([blob])
-    assert verdict(blob[i : i + 1] for i in range(len(blob))) == whole
-    assert verdict(draw_chunks(data, blob)) == whole
+    return bytes(archive)
+
+
+def expanded(events: Iterable[Event]) -> list[Event]:
+    """Each `WholeFile` as the single steps give it (`RegularFile`, its contents unless empty, `FileEnd`),
+    and each file's `FileChunk`s merged into one: what stays the same with and without whole files,
+    offsets included."""
+    out: list[Event] = []
+    for event in events:
+        if isinstance(event, WholeFile):
+            out.append(RegularFile(event.path, event.executable, event.size, event.contents_offset))
+            if event.data:
+                out.append(FileChunk(event.data))
+            out.append(FileEnd(event.path))
+        elif isinstance(event, FileChunk) and out and isinstance(out[-1], FileChunk):
+            out[-1] = FileChunk(out[-1].data + event.data)
+        else:
+            out.append(event)
+    return out
+
+
+def whole_files_verdict(chunks: list[bytes], whole_files: bool) -> tuple[list[Event], str, bytes, int]:
+    """The events (`expanded`), the end (`ok` or the error with its offset), the hash of what the parser
+    consumed and how many `WholeFile`s it gave."""
+    hasher = hashlib.sha256()
+    events: list[Event] = []
+    try:
+        parse_chunks(chunks, NarParser(hasher=hasher, whole_files=whole_files), events)
+        end = "ok"
+    except NarError as e:
+        end = f"{type(e).__name__}: {e} @ {e.offset}"
+    wholes = sum(isinstance(e, WholeFile) for e in events)
+    return expanded(events), end, hasher.digest(), wholes
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(hostile_archives(), st.data())
+def test_whole_files_are_the_single_steps_in_one(blob: bytes, data: st.DataObject) -> None:
+    """A parser asked for whole files gives, for any archive damaged or not and any chunking, the events
+    of one that is not (each `WholeFile` standing for a file's `RegularFile`, contents and `FileEnd`,
+    at the same offsets), the same error at the same offset, and hashes the same bytes."""
+    blob = damaged(blob, data)
+    for chunks in ([blob], draw_chunks(data, blob)):
+        *plain, wholes = whole_files_verdict(chunks, whole_files=False)
+        *whole, _ = whole_files_verdict(chunks, whole_files=True)
+        assert whole == plain
+        assert wholes == 0
+
+
+def test_whole_files_only_for_small_files_buffered_to_their_end() -> None:
+    big = b"x" * (WHOLE_FILE_MAX + 1)
+    blob = narbuild.archive(
+        narbuild.directory(
+            (b"a", narbuild.regular(b"")),
+            (b"b", narbuild.regular(b"hello", executable=True)),
+            (b"c", narbuild.regular(big)),
+            (b"d", narbuild.directory((b"e", narbuild.regular(b"y" * WHOLE_FILE_MAX)))),
+        )
+    )
+    events, _ = parse_chunks([blob], NarParser(whole_files=True))
+    wholes = [e for e in events if isinstance(e, WholeFile)]
+    assert [(e.path, e.data, e.executable) for e in wholes] == [
+        ((b"a",), b"", False),
+        ((b"b",), b"hello", True),
+        ((b"d", b"e"), b"y" * WHOLE_FILE_MAX, False),
+    ]
+    assert [e.path for e in events if type(e) is RegularFile] == [(b"c",)]
+    # A file that is the archive's root is never whole (its node closes the archive, not an entry), nor
+    # one whose end is not buffered yet.
+    single = narbuild.archive(narbuild.regular(b"hello"))
+    assert not any(isinstance(e, WholeFile) for e in parse_chunks([single], NarParser(whole_files=True))[0])
+    cut = blob.index(b"hello") + 2
+    events, _ = parse_chunks([blob[:cut], blob[cut:]], NarParser(whole_files=True))
+    assert [e.path for e in events if isinstance(e, WholeFile)] == [(b"a",), (b"d", b"e")]
 
 
 @IN_MEMORY

@@ -2,8 +2,9 @@
 
 A NAR is a tree walked depth first, entries of a directory in strictly increasing byte order. Each node
 is announced by one event carrying its path inside the archive (a tuple of byte components, `()` for the
-root). A regular file is `RegularFile`, then its contents as any number of `FileChunk`s, then `FileEnd`.
-A directory is `DirectoryStart`, its entries, `DirectoryEnd`. The archive closes with `ArchiveEnd`.
+root). A regular file is `RegularFile`, then its contents as any number of `FileChunk`s, then `FileEnd`
+(or, from a parser asked for them, a small one can be a single `WholeFile`). A directory is
+`DirectoryStart`, its entries, `DirectoryEnd`. The archive closes with `ArchiveEnd`.
 
 The events are `records.Record`s, not dataclasses: every command that reads an archive imports them
 (see `records.py` on start-up).
@@ -30,6 +31,7 @@ __all__ = [
     "RegularFile",
     "Signal",
     "Symlink",
+    "WholeFile",
 ]
 
 
@@ -61,6 +63,21 @@ class RegularFile(Record):
         self.executable: Final = executable
         self.size: Final = size
         self.contents_offset: Final = contents_offset
+
+
+class WholeFile(RegularFile):
+    """A regular file whole, header and `data` (its contents) in one event, instead of `RegularFile`,
+    `FileChunk`s and `FileEnd`. Only a parser asked for them (`NarParser(whole_files=True)`) makes these,
+    for small files whose bytes up to their node's end it holds already; a consumer that asks handles a
+    file in one step instead of three."""
+
+    __slots__ = ("data",)
+
+    def __init__(
+        self, path: tuple[bytes, ...], executable: bool, size: int, contents_offset: int, data: bytes
+    ) -> None:
+        super().__init__(path, executable, size, contents_offset)
+        self.data: Final = data
 
 
 class FileChunk(Record):

@@ -32,6 +32,7 @@ from xstore.nar.events import (
     FileEnd,
     RegularFile,
     Symlink,
+    WholeFile,
 )
 from xstore.nar.rules import NAR_MAGIC, name_problem, show, target_problem
 from xstore.wire import (
@@ -52,6 +53,9 @@ if TYPE_CHECKING:
 
 # Upper bound on one FileChunk's size when contents come out of the buffer (not when passed through).
 MAX_CHUNK: Final = 1 << 20
+# The largest file a parser with `whole_files` gives as one `WholeFile` (below `drive.BYPASS_MIN`, from
+# which a restore has the kernel move contents instead).
+WHOLE_FILE_MAX: Final = 256 << 10
 
 
 if TYPE_CHECKING:
@@ -107,10 +111,16 @@ class NarParser:
     With a `hasher` (anything with `update(bytes)`, such as `hashlib.sha256()`), exactly the archive's
     bytes go into it as they are consumed, never the bytes after the end: once `ArchiveEnd` has been
     returned, the hasher holds the NAR hash. Hashing and `skip_contents` exclude each other.
+
+    With `whole_files`, a file of at most `WHOLE_FILE_MAX` bytes inside a directory whose bytes up to the
+    end of its entry are all buffered is one `WholeFile` event instead of `RegularFile`, `FileChunk` and
+    `FileEnd`; anything else (a file not yet buffered whole, bad padding, a missing close) is read in
+    single steps as always, which say exactly what is wrong.
     """
 
-    def __init__(self, *, hasher: _Hasher | None = None) -> None:
+    def __init__(self, *, hasher: _Hasher | None = None, whole_files: bool = False) -> None:
         self._hasher = hasher
+        self._whole_files = whole_files
         self._hashed = 0  # self._buf[:self._hashed] has gone into the hasher
         self._buf = b""
         self._pos = 0
@@ -461,12 +471,31 @@ class NarParser:
             if len(buf) - size_at < 8:
                 return None
             (size,) = U64.unpack_from(buf, size_at)
-            self._pos = size_at + 8
+            start = size_at + 8
+            if self._whole_files and size <= WHOLE_FILE_MAX:
+                # The contents, their padding and the `) )` closing the file's node and entry.
+                end = start + size
+                pad = -size & 7
+                closed = end + pad + _CLOSE_CLOSE_LEN
+                if (
+                    len(buf) >= closed
+                    and buf[end : end + pad] == ZEROS[:pad]
+                    and buf.startswith(tokens.CLOSE_CLOSE, end + pad)
+                ):
+                    self._pos = closed
+                    self._token_offset = self._base + end + pad + _CLOSE_LEN
+                    self._size = size
+                    self._remaining = 0
+                    self._state = _State.DIRECTORY_TAG
+                    frame.prev_name = name
+                    self._path = frame.path
+                    return WholeFile(path, executable, size, self._base + start, buf[start:end])
+            self._pos = start
             self._executable = executable
             self._is_file = True
             self._size = self._remaining = size
             self._state = _State.CONTENTS
-            event = RegularFile(path, executable, size, self._base + size_at + 8)
+            event = RegularFile(path, executable, size, self._base + start)
         elif buf.startswith(tokens.DIRECTORY, kind):
             self._pos = kind + _DIRECTORY_LEN
             self._stack.append(_Frame(path))

@@ -144,10 +144,9 @@ class _Dumper:
         elif stat.S_ISREG(st.st_mode):
             fd = os.open(root, _FILE_FLAGS)
             try:
-                self.regular(fd, ())
+                self.regular(fd, (), b"", tokens.CLOSE)
             finally:
                 os.close(fd)
-            self.emit(tokens.CLOSE)
         elif stat.S_ISDIR(st.st_mode):
             fd = os.open(root, _DIR_FLAGS)
             try:
@@ -157,8 +156,10 @@ class _Dumper:
         else:
             raise DumpError(f"file '{os.fsdecode(root)}' has an unsupported type ({_kind(st.st_mode)})")
 
-    def regular(self, fd: int, path: tuple[bytes, ...]) -> None:
-        """Everything of a regular file from "(" to its padding (the caller closes the node)."""
+    def regular(self, fd: int, path: tuple[bytes, ...], head: bytes, tail: bytes) -> None:
+        """A regular file's node after its "type" tag, between `head` (what comes before, written
+        first) and `tail` (what closes the node, written after its padding): a small file is then one
+        piece for the sink, not three."""
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise DumpError(f"'{_show(self.root, path)}' changed type while being dumped")
@@ -171,14 +172,15 @@ class _Dumper:
             # refuses it).
             data = os.read(fd, size + 1)
             if len(data) == size:
-                self.emit(b"".join((header, U64.pack(size), data, ZEROS[: -size & 7])))
+                self.emit(b"".join((head, header, U64.pack(size), data, ZEROS[: -size & 7], tail)))
                 return
         elif self.kernel_fd is not None and size >= KERNEL_COPY_MIN:
-            self._copy_in_kernel(fd, path, header, size)
+            self._copy_in_kernel(fd, path, head + header, size)
+            self.emit(tail)
             return
         else:
             data = os.read(fd, self.chunk_size)
-        self.emit(header + U64.pack(size))
+        self.emit(head + header + U64.pack(size))
         while True:
             if not data:
                 raise DumpError(
@@ -194,7 +196,7 @@ class _Dumper:
             data = os.read(fd, min(left, self.chunk_size))
         if os.read(fd, 1):
             self._grew(path, size)
-        self.emit(ZEROS[: -size & 7])
+        self.emit(ZEROS[: -size & 7] + tail)
 
     def _copy_in_kernel(self, fd: int, path: tuple[bytes, ...], header: bytes, size: int) -> None:
         """A large file's contents straight from its descriptor to the output's (`fsops.copy_range`),
@@ -230,11 +232,15 @@ class _Dumper:
                     f"(at most {NAR_MAX_DEPTH - 1} levels)"
                 )
             entry = entries[disk_name]
-            self.emit(tokens.ENTRY_NAME + encode_strings(nar_name) + tokens.NODE_OPEN_TYPE)
+            size = len(nar_name)
+            head = b"".join(
+                (tokens.ENTRY_NAME, U64.pack(size), nar_name, ZEROS[: -size & 7], tokens.NODE_OPEN_TYPE)
+            )
             if entry.is_symlink():
                 target = os.readlink(disk_name, dir_fd=fd)
-                self.emit(tokens.SYMLINK_TARGET + encode_strings(target) + tokens.CLOSE_CLOSE)
+                self.emit(head + tokens.SYMLINK_TARGET + encode_strings(target) + tokens.CLOSE_CLOSE)
             elif entry.is_dir(follow_symlinks=False):
+                self.emit(head)
                 sub = os.open(disk_name, _DIR_FLAGS, dir_fd=fd)
                 try:
                     self.directory(sub, child)
@@ -249,10 +255,9 @@ class _Dumper:
                         raise DumpError(f"'{_show(self.root, child)}' changed type while being dumped") from e
                     raise
                 try:
-                    self.regular(sub, child)
+                    self.regular(sub, child, head, tokens.CLOSE_CLOSE)
                 finally:
                     os.close(sub)
-                self.emit(tokens.CLOSE_CLOSE)
             else:
                 mode = entry.stat(follow_symlinks=False).st_mode
                 raise DumpError(f"file '{_show(self.root, child)}' has an unsupported type ({_kind(mode)})")

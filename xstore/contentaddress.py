@@ -16,13 +16,12 @@ signature. Everything here is pure computation.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from xstore.errors import InvalidArgumentError, InvalidHashError, NarInfoError
 from xstore.hashing import HashAlgorithm, parse_hash
 from xstore.records import FrozenRecord, setfield
 from xstore.storepath import make_fixed_output_path, make_source_path, make_text_path
 
+TYPE_CHECKING = False  # not `from typing import`: the store commands run without loading typing
 if TYPE_CHECKING:
     from xstore.storeapi import PathInfo
     from xstore.storepath import StorePath

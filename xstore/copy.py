@@ -16,11 +16,14 @@ Nix: store-api.cc (`copyPaths`, `copyStorePath`).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from typing import Final
 
 from xstore.records import FrozenRecord, setfield
 from xstore.storeapi import PathInfo, Read, Sink, Store, pipe_nar, topo_sort
 from xstore.storepath import StorePath
+
+TYPE_CHECKING = False  # not `from typing import`: the store commands run without loading typing
+if TYPE_CHECKING:
+    from typing import Final
 
 _SMALL_NAR: Final = 4 << 20  # from a binary cache, read without a thread up to this size
 _WHOLE_NAR: Final = 1 << 20  # from other stores, taken whole without a thread up to this size

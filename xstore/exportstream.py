@@ -18,7 +18,6 @@ from __future__ import annotations
 import enum
 import hashlib
 from collections.abc import Iterable
-from typing import Final
 
 from xstore.errors import ExportStreamError, InvalidStorePathError
 from xstore.nar.events import ArchiveEnd, Event
@@ -27,6 +26,10 @@ from xstore.nar.rules import show
 from xstore.records import FrozenRecord, setfield
 from xstore.storepath import HASH_PART_LEN, MAX_NAME_LEN, STORE_DIR, StorePath, parse_store_path
 from xstore.wire import NEED_DATA, Signal, WireBuffer, encode_strings, encode_u64
+
+TYPE_CHECKING = False  # not `from typing import`: the store commands run without loading typing
+if TYPE_CHECKING:
+    from typing import Final
 
 EXPORT_MAGIC: Final = 0x4558494E
 PATH_MARKER: Final = encode_u64(1)

@@ -68,6 +68,14 @@ def remove_tree(real_path: bytes) -> None:
         return
     if stat.S_ISDIR(st.st_mode):
         make_writable(real_path)
+        try:
+            os.rmdir(real_path)  # the common case at the end of a command: an empty scratch directory
+            return
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
         import shutil  # not at start-up: it imports bz2 and lzma
 
         shutil.rmtree(real_path)

@@ -25,7 +25,6 @@ import base64
 import binascii
 import enum
 import hashlib
-from typing import NamedTuple
 
 from xstore.errors import InvalidHashError
 
@@ -102,11 +101,28 @@ class HashFormat(enum.StrEnum):
             ) from None
 
 
-class ParsedHash(NamedTuple):
-    """An algorithm and a digest of exactly its size (unpacks as `(algorithm, digest)`)."""
+class ParsedHash(tuple[HashAlgorithm, bytes]):
+    """An algorithm and a digest of exactly its size (unpacks as `(algorithm, digest)`). A tuple, as a
+    `typing.NamedTuple` would be, written out: `typing` is not loaded by the commands that need this."""
 
-    algorithm: HashAlgorithm
-    digest: bytes
+    __slots__ = ()
+
+    def __new__(cls, algorithm: HashAlgorithm, digest: bytes) -> ParsedHash:
+        return tuple.__new__(cls, (algorithm, digest))
+
+    @property
+    def algorithm(self) -> HashAlgorithm:
+        return self[0]
+
+    @property
+    def digest(self) -> bytes:
+        return self[1]
+
+    def __repr__(self) -> str:
+        return f"ParsedHash(algorithm={self[0]!r}, digest={self[1]!r})"
+
+    def __getnewargs__(self) -> tuple[HashAlgorithm, bytes]:  # copies and pickles
+        return (self[0], self[1])
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -14,15 +14,19 @@ the path being imported; paths completed before it stay valid.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Final
 
 from xstore.exportstream import PATH_MARKER, STREAM_END, ExportParser, PathEnd, PathStart, StreamEnd, trailer
 from xstore.nar.events import NEED_DATA, Event
 from xstore.records import FrozenRecord, setfield
-from xstore.store import LocalStore
-from xstore.store_add import PathAdder
 from xstore.storeapi import PathInfo, Read, Sink, Store, topo_sort
 from xstore.storepath import StorePath
+
+TYPE_CHECKING = False  # not `from typing import`: an export loads neither typing nor the import side
+if TYPE_CHECKING:
+    from typing import Final
+
+    from xstore.store import LocalStore
+    from xstore.store_add import PathAdder
 
 CHUNK: Final = 1 << 20
 
@@ -96,6 +100,8 @@ def import_stream(
     megabyte. Raises `ExportStreamError`, `NarError`, `InvalidPathError`, `HashMismatchError`,
     `RestoreError` (a full disk, for one).
     """
+    from xstore.store_add import PathAdder
+
     parser = ExportParser(whole_files=True)  # the events go to a tree writer
     results: list[ImportResult] = []
     adder: PathAdder | None = None

@@ -20,14 +20,16 @@ Nix: nar-info.cc (`NarInfo::NarInfo`, `NarInfo::to_string`), binary-cache-store.
 
 from __future__ import annotations
 
-from typing import Final
-
 from xstore.contentaddress import parse_content_address
 from xstore.errors import InvalidHashError, InvalidStorePathError, NarInfoError, StoreError
 from xstore.hashing import HashAlgorithm, HashFormat, ParsedHash, format_digest, parse_hash
 from xstore.records import FrozenRecord, setfield
 from xstore.storeapi import PathInfo
 from xstore.storepath import STORE_DIR, StorePath, parse_base_name, parse_store_path
+
+TYPE_CHECKING = False  # not `from typing import`: the store commands run without loading typing
+if TYPE_CHECKING:
+    from typing import Final
 
 CACHE_INFO_FILE: Final = "nix-cache-info"
 NARINFO_SUFFIX: Final = ".narinfo"

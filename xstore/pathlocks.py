@@ -37,9 +37,12 @@ import struct
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Final
 
 from xstore.notices import notice
+
+TYPE_CHECKING = False  # not `from typing import`: the store commands run without loading typing
+if TYPE_CHECKING:
+    from typing import Final
 
 _MAX_STALE_RETRIES: Final = 100  # each retry means the previous owner released; never a spin
 

@@ -22,12 +22,14 @@ import base64
 import binascii
 import functools
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Final
 
 from xstore.errors import SigningKeyError, UnsupportedError
 from xstore.records import FrozenRecord, setfield
 
+TYPE_CHECKING = False  # not `from typing import`: the store commands run without loading typing
 if TYPE_CHECKING:
+    from typing import Any, Final
+
     from xstore.storeapi import PathInfo
 
 SECRET_KEY_BYTES: Final = 64

@@ -35,7 +35,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 
 from xstore.casehack import CaseHackMode, Fold, probe, probe_read_only
 from xstore.errors import HashMismatchError, InputError, InvalidPathError, InvalidStorePathError, StoreError
@@ -140,8 +139,12 @@ def default_store_root() -> Path:
     return base / "xstore" / "store"
 
 
-P = ParamSpec("P")
-R = TypeVar("R")
+TYPE_CHECKING = False  # not `from typing import`: the store commands run without loading typing
+if TYPE_CHECKING:
+    from typing import Any, Concatenate, Final, ParamSpec, TypeVar
+
+    P = ParamSpec("P")
+    R = TypeVar("R")
 
 
 def _is_busy(e: sqlite3.Error) -> bool:

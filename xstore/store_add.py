@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-from typing import TYPE_CHECKING
 
 from xstore.casehack import CaseHackMode
 from xstore.errors import HashMismatchError, InvalidPathError, TrailingDataError
@@ -39,6 +38,7 @@ from xstore.nar.parser import NarParser
 from xstore.nar.restore import TreeWriter
 from xstore.storeapi import PathInfo, Read
 
+TYPE_CHECKING = False  # not `from typing import`: the store commands run without loading typing
 if TYPE_CHECKING:
     from xstore.store import LocalStore
 

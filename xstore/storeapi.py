@@ -21,7 +21,6 @@ import abc
 import queue
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Final, TypeVar
 
 from xstore.errors import InvalidPathError, StoreError, XstoreError
 from xstore.hashing import HashAlgorithm, HashFormat, format_digest
@@ -31,8 +30,13 @@ from xstore.storepath import STORE_DIR, StorePath, signature_fingerprint
 Read = Callable[[int], bytes]
 Sink = Callable[[bytes], object]
 
+TYPE_CHECKING = False  # not `from typing import`: the store commands run without loading typing
+if TYPE_CHECKING:
+    from typing import Any, Final, TypeVar
+
+    T = TypeVar("T")
+
 _QUERY_BATCH: Final = 500
-T = TypeVar("T")
 
 
 class PathInfo(FrozenRecord):

@@ -25,11 +25,14 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable
-from typing import Final
 
 from xstore.errors import InvalidArgumentError, InvalidStorePathError
 from xstore.hashing import NIX32_ALPHABET, HashAlgorithm, encode_nix32, parse_hash
 from xstore.records import FrozenRecord, setfield
+
+TYPE_CHECKING = False  # not `from typing import`: the store commands run without loading typing
+if TYPE_CHECKING:
+    from typing import Final
 
 __all__ = [
     "HASH_PART_LEN",

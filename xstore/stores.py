@@ -17,13 +17,16 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Final
 
 from xstore.casehack import CaseHackMode, Fold
 from xstore.errors import InvalidStorePathError, InvalidStoreUrlError, UnsupportedError
 from xstore.storeapi import Store
 from xstore.storepath import STORE_DIR, StorePath, parse_base_name, parse_store_path
 from xstore.storeurl import StoreUrl, parse_store_url
+
+TYPE_CHECKING = False  # not `from typing import`: the store commands run without loading typing
+if TYPE_CHECKING:
+    from typing import Final
 
 _MAX_LINKS: Final = 40  # as the kernel's limit on symlinks followed in one lookup
 

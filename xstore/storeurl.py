@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import os
 import urllib.parse
-from typing import Final
 
 from xstore.errors import InvalidStoreUrlError
 from xstore.records import FrozenRecord, setfield
+
+TYPE_CHECKING = False  # not `from typing import`: the store commands run without loading typing
+if TYPE_CHECKING:
+    from typing import Final
 
 SCHEMES: Final = ("local", "file", "http", "https", "s3", "ssh", "ssh-ng", "unix", "daemon")
 

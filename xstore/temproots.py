@@ -32,13 +32,14 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
 
 from xstore.errors import StoreError
 from xstore.storepath import StorePath
 
+TYPE_CHECKING = False  # not `from typing import`: the store commands run without loading typing
 if TYPE_CHECKING:
     import socket
+    from typing import Final
 
 TEMP_ROOTS_DIR: Final = "temproots"
 GC_LOCK: Final = "gc.lock"

@@ -281,7 +281,8 @@ def test_a_run_on_the_fast_path_loads_neither_typer_nor_click(tmp_path: Path) ->
 
 def test_store_commands_load_neither_dataclasses_nor_inspect(tmp_path: Path) -> None:
     """`export`, `import` and `copy` from a zstd binary cache start without `dataclasses` and `inspect`
-    (about 20 ms of every such command, see `xstore.records`), nor the `pyzstd` layer that loads them."""
+    (about 20 ms of every such command, see `xstore.records`), the `pyzstd` layer that loads them, or
+    `typing`; nor do they load `shutil` (bz2, lzma) to remove an empty scratch directory."""
     from tests.localstores import add_path, sp
     from xstore.casehack import CaseHackMode
     from xstore.store import LocalStore
@@ -299,7 +300,7 @@ def test_store_commands_load_neither_dataclasses_nor_inspect(tmp_path: Path) -> 
         "try:\n"
         "    main()\n"
         "finally:\n"
-        "    heavy = ('typer', 'click', 'dataclasses', 'inspect', 'pyzstd')\n"
+        "    heavy = ('typer', 'click', 'dataclasses', 'inspect', 'pyzstd', 'typing', 'shutil')\n"
         "    sys.stderr.write(' '.join(m for m in heavy if m in sys.modules) + '\\n')\n"
     )
 

@@ -33,7 +33,6 @@ import io
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from typing import IO, TYPE_CHECKING, Any, Final
 
 from xstore.compression import CHUNK, Method, open_reader, open_writer
 from xstore.errors import (
@@ -61,8 +60,10 @@ from xstore.storeapi import PathInfo, Read, Sink, Store
 from xstore.storepath import STORE_DIR, StorePath
 from xstore.storeurl import StoreUrl
 
+TYPE_CHECKING = False  # not `from typing import`: the store commands run without loading typing
 if TYPE_CHECKING:
     import concurrent.futures
+    from typing import IO, Any, Final
 
 # Small files (narinfos, nix-cache-info, listings) are read whole, up to this size.
 MAX_SMALL_FILE: Final = 64 << 20

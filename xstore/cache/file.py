@@ -16,12 +16,15 @@ import itertools
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Final
 
 from xstore.cache.base import MAX_SMALL_FILE, Backend, BinaryCacheStore, Upload, relative_name
 from xstore.errors import BinaryCacheError
 from xstore.storeapi import Read
 from xstore.storeurl import StoreUrl
+
+TYPE_CHECKING = False  # not `from typing import`: the store commands run without loading typing
+if TYPE_CHECKING:
+    from typing import IO, Final
 
 _COUNTER: Final = itertools.count()
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterator
-from typing import Any, BinaryIO, Final
 
 from xstore.errors import PathNotFoundError, TrailingDataError, TruncatedError, XstoreError
 from xstore.nar.drive import iter_events
@@ -22,6 +21,10 @@ from xstore.nar.events import ArchiveEnd, DirectoryEnd, DirectoryStart, FileChun
 from xstore.nar.parser import NarParser
 from xstore.nar.rules import show
 from xstore.records import Record
+
+TYPE_CHECKING = False  # not `from typing import`: the store commands run without loading typing
+if TYPE_CHECKING:
+    from typing import Any, BinaryIO, Final
 
 CHUNK: Final = 1 << 20
 

@@ -20,6 +20,7 @@ import fnmatch
 import os
 import re
 import stat
+import sys
 from collections.abc import Callable, Sequence
 
 from xstore.casehack import unhack_entries
@@ -40,6 +41,9 @@ _FILE_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 PathArg = str | bytes | os.PathLike[str] | os.PathLike[bytes]
+
+_FS_ENCODING: Final = sys.getfilesystemencoding()
+_FS_ERRORS: Final = sys.getfilesystemencodeerrors()
 
 
 def _kind(mode: int) -> str:
@@ -121,7 +125,7 @@ class _Dumper:
         self.root = root
         self.out = out
         self.case_hack = case_hack
-        self.excluder = excluder
+        self.excluder = excluder if excluder else None  # None: nothing to exclude, not even a test
         self.chunk_size = chunk_size
         self.kernel_fd = kernel_fd
         self.progress = progress
@@ -219,14 +223,17 @@ class _Dumper:
 
     def directory(self, fd: int, path: tuple[bytes, ...]) -> None:
         self.emit(tokens.DIRECTORY)
+        encoding, errors = _FS_ENCODING, _FS_ERRORS
         with os.scandir(fd) as it:
-            entries = {os.fsencode(e.name): e for e in it}
+            entries = {e.name.encode(encoding, errors): e for e in it}  # os.fsencode, without the call
         where = b"/".join((self.root, *path))
+        excluder = self.excluder
+        too_deep = len(path) + 1 >= NAR_MAX_DEPTH
         for nar_name, disk_name in unhack_entries(entries, hack=self.case_hack, where=where):
             child = (*path, nar_name)
-            if self.excluder and self.excluder.excluded(child):
+            if excluder is not None and excluder.excluded(child):
                 continue
-            if len(child) >= NAR_MAX_DEPTH:
+            if too_deep:
                 raise DumpError(
                     f"'{_show(self.root, child)}' is nested deeper than a NAR allows "
                     f"(at most {NAR_MAX_DEPTH - 1} levels)"

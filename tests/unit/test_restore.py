@@ -95,6 +95,21 @@ def test_modes_ignore_the_umask(arena: Path, umask: int) -> None:
     assert_exact_modes(arena / "out")
 
 
+def test_modes_ignore_a_set_group_id_parent(arena: Path) -> None:
+    # Directories made in a set-group-ID directory inherit the bit; a restore's must be 0755 all the same.
+    parent = arena / "sgid"
+    parent.mkdir()
+    os.chmod(parent, 0o2755)  # noqa: S103 (the bit under test)
+    (parent / "probe").mkdir()
+    assert (parent / "probe").stat().st_mode & stat.S_ISGID  # the kernel passes it on
+    old = os.umask(0o022)
+    try:
+        restore_bytes(parent / "out", SAMPLE, case_hack=CaseHackMode.OFF)
+    finally:
+        os.umask(old)
+    assert_exact_modes(parent / "out")
+
+
 def posix_acl(*entries: tuple[int, int]) -> bytes:
     """A POSIX ACL as the kernel stores it in `system.posix_acl_*` (version 2, then per entry: tag,
     permissions, id), for the entries that take no id."""

@@ -196,7 +196,10 @@ class TreeWriter:
             assert isinstance(event, RegularFile)
             name, where = self._place(event.path)
             mode = 0o755 if event.executable else 0o644
-            fd = self._create(lambda: os.open(name, _NEW_FILE_FLAGS, mode, dir_fd=where.fd), where, name)
+            try:
+                fd = os.open(name, _NEW_FILE_FLAGS, mode, dir_fd=where.fd)
+            except OSError as e:
+                raise self._create_error(e, where, name) from e
             self._file_fd = fd
             self._file_mode = mode
             if self._fix_modes:
@@ -215,11 +218,15 @@ class TreeWriter:
         elif kind is DirectoryStart:
             assert isinstance(event, DirectoryStart)
             name, where = self._place(event.path)
-            self._create(lambda: os.mkdir(name, 0o755, dir_fd=where.fd), where, name)
+            try:
+                os.mkdir(name, 0o755, dir_fd=where.fd)
+            except OSError as e:
+                raise self._create_error(e, where, name) from e
             fd = os.open(name, _DIR_FLAGS, dir_fd=where.fd)
             shown = where.shown + b"/" + name if self._stack else b""
             self._stack.append(_Dir(fd, CaseHackNames(self.fold) if self.case_hack else None, shown))
-            os.fchmod(fd, 0o755)  # after the push, so that abort() closes fd if this fails
+            if self._fix_modes or self._canonical:  # (a store's umask may not even leave it writable)
+                os.fchmod(fd, 0o755)  # after the push, so that abort() closes fd if this fails
         elif kind is DirectoryEnd:
             fd = self._stack.pop().fd
             try:
@@ -231,8 +238,10 @@ class TreeWriter:
         elif kind is Symlink:
             assert isinstance(event, Symlink)
             name, where = self._place(event.path)
-            target = event.target
-            self._create(lambda: os.symlink(target, name, dir_fd=where.fd), where, name)
+            try:
+                os.symlink(event.target, name, dir_fd=where.fd)
+            except OSError as e:
+                raise self._create_error(e, where, name) from e
             if self._canonical:
                 os.utime(name, ns=self._times, dir_fd=where.fd, follow_symlinks=False)
         elif kind is ArchiveEnd:
@@ -244,7 +253,10 @@ class TreeWriter:
         """A small file in one step: what `RegularFile`, `FileChunk` and `FileEnd` do in three."""
         name, where = self._place(event.path)
         mode = 0o755 if event.executable else 0o644
-        fd = self._create(lambda: os.open(name, _NEW_FILE_FLAGS, mode, dir_fd=where.fd), where, name)
+        try:
+            fd = os.open(name, _NEW_FILE_FLAGS, mode, dir_fd=where.fd)
+        except OSError as e:
+            raise self._create_error(e, where, name) from e
         try:
             if self._fix_modes:
                 os.fchmod(fd, mode)
@@ -276,10 +288,9 @@ class TreeWriter:
             return disk, where
         return name, where
 
-    def _create(self, make: Callable[[], int | None], where: _Dir, name: bytes) -> int:
-        try:
-            return make() or 0
-        except FileExistsError as e:
+    def _create_error(self, e: OSError, where: _Dir, name: bytes) -> RestoreError:
+        """The error for a node that could not be created as `name` in `where`."""
+        if isinstance(e, FileExistsError):
             shown = os.fsdecode(where.shown + b"/" + name) if name != self._root_name or self._stack else "/"
             hint = (
                 "the destination filesystem folds case or normalisation; use --case-hack on"
@@ -287,10 +298,9 @@ class TreeWriter:
                 if self.fold is Fold.ASCII or not self.case_hack
                 else "unexpected name collision"
             )
-            raise RestoreError(f"cannot create '{shown}': it already exists ({hint})", errno=e.errno) from e
-        except OSError as e:
-            shown = os.fsdecode(where.shown + b"/" + name)
-            raise RestoreError(f"cannot create '{shown}': {e.strerror}", errno=e.errno) from e
+            return RestoreError(f"cannot create '{shown}': it already exists ({hint})", errno=e.errno)
+        shown = os.fsdecode(where.shown + b"/" + name)
+        return RestoreError(f"cannot create '{shown}': {e.strerror}", errno=e.errno)
 
     def _write(self, data: bytes) -> None:
         fd = self._file_fd
@@ -416,9 +426,10 @@ class TreeWriter:
 
 
 def _creation_keeps_modes(dir_fd: int) -> bool:
-    """Whether a file created in the directory `dir_fd` with mode 0644 or 0755 gets exactly that mode:
-    the process's umask takes none of those bits (022 and 002 take none), and the directory has no
-    default ACL (which would mask the mode in the umask's place). When unsure (no /proc, an error), no:
+    """Whether a file or directory created in the directory `dir_fd` with mode 0644 or 0755 gets exactly
+    that mode: the process's umask takes none of those bits (022 and 002 take none), and the directory
+    has no default ACL (which would mask the mode in the umask's place) and no set-group-ID bit (which
+    directories made in it would inherit). When unsure (no /proc, an error), no:
     each file's mode is then set after its creation, one `fchmod` per file (8,000 for /usr/include).
     Read once per restore: the umask is process-wide, and a restore's directories inherit the ACL of
     the directory it starts in."""
@@ -430,6 +441,11 @@ def _creation_keeps_modes(dir_fd: int) -> bool:
     except (OSError, ValueError):
         return False
     if umask & 0o755:
+        return False
+    try:
+        if os.fstat(dir_fd).st_mode & stat.S_ISGID:
+            return False  # directories made in it would inherit the bit: their mode is set after
+    except OSError:
         return False
     try:
         os.getxattr(dir_fd, "system.posix_acl_default")

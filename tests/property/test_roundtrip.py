@@ -264,7 +264,7 @@ def expanded(events: Iterable[Event]) -> list[Event]:
         if isinstance(event, WholeFile):
             out.append(RegularFile(event.path, event.executable, event.size, event.contents_offset))
             if event.data:
-                out.append(FileChunk(event.data))
+                out.append(FileChunk(bytes(event.data)))
             out.append(FileEnd(event.path))
         elif isinstance(event, FileChunk) and out and isinstance(out[-1], FileChunk):
             out[-1] = FileChunk(out[-1].data + event.data)

@@ -69,12 +69,18 @@ class WholeFile(RegularFile):
     """A regular file whole, header and `data` (its contents) in one event, instead of `RegularFile`,
     `FileChunk`s and `FileEnd`. Only a parser asked for them (`NarParser(whole_files=True)`) makes these,
     for small files whose bytes up to their node's end it holds already; a consumer that asks handles a
-    file in one step instead of three."""
+    file in one step instead of three. `data` is a read-only view into the parser's input, not a copy
+    (the parser never changes a buffer it was given: it replaces it); `bytes(data)` makes one."""
 
     __slots__ = ("data",)
 
     def __init__(
-        self, path: tuple[bytes, ...], executable: bool, size: int, contents_offset: int, data: bytes
+        self,
+        path: tuple[bytes, ...],
+        executable: bool,
+        size: int,
+        contents_offset: int,
+        data: bytes | memoryview,
     ) -> None:
         super().__init__(path, executable, size, contents_offset)
         self.data: Final = data

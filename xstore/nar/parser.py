@@ -489,7 +489,7 @@ class NarParser:
                     self._state = _State.DIRECTORY_TAG
                     frame.prev_name = name
                     self._path = frame.path
-                    return WholeFile(path, executable, size, self._base + start, buf[start:end])
+                    return WholeFile(path, executable, size, self._base + start, memoryview(buf)[start:end])
             self._pos = start
             self._executable = executable
             self._is_file = True

@@ -16,7 +16,6 @@ import contextlib
 import errno
 import fcntl
 import os
-import re
 import stat
 import sys
 import time
@@ -87,12 +86,24 @@ def remove_tree(real_path: bytes) -> None:
 
 # `.<name>.xstore-<12 hex digits>`: the private sibling a restore builds in, and the temporary file of an
 # atomic `-o`; while its owner lives it holds an exclusive flock on it.
-STAGING_NAME: Final = re.compile(rb"\A\..*\.xstore-[0-9a-f]{12}\Z", re.DOTALL)
+_STAGING_MARK: Final = b".xstore-"
+_LOWER_HEX: Final = frozenset(b"0123456789abcdef")
 STAGING_GRACE: Final = 30.0  # seconds: never touch a staging entry changed more recently
 
 
 def staging_name(dest_name: bytes) -> bytes:
     return b"." + dest_name[:200] + b".xstore-" + os.urandom(6).hex().encode()
+
+
+def is_staging_name(name: bytes) -> bool:
+    """Whether `name` is one `staging_name` makes: `.`, anything, `.xstore-` and 12 lowercase hex digits.
+    (Not a regular expression: `re` is not loaded by a restore or a dump.)"""
+    return (
+        len(name) >= 1 + len(_STAGING_MARK) + 12
+        and name.startswith(b".")
+        and name[-12 - len(_STAGING_MARK) : -12] == _STAGING_MARK
+        and _LOWER_HEX.issuperset(name[-12:])
+    )
 
 
 def hold(fd: int) -> None:
@@ -106,7 +117,7 @@ def remove_dead_staging(parent_fd: int) -> list[bytes]:
     user, unchanged for a while, and whose lock nobody holds. Returns their names."""
     removed = []
     with os.scandir(parent_fd) as it:
-        names = [os.fsencode(e.name) for e in it if STAGING_NAME.match(os.fsencode(e.name))]
+        names = [name for e in it if is_staging_name(name := os.fsencode(e.name))]
     for name in names:
         try:
             fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=parent_fd)

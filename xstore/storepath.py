@@ -23,7 +23,6 @@ fixed-output paths. Everything here is pure computation on `str` and `bytes`: no
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Iterable
 
 from xstore.errors import InvalidArgumentError, InvalidStorePathError
@@ -61,8 +60,7 @@ MAX_NAME_LEN: Final = 211
 """Longest name Nix allows, so that `/nix/store/<hash>-<name>` fits in 255 bytes. Nix: `MaxPathLen`."""
 
 _NIX32_CHARS = frozenset(NIX32_ALPHABET)
-_NAME_RE = re.compile(r"[0-9a-zA-Z+\-._?=]+")
-_BAD_NAME_CHAR_RE = re.compile(r"[^0-9a-zA-Z+\-._?=]")
+_NAME_CHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ+-._?=")
 _NAME_CHARS_HINT = "letters, digits and + - . _ ? ="
 
 
@@ -94,10 +92,9 @@ def _name_problem(name: str) -> str | None:
             return f"must not be {name!r}"
         if name.startswith((".-", "..-")):
             return f"must not start with {name[: name.index('-') + 1]!r}"
-    if _NAME_RE.fullmatch(name) is None:
-        bad = _BAD_NAME_CHAR_RE.search(name)
-        assert bad is not None
-        return f"contains illegal character {bad.group()!r} (allowed: {_NAME_CHARS_HINT})"
+    if not _NAME_CHARS.issuperset(name):
+        bad = next(c for c in name if c not in _NAME_CHARS)
+        return f"contains illegal character {bad!r} (allowed: {_NAME_CHARS_HINT})"
     return None
 
 

@@ -21,7 +21,7 @@ from tests.integration.fusehelpers import XSTORE, mounted, xstore
 from tests.localstores import add_path, export_bytes, sp
 from tests.narbuild import archive, directory, regular
 from xstore.casehack import CaseHackMode
-from xstore.fsops import STAGING_NAME
+from xstore.fsops import is_staging_name
 from xstore.store import LocalStore
 
 FIXTURES = Path(__file__).resolve().parents[1] / "data" / "nix-fixtures"
@@ -273,7 +273,7 @@ def test_killed_restores_leave_nothing_for_long(tmp_path: Path, sig: signal.Sign
         f.write(big[: len(big) - 100])  # most of it: the restore is well under way, waiting for the rest
         f.flush()
         deadline = time.monotonic() + 30
-        while not any(STAGING_NAME.match(os.fsencode(n)) for n in os.listdir(parent)):
+        while not any(is_staging_name(os.fsencode(n)) for n in os.listdir(parent)):
             assert time.monotonic() < deadline
             time.sleep(0.02)
         time.sleep(0.3)

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import io
 import os
+import re
 import sqlite3
 import stat
 import threading
@@ -20,6 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from tests.localstores import add_path, export_bytes, leftovers, read_from, rows, sp
@@ -34,7 +37,7 @@ from xstore.errors import (
     TrailingDataError,
 )
 from xstore.exportstream import EXPORT_MAGIC, MAX_REFERENCES
-from xstore.fsops import STAGING_GRACE, canonicalise, remove_dead_staging, staging_name
+from xstore.fsops import STAGING_GRACE, canonicalise, is_staging_name, remove_dead_staging, staging_name
 from xstore.import_export import export_paths, import_stream
 from xstore.nar.dump import dump_path
 from xstore.nar.restore import TreeWriter, restore_path
@@ -534,3 +537,22 @@ def _cwd(path: Path) -> Iterator[None]:
         yield
     finally:
         os.chdir(old)
+
+
+_STAGING_PATTERN = re.compile(rb"\A\..*\.xstore-[0-9a-f]{12}\Z", re.DOTALL)  # what staging_name makes
+
+
+@given(
+    st.one_of(
+        st.binary(max_size=40),
+        st.builds(
+            lambda head, mark, digits: head + mark + digits,
+            st.sampled_from([b".", b"", b"..", b".a", b"a", b".\n", b".x.y"]),
+            st.sampled_from([b".xstore-", b"xstore-", b".xstorex", b".XSTORE-"]),
+            st.text("0123456789abcdefABCDEFg", min_size=10, max_size=14).map(str.encode),
+        ),
+    )
+)
+def test_staging_names_are_recognised_exactly(name: bytes) -> None:
+    assert is_staging_name(name) == bool(_STAGING_PATTERN.match(name))
+    assert is_staging_name(staging_name(name))

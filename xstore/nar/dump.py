@@ -16,9 +16,7 @@ shrinks while it is read is an error, never a corrupt archive. Nix: archive.cc `
 from __future__ import annotations
 
 import errno
-import fnmatch
 import os
-import re
 import stat
 import sys
 from collections.abc import Callable, Sequence
@@ -64,6 +62,9 @@ def _show(root: bytes, path: tuple[bytes, ...]) -> str:
 
 def _path_glob(pattern: str) -> str:
     """A regex for a path glob: `*` and `?` stay within one component, `**` crosses components."""
+    import fnmatch
+    import re
+
     out = []
     i = 0
     while i < len(pattern):
@@ -93,6 +94,13 @@ class Excluder:
     below it."""
 
     def __init__(self, patterns: Sequence[str]) -> None:
+        self._name: Callable[[str], object] | None = None
+        self._path: Callable[[str], object] | None = None
+        if not patterns:
+            return  # the usual case: `re` and `fnmatch` are not even imported
+        import fnmatch
+        import re
+
         by_name = [fnmatch.translate(p) for p in patterns if "/" not in p]
         by_path = [_path_glob(p.strip("/")) for p in patterns if "/" in p]
         self._name = re.compile("|".join(by_name)).match if by_name else None

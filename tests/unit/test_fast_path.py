@@ -240,7 +240,7 @@ def test_a_run_on_the_fast_path_loads_neither_typer_nor_click(tmp_path: Path) ->
         "try:\n"
         "    main()\n"
         "finally:\n"
-        "    heavy = ('typer', 'click', 'typing', 'dataclasses', 'inspect', 'shutil')\n"
+        "    heavy = ('typer', 'click', 'typing', 'dataclasses', 'inspect', 'shutil', 're')\n"
         "    sys.stderr.write(' '.join(m for m in heavy if m in sys.modules) + '\\n')\n"
     )
 

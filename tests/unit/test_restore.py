@@ -6,6 +6,7 @@ import io
 import os
 import stat
 import struct
+import sys
 from pathlib import Path
 
 import pytest
@@ -95,6 +96,7 @@ def test_modes_ignore_the_umask(arena: Path, umask: int) -> None:
     assert_exact_modes(arena / "out")
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux's set-group-ID inheritance")
 def test_modes_ignore_a_set_group_id_parent(arena: Path) -> None:
     # Directories made in a set-group-ID directory inherit the bit; a restore's must be 0755 all the same.
     parent = arena / "sgid"
@@ -117,6 +119,7 @@ def posix_acl(*entries: tuple[int, int]) -> bytes:
     return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", tag, perm, no_id) for tag, perm in entries)
 
 
+@pytest.mark.skipif(not hasattr(os, "setxattr"), reason="POSIX ACLs through xattrs are Linux's")
 def test_modes_ignore_a_default_acl(arena: Path) -> None:
     # A default ACL stands in for the umask in the directory that has one (and those made in it): here
     # group and others may only read (user::rwx, group::r--, other::r--), which would make 0755 0744.

@@ -229,10 +229,9 @@ def test_whatever_the_fast_path_takes_typer_reads_the_same(data: st.DataObject) 
     assert normal(got) == normal(expected), argv
 
 
-def test_a_run_on_the_fast_path_loads_neither_typer_nor_click(tmp_path: Path) -> None:
-    """Nor, for `nar dump` and `nar restore`, the other heavy modules they do not need: what keeps their
-    start-up short."""
-    (tmp_path / "f").write_bytes(b"hello")
+def run_probed(cwd: Path, heavy: tuple[str, ...], *argv: str) -> subprocess.CompletedProcess[str]:
+    """`xstore ARGV...` in a fresh interpreter, whose last line on stderr names the modules of `heavy` that
+    the run loaded (empty when none)."""
     probe = (
         "import sys\n"
         "from xstore.cli.entry import main\n"
@@ -240,20 +239,28 @@ def test_a_run_on_the_fast_path_loads_neither_typer_nor_click(tmp_path: Path) ->
         "try:\n"
         "    main()\n"
         "finally:\n"
-        "    heavy = ('typer', 'click', 'typing', 'dataclasses', 'inspect', 'shutil', 're')\n"
+        f"    heavy = {heavy!r}\n"
         "    sys.stderr.write(' '.join(m for m in heavy if m in sys.modules) + '\\n')\n"
     )
+    return subprocess.run(
+        [sys.executable, "-c", probe, *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=cwd,
+        env={**os.environ, "COLUMNS": "80"},
+    )
+
+
+def test_a_run_on_the_fast_path_loads_neither_typer_nor_click(tmp_path: Path) -> None:
+    """Nor, for `nar dump` and `nar restore`, the other heavy modules they do not need: what keeps their
+    start-up short."""
+    (tmp_path / "f").write_bytes(b"hello")
 
     def run(*argv: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-c", probe, *argv],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-            cwd=tmp_path,
-            env={**os.environ, "COLUMNS": "80"},
-        )
+        heavy = ("typer", "click", "typing", "dataclasses", "inspect", "shutil", "re")
+        return run_probed(tmp_path, heavy, *argv)
 
     fast_run = run("nar", "dump", "f", "-o", "f.nar")
     assert fast_run.returncode == 0, fast_run.stderr
@@ -293,26 +300,10 @@ def test_store_commands_load_neither_dataclasses_nor_inspect(tmp_path: Path) -> 
         add_path(store, sp("3b", "app"), {b"bin/app": b"#!/bin/sh\n"}, lib)
     with LocalStore.create(tmp_path / "dst", case_hack=CaseHackMode.OFF):
         pass
-    probe = (
-        "import sys\n"
-        "from xstore.cli.entry import main\n"
-        "sys.argv = ['xstore', *sys.argv[1:]]\n"
-        "try:\n"
-        "    main()\n"
-        "finally:\n"
-        "    heavy = ('typer', 'click', 'dataclasses', 'inspect', 'pyzstd', 'typing', 'shutil')\n"
-        "    sys.stderr.write(' '.join(m for m in heavy if m in sys.modules) + '\\n')\n"
-    )
 
     def run(*argv: str) -> str:
-        done = subprocess.run(
-            [sys.executable, "-c", probe, *argv],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-            cwd=tmp_path,
-        )
+        heavy = ("typer", "click", "dataclasses", "inspect", "pyzstd", "typing", "shutil")
+        done = run_probed(tmp_path, heavy, *argv)
         assert done.returncode == 0, done.stderr
         return done.stderr.splitlines()[-1]
 

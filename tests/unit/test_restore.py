@@ -84,16 +84,21 @@ def assert_exact_modes(out: Path) -> None:
     assert stat.S_IMODE((out / "share" / "doc").stat().st_mode) == 0o644
 
 
+def assert_restores_with_exact_modes(dest: Path, *, umask: int) -> None:
+    """Restore SAMPLE to `dest` under `umask`; its modes must be exact all the same."""
+    old = os.umask(umask)
+    try:
+        restore_bytes(dest, SAMPLE, case_hack=CaseHackMode.OFF)
+    finally:
+        os.umask(old)
+    assert_exact_modes(dest)
+
+
 # 077 and 027 take bits of 0644/0755, so each file's mode is set after its creation; 022, 002 and 000
 # take none, so the modes a file is created with stand (and no fchmod is made).
 @pytest.mark.parametrize("umask", [0o077, 0o027, 0o022, 0o002, 0o000], ids=oct)
 def test_modes_ignore_the_umask(arena: Path, umask: int) -> None:
-    old = os.umask(umask)
-    try:
-        restore_bytes(arena / "out", SAMPLE, case_hack=CaseHackMode.OFF)
-    finally:
-        os.umask(old)
-    assert_exact_modes(arena / "out")
+    assert_restores_with_exact_modes(arena / "out", umask=umask)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux's set-group-ID inheritance")
@@ -104,12 +109,7 @@ def test_modes_ignore_a_set_group_id_parent(arena: Path) -> None:
     os.chmod(parent, 0o2755)  # noqa: S103 (the bit under test)
     (parent / "probe").mkdir()
     assert (parent / "probe").stat().st_mode & stat.S_ISGID  # the kernel passes it on
-    old = os.umask(0o022)
-    try:
-        restore_bytes(parent / "out", SAMPLE, case_hack=CaseHackMode.OFF)
-    finally:
-        os.umask(old)
-    assert_exact_modes(parent / "out")
+    assert_restores_with_exact_modes(parent / "out", umask=0o022)
 
 
 def posix_acl(*entries: tuple[int, int]) -> bytes:
@@ -132,12 +132,7 @@ def test_modes_ignore_a_default_acl(arena: Path) -> None:
         pytest.skip(f"this filesystem keeps no POSIX ACLs ({e.strerror})")
     (parent / "probe").mkdir()
     assert stat.S_IMODE((parent / "probe").stat().st_mode) == 0o744  # the ACL applies
-    old = os.umask(0o022)
-    try:
-        restore_bytes(parent / "out", SAMPLE, case_hack=CaseHackMode.OFF)
-    finally:
-        os.umask(old)
-    assert_exact_modes(parent / "out")
+    assert_restores_with_exact_modes(parent / "out", umask=0o022)
 
 
 @pytest.mark.parametrize(

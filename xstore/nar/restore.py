@@ -194,16 +194,9 @@ class TreeWriter:
             self._write(event.data)
         elif kind is RegularFile:
             assert isinstance(event, RegularFile)
-            name, where = self._place(event.path)
             mode = 0o755 if event.executable else 0o644
-            try:
-                fd = os.open(name, _NEW_FILE_FLAGS, mode, dir_fd=where.fd)
-            except OSError as e:
-                raise self._create_error(e, where, name) from e
-            self._file_fd = fd
+            self._file_fd = self._new_file(event.path, mode)
             self._file_mode = mode
-            if self._fix_modes:
-                os.fchmod(fd, mode)
             self._file_size = event.size
             self._written = 0
             self._allocated = 0
@@ -249,17 +242,26 @@ class TreeWriter:
         else:
             raise TypeError(f"not a NAR event: {event!r}")
 
-    def _whole_file(self, event: WholeFile) -> None:
-        """A small file in one step: what `RegularFile`, `FileChunk` and `FileEnd` do in three."""
-        name, where = self._place(event.path)
-        mode = 0o755 if event.executable else 0o644
+    def _new_file(self, path: tuple[bytes, ...], mode: int) -> int:
+        """Create the regular file at `path` with `mode` (exactly: see `_fix_modes`), open for writing."""
+        name, where = self._place(path)
         try:
             fd = os.open(name, _NEW_FILE_FLAGS, mode, dir_fd=where.fd)
         except OSError as e:
             raise self._create_error(e, where, name) from e
-        try:
-            if self._fix_modes:
+        if self._fix_modes:
+            try:
                 os.fchmod(fd, mode)
+            except BaseException:
+                os.close(fd)
+                raise
+        return fd
+
+    def _whole_file(self, event: WholeFile) -> None:
+        """A small file in one step: what `RegularFile`, `FileChunk` and `FileEnd` do in three."""
+        mode = 0o755 if event.executable else 0o644
+        fd = self._new_file(event.path, mode)
+        try:
             view = memoryview(event.data)
             try:
                 while view:

@@ -249,6 +249,17 @@ def test_compression_round_trip(method: Method) -> None:
         assert read_all(open_reader(io.BytesIO(packed + packed).read, method)) == DATA + DATA
 
 
+def test_zstd_on_several_cores_round_trips() -> None:
+    # Nix's parallel-compression: zstd's own worker threads, which write the frame in jobs.
+    data = DATA * 4  # several jobs of zstd's workers
+    out: list[bytes] = []
+    writer = open_writer(out.append, Method.ZSTD, threads=True)
+    for at in range(0, len(data), 1 << 20):
+        writer(data[at : at + (1 << 20)])
+    writer.finish()
+    assert read_all(open_reader(io.BytesIO(b"".join(out)).read, Method.ZSTD)) == data
+
+
 @pytest.mark.parametrize("method", [m for m in Method if m is not Method.NONE])
 def test_compression_refuses_truncated_and_corrupt_input(method: Method) -> None:
     packed = compress(DATA, method)

@@ -484,8 +484,6 @@ class NarParser:
                 ):
                     self._pos = closed
                     self._token_offset = self._base + end + pad + _CLOSE_LEN
-                    self._size = size
-                    self._remaining = 0
                     self._state = _State.DIRECTORY_TAG
                     frame.prev_name = name
                     self._path = frame.path

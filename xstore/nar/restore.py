@@ -202,12 +202,7 @@ class TreeWriter:
             self._allocated = 0
         elif kind is FileEnd:
             fd, self._file_fd = self._file_fd, -1
-            try:
-                if self._canonical:
-                    os.fchmod(fd, self._file_mode & 0o555)
-                    os.utime(fd, ns=self._times)
-            finally:
-                os.close(fd)
+            self._close_file(fd, self._file_mode)
         elif kind is DirectoryStart:
             assert isinstance(event, DirectoryStart)
             name, where = self._place(event.path)
@@ -262,12 +257,15 @@ class TreeWriter:
         mode = 0o755 if event.executable else 0o644
         fd = self._new_file(event.path, mode)
         try:
-            view = memoryview(event.data)
-            try:
-                while view:
-                    view = view[os.write(fd, view) :]
-            except OSError as e:
-                raise RestoreError(f"cannot write a file: {e.strerror}", errno=e.errno) from e
+            _write_all(fd, event.data)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._close_file(fd, mode)
+
+    def _close_file(self, fd: int, mode: int) -> None:
+        """Close a finished file, made as a store keeps it first when `canonical`."""
+        try:
             if self._canonical:
                 os.fchmod(fd, mode & 0o555)
                 os.utime(fd, ns=self._times)
@@ -318,12 +316,7 @@ class TreeWriter:
                         f"cannot allocate space for a file: {e.strerror}", errno=e.errno
                     ) from e
                 self._preallocate = False
-        view = memoryview(data)
-        try:
-            while view:
-                view = view[os.write(fd, view) :]
-        except OSError as e:
-            raise RestoreError(f"cannot write a file: {e.strerror}", errno=e.errno) from e
+        _write_all(fd, data)
         self._written = end
 
     def copy_from(self, src_fd: int, count: int) -> int:
@@ -425,6 +418,16 @@ class TreeWriter:
 
     def result(self, nar_size: int) -> RestoreResult:
         return RestoreResult(nar_size, self.case_hack, self.fold, self._renamed, self.probed)
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    """All of `data` to the file open at `fd`; a failure (a full disk) as `RestoreError`."""
+    view = memoryview(data)
+    try:
+        while view:
+            view = view[os.write(fd, view) :]
+    except OSError as e:
+        raise RestoreError(f"cannot write a file: {e.strerror}", errno=e.errno) from e
 
 
 def _creation_keeps_modes(dir_fd: int) -> bool:

@@ -193,6 +193,23 @@ def open_reader(read: Read, method: Method | str) -> Read:
     return _IncrementalReader(read, method)
 
 
+def decompress_whole(data: bytes, method: Method | str, limit: int) -> bytes:
+    """`data` (a whole compressed file) decompressed in one piece, but never more than `limit + 1`
+    bytes: a caller expecting at most `limit` tells a longer stream by the length. Raises as
+    `open_reader`'s reads do."""
+    method = Method.parse(method)
+    if method is Method.NONE:
+        return data
+    pending = [data]
+    read = open_reader(lambda _n: pending.pop() if pending else b"", method)
+    parts: list[bytes] = []
+    left = limit + 1
+    while left > 0 and (chunk := read(left)):
+        parts.append(chunk)
+        left -= len(chunk)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
 # -- writing -----------------------------------------------------------------------------------------
 
 

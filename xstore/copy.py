@@ -98,10 +98,16 @@ def copy_one(
         return read_counted
 
     landed = _landed(info)
+    # A binary cache gives a small NAR whole, in one read and one decompression. The destination checks
+    # the NAR's hash itself (every `add_to_store` does), so the source need not hash it a second time.
+    read_small_nar = getattr(src, "read_small_nar", None)
+    if read_small_nar is not None:
+        nar = read_small_nar(info.path, check_nar_hash=False)
+        if nar is not None:
+            return bool(dst.add_to_store(landed, counted(_whole(nar)), check_sigs=check_sigs))
     # A store that hands out a NAR as a read function (a binary cache) needs no thread in between for a
     # small NAR; a large one is read in a thread of its own all the same, so that decompressing and
-    # hashing the file overlap with writing. The destination checks the NAR's hash itself (every
-    # `add_to_store` does), so the source need not hash it a second time.
+    # hashing the file overlap with writing.
     open_nar = getattr(src, "open_nar", None)
     if open_nar is not None and info.nar_size <= _SMALL_NAR:
         with open_nar(info.path, check_nar_hash=False) as read:
@@ -115,14 +121,18 @@ def copy_one(
         # hand-over between two threads costs more than copying them.
         parts: list[bytes] = []
         produce(parts.append)
-        pending = [b"".join(parts)]
-        whole: Read = lambda _n: pending.pop() if pending else b""  # noqa: E731
-        return bool(dst.add_to_store(landed, counted(whole), check_sigs=check_sigs))
+        return bool(dst.add_to_store(landed, counted(_whole(b"".join(parts))), check_sigs=check_sigs))
 
     def consume(read: Read) -> bool:
         return dst.add_to_store(landed, counted(read), check_sigs=check_sigs)
 
     return bool(pipe_nar(produce, consume))
+
+
+def _whole(data: bytes) -> Read:
+    """A read function giving `data` in one piece, then the end."""
+    pending = [data]
+    return lambda _n: pending.pop() if pending else b""
 
 
 def _producer(src: Store, info: PathInfo) -> Callable[[Sink], None]:

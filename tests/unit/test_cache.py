@@ -249,6 +249,88 @@ def test_narinfo_lying_about_sizes(source: LocalStore, closure: Closure, tmp_pat
             assert [n for n in store_entries(dest) if not n.startswith(".links")] == []
 
 
+def _read_both_ways(cache: Path, path: StorePath) -> tuple[object, object]:
+    """What reading `path`'s NAR gives whole (`read_small_nar`) and streamed (`nar_from_path`): the bytes,
+    or the exception raised."""
+    results: list[object] = []
+    with open_store(f"file://{cache}") as src:
+        assert isinstance(src, BinaryCacheStore)
+        try:
+            results.append(src.read_small_nar(path))
+        except Exception as e:  # noqa: BLE001 (compared below)
+            results.append(e)
+        parts: list[bytes] = []
+        try:
+            src.nar_from_path(path, parts.append)
+            results.append(b"".join(parts))
+        except Exception as e:  # noqa: BLE001
+            results.append(e)
+    return results[0], results[1]
+
+
+@pytest.mark.parametrize("method", ["none", "xz", "zstd", "bzip2", "br"])
+def test_small_nars_read_whole_as_streamed(
+    source: LocalStore, closure: Closure, method: str, tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"
+    with open_store(f"file://{cache}?compression={method}", create=True) as dst:
+        copy_paths(source, dst, [closure.app])
+    for path, nar in ((closure.lib, closure.lib_nar), (closure.app, closure.app_nar)):
+        assert _read_both_ways(cache, path) == (nar, nar)
+
+
+@pytest.mark.parametrize(
+    "damage", ["file-size", "file-hash", "nar-size-less", "nar-size-more", "nar-hash", "corrupt", "truncated"]
+)
+def test_damaged_small_nars_refused_whole_as_streamed(
+    source: LocalStore, closure: Closure, damage: str, tmp_path: Path
+) -> None:
+    """Every lie of a narinfo and every damage to a NAR file is refused by the whole read of a small NAR
+    as by the stream, with the same kind of error naming the path; nothing half-checked comes out."""
+    cache = tmp_path / "cache"
+    with open_store(f"file://{cache}?compression=xz", create=True) as dst:
+        copy_paths(source, dst, [closure.lib])
+    narinfo_file = cache / f"{closure.lib.hash_part}.narinfo"
+    text = narinfo_file.read_text()
+    fields = dict(line.split(": ", 1) for line in text.splitlines())
+    nar_file = cache / fields["URL"]
+    data = bytearray(nar_file.read_bytes())
+
+    def set_field(name: str, value: str) -> None:
+        narinfo_file.write_text(text.replace(f"{name}: {fields[name]}", f"{name}: {value}"))
+
+    other = "sha256:" + "1" * 52
+    if damage == "file-size":
+        set_field("FileSize", str(len(data) + 1))
+    elif damage == "file-hash":
+        set_field("FileHash", other)
+    elif damage == "nar-size-less":
+        set_field("NarSize", str(len(closure.lib_nar) - 8))
+    elif damage == "nar-size-more":
+        set_field("NarSize", str(len(closure.lib_nar) + 8))
+    elif damage == "nar-hash":
+        set_field("NarHash", other)
+    else:  # the file itself, with a narinfo that matches the damaged file: decompression must fail
+        if damage == "corrupt":
+            data[len(data) // 2] ^= 0x40
+        else:
+            del data[len(data) * 2 // 3 :]
+        nar_file.write_bytes(bytes(data))
+        text = text.replace(f"FileSize: {fields['FileSize']}", f"FileSize: {len(data)}")
+        set_field("FileHash", "sha256:" + hashlib.sha256(bytes(data)).hexdigest())
+    whole, streamed = _read_both_ways(cache, closure.lib)
+    assert isinstance(whole, Exception), whole
+    assert type(whole) is type(streamed)
+    assert closure.lib.hash_part in str(whole)
+    assert closure.lib.hash_part in str(streamed)
+    # And a copy refuses it, leaving nothing.
+    with LocalStore.create(tmp_path / "dest") as dest, open_store(f"file://{cache}") as src:
+        with pytest.raises(type(whole), match=closure.lib.hash_part):
+            copy_paths(src, dest, [closure.lib])
+        assert not dest.is_valid(closure.lib)
+        assert [n for n in store_entries(dest) if not n.startswith(".links")] == []
+
+
 def test_not_a_cache(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(BinaryCacheError, match="does not appear to be a binary cache"):

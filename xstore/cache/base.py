@@ -34,7 +34,7 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
 
-from xstore.compression import CHUNK, Method, open_reader, open_writer
+from xstore.compression import CHUNK, Method, decompress_whole, open_reader, open_writer
 from xstore.errors import (
     BinaryCacheError,
     CompressionError,
@@ -85,6 +85,8 @@ CACHE_PARAMS: Final = frozenset(
 # PREFETCH_WINDOW files of at most PREFETCH_FILE bytes each are held at once (16 MiB).
 PREFETCH_FILE: Final = 256 << 10
 PREFETCH_WINDOW: Final = 64
+# A NAR read whole (`BinaryCacheStore.read_small_nar`) is at most this long.
+WHOLE_NAR: Final = 4 << 20
 
 MIME_NAR: Final = "application/x-nix-nar"
 MIME_NARINFO: Final = "text/x-nix-narinfo"
@@ -382,6 +384,48 @@ class BinaryCacheStore(Store):
         except (CompressionError, BinaryCacheError) as e:
             raise type(e)(f"{where}: {e}", path=path.path) from None
 
+    def read_small_nar(self, path: StorePath, *, check_nar_hash: bool = True) -> bytes | None:
+        """The path's whole NAR in one piece when its file is small (at most `PREFETCH_FILE` bytes, for
+        a NAR of at most `WHOLE_NAR`), checked as `open_nar` checks it: the file's size and hash before
+        it is decompressed, then the NAR's size and (with `check_nar_hash`) hash. None when the NAR is
+        not small or its file cannot be had in one piece; `open_nar` then reads it, and tells why it
+        cannot. One read and one decompression, without the machinery of a stream: most paths of a
+        closure are small."""
+        narinfo = self.narinfo(path)
+        if narinfo is None:
+            raise InvalidPathError(f"path '{path}' is not valid in {self.describe()}", path=path.path)
+        info = narinfo.info
+        small = 0 < narinfo.file_size <= PREFETCH_FILE and info.nar_size <= WHOLE_NAR
+        if not small or "://" in narinfo.url:
+            return None
+        method = Method.parse(narinfo.compression)
+        future = self._prefetched.pop(path, None)
+        self._prefetch_more()
+        data = future.result() if future is not None else self._fetch_small(narinfo.url)
+        if data is None:
+            return None
+        where = f"the NAR of '{path}' from {self.describe()} ({narinfo.url})"
+        if len(data) != narinfo.file_size:
+            raise _mismatch(where, path, "file size", f"{narinfo.file_size} bytes", f"{len(data)} bytes")
+        file_hash = narinfo.file_hash
+        if file_hash is not None:
+            digest = hashlib.new(file_hash.algorithm.value, data).digest()
+            if digest != file_hash.digest:
+                got = _show(ParsedHash(file_hash.algorithm, digest))
+                raise _mismatch(where, path, "file hash", _show(file_hash), got)
+        try:
+            nar = decompress_whole(data, method, info.nar_size)
+        except CompressionError as e:
+            raise CompressionError(f"{where}: {e}", path=path.path) from None
+        if len(nar) != info.nar_size:
+            got = "more" if len(nar) > info.nar_size else f"{len(nar)} bytes"
+            raise _mismatch(where, path, "NAR size", f"{info.nar_size} bytes", got)
+        if check_nar_hash:
+            digest = hashlib.sha256(nar).digest()
+            if digest != info.nar_hash:
+                raise _mismatch(where, path, "NAR hash", info.nar_hash_nix32(), "sha256:" + _nix32(digest))
+        return nar
+
     @contextlib.contextmanager
     def _raw_nar(self, path: StorePath, narinfo: NarInfo) -> Iterator[Read]:
         future = self._prefetched.pop(path, None)
@@ -510,6 +554,12 @@ class BinaryCacheStore(Store):
         return True
 
 
+def _mismatch(where: str, path: StorePath, what: str, expected: str, got: str) -> HashMismatchError:
+    return HashMismatchError(
+        f"{where}: {what} mismatch: the narinfo says {expected}, the file has {got}", path=path.path
+    )
+
+
 def _show(h: ParsedHash) -> str:
     return f"{h.algorithm.value}:{format_digest(h.algorithm, h.digest, HashFormat.NIX32)}"
 
@@ -558,10 +608,7 @@ class _CheckedNar:
         self.ended = False
 
     def _mismatch(self, what: str, expected: str, got: str) -> HashMismatchError:
-        return HashMismatchError(
-            f"{self.where}: {what} mismatch: the narinfo says {expected}, the file has {got}",
-            path=self.narinfo.path.path,
-        )
+        return _mismatch(self.where, self.narinfo.path, what, expected, got)
 
     def _counted(self, n: int) -> bytes:
         data = self.raw(n)

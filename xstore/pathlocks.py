@@ -78,9 +78,10 @@ def flock_fd(fd: int, shared: bool, blocking: bool, what: str) -> bool:
     return True
 
 
-def _still_linked(path: PathLike, fd: int) -> bool:
+def _still_linked(path: PathLike, st: os.stat_result) -> bool:
+    """Whether `path` still names the file whose status (its open descriptor's) is `st`."""
     try:
-        return os.path.samestat(os.stat(path, follow_symlinks=False), os.fstat(fd))
+        return os.path.samestat(os.stat(path, follow_symlinks=False), st)
     except FileNotFoundError:
         return False
 
@@ -96,8 +97,9 @@ class DeletableLock:
             fd = lock_file(path, what=what, blocking=blocking)
             if fd is None:
                 return  # taken, and not waited for: `acquired` is False
-            linked = _still_linked(path, fd)
-            if linked and os.fstat(fd).st_size == 0:
+            self._st = os.fstat(fd)
+            linked = _still_linked(path, self._st)
+            if linked and self._st.st_size == 0:
                 self._fd = fd
                 return
             if linked:  # contents but still linked: no owner leaves that; it is junk in our own place
@@ -114,7 +116,7 @@ class DeletableLock:
         if self._fd < 0:
             return
         try:
-            if _still_linked(self.path, self._fd):
+            if _still_linked(self.path, self._st):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.path)
             with contextlib.suppress(OSError):
@@ -209,8 +211,9 @@ class NixLockFile:
                     os.close(fd)
                     self.busy = True
                     return
-                linked = _still_linked(path, fd)
-                if linked and os.fstat(fd).st_size == 0 and (fresh or not is_valid_path()):
+                self._st = os.fstat(fd)
+                linked = _still_linked(path, self._st)
+                if linked and self._st.st_size == 0 and (fresh or not is_valid_path()):
                     self._fd = fd
                     return
             except BaseException:
@@ -231,7 +234,7 @@ class NixLockFile:
         try:
             # Still the very file locked (its inode cannot be reused while it is open): a store path that
             # took this name meanwhile is another file, and stays.
-            if _still_linked(self.path, self._fd):
+            if _still_linked(self.path, self._st):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.path)
             with contextlib.suppress(OSError):

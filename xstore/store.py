@@ -225,6 +225,7 @@ class LocalStore(Store):
         self._temp_roots: RootsFile | None = None
         self._scratch: contextlib.ExitStack | None = None
         self._scratch_dir = b""
+        self._scratch_fd = -1
         self._scratch_count = itertools.count()
         self._locks: str | None = None  # the locks directory, once made
         if not (self.db_dir / "db.sqlite").exists() and not _create:
@@ -622,23 +623,26 @@ class LocalStore(Store):
         if self.read_only:
             raise StoreError(f"the store at '{self.root}' is open read-only")
         db = self.db
+        insert = (
+            "insert into ValidPaths (path, hash, registrationTime, deriver, narSize, ultimate, sigs, ca) "
+            "values (?, ?, ?, ?, ?, ?, ?, ?)"
+        )
+        row = (
+            info.path.path,
+            "sha256:" + info.nar_hash.hex(),
+            info.registration_time or int(time.time()),
+            info.deriver.path if info.deriver else None,
+            info.nar_size or None,
+            1 if info.ultimate else None,
+            " ".join(sorted(info.sigs)) or None,
+            info.ca,
+        )
+        if not info.references:
+            db.execute(insert, row)  # one statement is a transaction of its own
+            return
         db.execute("begin immediate")
         try:
-            cursor = db.execute(
-                "insert into ValidPaths (path, hash, registrationTime, deriver, narSize, ultimate, sigs, ca) "
-                "values (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    info.path.path,
-                    "sha256:" + info.nar_hash.hex(),
-                    info.registration_time or int(time.time()),
-                    info.deriver.path if info.deriver else None,
-                    info.nar_size or None,
-                    1 if info.ultimate else None,
-                    " ".join(sorted(info.sigs)) or None,
-                    info.ca,
-                ),
-            )
-            rid = cursor.lastrowid
+            rid = db.execute(insert, row).lastrowid
             ids: dict[str, int] = {}
             for batch in batched({ref.path for ref in info.references}):
                 marks = ",".join("?" * len(batch))
@@ -708,13 +712,12 @@ class LocalStore(Store):
         free."""
         locks = self._locks_dir()
 
-        try:
-            lock_path: StorePath | None = StorePath(path.hash_part, path.name + ".lock")
-        except InvalidStorePathError:
-            lock_path = None  # the name would be too long for a store path
-
-        def lock_is_a_valid_path() -> bool:
-            return lock_path is not None and self.is_valid(lock_path)
+        def lock_is_a_valid_path() -> bool:  # asked only when the lock file exists already
+            try:
+                lock_path = StorePath(path.hash_part, path.name + ".lock")
+            except InvalidStorePathError:
+                return False  # the name would be too long for a store path
+            return self.is_valid(lock_path)
 
         own: str | tuple[str, int] = f"{locks}/path-{path.hash_part}"
         if HAVE_BYTE_LOCKS:
@@ -777,17 +780,24 @@ class LocalStore(Store):
         """This store object's scratch directory while it has one (see `scratch_entry`)."""
         return self._scratch_dir if self._scratch is not None else None
 
-    def scratch_entry(self) -> bytes:
-        """A fresh name in this store object's scratch directory: one private temporary directory inside
-        the real store directory (`temp_dir`), made the first time a path is added and kept until
-        `close()`, so that adding many paths costs no directory of its own per path. The name does not
-        exist yet; whoever makes it there removes it again unless it is moved into place."""
+    def scratch_entry(self) -> tuple[int, bytes]:
+        """A fresh name in this store object's scratch directory, with the directory's descriptor: one
+        private temporary directory inside the real store directory (`temp_dir`), made and opened the
+        first time a path is added and kept until `close()`, so that adding many paths costs no
+        directory of its own per path. The descriptor stays this store object's; the name does not
+        exist yet, and whoever makes it there removes it again unless it is moved into place."""
         with self._db_lock:
             if self._scratch is None:
-                stack = contextlib.ExitStack()
-                self._scratch_dir = stack.enter_context(self.temp_dir())
-                self._scratch = stack
-            return self._scratch_dir + b"/%d" % next(self._scratch_count)
+                with contextlib.ExitStack() as stack:
+                    self._scratch_dir = stack.enter_context(self.temp_dir())
+                    self._scratch_fd = os.open(self._scratch_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                    stack.callback(self._close_scratch_fd)
+                    self._scratch = stack.pop_all()
+            return self._scratch_fd, self._scratch_dir + b"/%d" % next(self._scratch_count)
+
+    def _close_scratch_fd(self) -> None:
+        fd, self._scratch_fd = self._scratch_fd, -1
+        os.close(fd)
 
     def clean_temp(self) -> list[str]:
         """Remove what killed xstore processes left in the store: temporary directories whose lock is

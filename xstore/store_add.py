@@ -67,13 +67,14 @@ class PathAdder:
         settings = store.settings
         # Built in place in the store's scratch directory (private, locked, a temporary root), then
         # renamed into the store: no directory of its own per path.
-        self._dest = store.scratch_entry()
+        scratch_fd, self._dest = store.scratch_entry()
         self.writer = TreeWriter(
             self._dest,
             case_hack=CaseHackMode.ON if settings.case_hack else CaseHackMode.OFF,
             fold=settings.fold,
             staging=False,
             canonical=True,  # all but a root directory, which is canonicalised once moved
+            parent_fd=scratch_fd,
         )
         self._exit.callback(self.writer.abort)
 

@@ -103,7 +103,9 @@ class TreeWriter:
     except the root when it is a directory: moving a directory to another parent needs write
     permission on it, so the caller moves it first and then canonicalises that one entry. Raises
     `DestinationExistsError` at construction if `dest` exists, `RestoreError` for filesystem
-    failures, `CaseHackError` for names the case hack cannot separate.
+    failures, `CaseHackError` for names the case hack cannot separate. `parent_fd` (staging off): an
+    open descriptor of `dest`'s directory, which the caller keeps (the writer works on a duplicate),
+    `dest` then being a fresh absolute name there, not looked up.
     """
 
     def __init__(
@@ -114,19 +116,28 @@ class TreeWriter:
         fold: Fold | None = None,
         staging: bool = True,
         canonical: bool = False,
+        parent_fd: int = -1,
     ) -> None:
-        self.dest = os.path.abspath(os.fsencode(dest))
-        parent, self._name = os.path.split(self.dest)
-        if not self._name:
-            raise RestoreError(f"cannot restore to '{os.fsdecode(self.dest)}'")
-        if os.path.lexists(self.dest):
-            raise DestinationExistsError(
-                f"'{os.fsdecode(self.dest)}' already exists; xstore never overwrites"
-            )
-        try:
-            self._parent_fd = os.open(parent, _DIR_FLAGS & ~os.O_NOFOLLOW)
-        except OSError as e:
-            raise RestoreError(f"cannot open '{os.fsdecode(parent)}': {e.strerror}") from e
+        if parent_fd >= 0:
+            # The caller's private directory, open already, and a fresh name in it (a store's scratch
+            # directory): neither looked up again.
+            assert not staging
+            self.dest = os.fsencode(dest)
+            parent, self._name = os.path.split(self.dest)
+            self._parent_fd = os.dup(parent_fd)
+        else:
+            self.dest = os.path.abspath(os.fsencode(dest))
+            parent, self._name = os.path.split(self.dest)
+            if not self._name:
+                raise RestoreError(f"cannot restore to '{os.fsdecode(self.dest)}'")
+            if os.path.lexists(self.dest):
+                raise DestinationExistsError(
+                    f"'{os.fsdecode(self.dest)}' already exists; xstore never overwrites"
+                )
+            try:
+                self._parent_fd = os.open(parent, _DIR_FLAGS & ~os.O_NOFOLLOW)
+            except OSError as e:
+                raise RestoreError(f"cannot open '{os.fsdecode(parent)}': {e.strerror}") from e
         self._stack: list[_Dir] = []
         self._file_fd = -1
         self._renamed = 0

@@ -460,12 +460,15 @@ class LocalStore(Store):
             assert fd is not None
             os.close(fd)
 
-    def trusted_keys(self) -> dict[str, Any]:
-        """The public keys this open store trusts, by name: the store's setting plus the keys given to
-        this store object with `trust_keys` (as `--trusted-public-keys` does for one command)."""
+    def trusted_keys(self, settings: StoreSettings | None = None) -> dict[str, Any]:
+        """The public keys this open store trusts, by name: the store's setting (from `settings` when
+        the caller has just read them) plus the keys given to this store object with `trust_keys` (as
+        `--trusted-public-keys` does for one command)."""
         from xstore.signing import parse_public_keys
 
-        texts = (*self.settings.trusted_public_keys, *self.extra_trusted_keys)
+        if settings is None:
+            settings = self.settings
+        texts = (*settings.trusted_public_keys, *self.extra_trusted_keys)
         if self._trusted is None or self._trusted[0] != texts:
             self._trusted = (texts, parse_public_keys(texts))
         return dict(self._trusted[1])

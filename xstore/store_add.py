@@ -40,7 +40,7 @@ from xstore.storeapi import PathInfo, Read
 
 TYPE_CHECKING = False  # not `from typing import`: the store commands run without loading typing
 if TYPE_CHECKING:
-    from xstore.store import LocalStore
+    from xstore.store import LocalStore, StoreSettings
 
 
 def _sri(digest: bytes) -> str:
@@ -53,18 +53,22 @@ class PathAdder:
     Feed the NAR's events to `handle()`, then call `commit(info)` with the path's final metadata (its
     `nar_hash` and `nar_size` as measured), or `abort()`. `expected`, when the metadata came before
     the NAR, is checked against the measured hash and size at commit, and its references up front, so
-    a path that cannot be registered fails before its NAR is read. Raises `InvalidPathError` for a
-    missing reference, `HashMismatchError`, `RestoreError` for filesystem failures.
+    a path that cannot be registered fails before its NAR is read. `settings`: the store's, when the
+    caller has just read them. Raises `InvalidPathError` for a missing reference, `HashMismatchError`,
+    `RestoreError` for filesystem failures.
     """
 
-    def __init__(self, store: LocalStore, expected: PathInfo | None = None) -> None:
+    def __init__(
+        self, store: LocalStore, expected: PathInfo | None = None, settings: StoreSettings | None = None
+    ) -> None:
         self.store = store
         self.expected = expected
         if expected is not None:
             # Checked once: the references are temporary roots from here on, so they stay valid.
             self._check_references(expected)
         self._exit = contextlib.ExitStack()
-        settings = store.settings
+        if settings is None:
+            settings = store.settings
         # Built in place in the store's scratch directory (private, locked, a temporary root), then
         # renamed into the store: no directory of its own per path.
         scratch_fd, self._dest = store.scratch_entry()
@@ -137,7 +141,8 @@ class PathAdder:
                 os.rename(self._dest, real)
                 self.writer.moved()
                 try:
-                    canonicalise(real, recursive=False)
+                    if self.writer.root_is_directory:  # the writer made everything else canonical
+                        canonicalise(real, recursive=False)
                     store.register(info)
                 except BaseException:
                     remove_tree(real)
@@ -170,11 +175,12 @@ def add_nar(store: LocalStore, info: PathInfo, read: Read, *, check_sigs: bool =
                 path=info.path.path,
             )
         return False
+    settings = store.settings  # read once for the whole add
     if check_sigs:
         from xstore.signing import require_trusted
 
-        require_trusted(info, store.trusted_keys(), store.describe())
-    adder = PathAdder(store, info)
+        require_trusted(info, store.trusted_keys(settings), store.describe())
+    adder = PathAdder(store, info, settings)
     try:
         for event in iter_events(read, parser):
             adder.handle(event)

@@ -60,19 +60,22 @@ class FileBackend(Backend):
 
     def get(self, name: str) -> bytes | None:
         try:
-            with open(f"{self.root}/{name}", "rb", buffering=0) as f:
-                # Sized by the file (a read of MAX_SMALL_FILE bytes would allocate that much every time);
-                # one byte more than it says shows a file that grew.
-                size = os.fstat(f.fileno()).st_size
-                data = f.read(min(size, MAX_SMALL_FILE) + 1)
-                if len(data) > size and len(data) <= MAX_SMALL_FILE:
-                    data += f.read(MAX_SMALL_FILE + 1 - len(data))
-        except FileNotFoundError:
-            return None
-        except NotADirectoryError:
+            fd = os.open(f"{self.root}/{name}", os.O_RDONLY | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as e:
             raise self._fail("read", name, e) from None
+        try:
+            # Sized by the file (a read of MAX_SMALL_FILE bytes would allocate that much every time); one
+            # byte more than it says shows a file that grew.
+            size = os.fstat(fd).st_size
+            data = os.read(fd, min(size, MAX_SMALL_FILE) + 1)
+            if size < len(data) <= MAX_SMALL_FILE:
+                data += os.read(fd, MAX_SMALL_FILE + 1 - len(data))
+        except OSError as e:
+            raise self._fail("read", name, e) from None
+        finally:
+            os.close(fd)
         if len(data) > MAX_SMALL_FILE:
             raise BinaryCacheError(f"'{self._path(name)}' is larger than {MAX_SMALL_FILE} bytes")
         return data

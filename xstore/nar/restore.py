@@ -105,7 +105,8 @@ class TreeWriter:
     `DestinationExistsError` at construction if `dest` exists, `RestoreError` for filesystem
     failures, `CaseHackError` for names the case hack cannot separate. `parent_fd` (staging off): an
     open descriptor of `dest`'s directory, which the caller keeps (the writer works on a duplicate),
-    `dest` then being a fresh absolute name there, not looked up.
+    `dest` then being a fresh absolute name there, not looked up. `root_is_directory` says, once the
+    root's event has passed, whether the root is a directory.
     """
 
     def __init__(
@@ -147,6 +148,7 @@ class TreeWriter:
         self._times = (time.time_ns(), CANONICAL_MTIME_NS)  # atime now, as a file just made has
         self._committed = False
         self._linked = False  # staged: the root has been linked or renamed to `dest`
+        self.root_is_directory = False
         if not staging:
             # The caller's directory is private already (the store's scratch directory): the tree is
             # built in place, and `abort` removes it.
@@ -222,6 +224,8 @@ class TreeWriter:
             except OSError as e:
                 raise self._create_error(e, where, name) from e
             fd = os.open(name, _DIR_FLAGS, dir_fd=where.fd)
+            if not event.path:
+                self.root_is_directory = True
             shown = where.shown + b"/" + name if self._stack else b""
             self._stack.append(_Dir(fd, CaseHackNames(self.fold) if self.case_hack else None, shown))
             if self._fix_modes or self._canonical:  # (a store's umask may not even leave it writable)

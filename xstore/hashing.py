@@ -62,6 +62,9 @@ class HashAlgorithm(enum.StrEnum):
     @classmethod
     def parse(cls, name: str) -> HashAlgorithm:
         """The algorithm called `name` (exact, lower case as Nix spells it); `InvalidHashError` otherwise."""
+        found = _BY_NAME.get(name)
+        if found is not None:
+            return found
         try:
             return cls(name)
         except ValueError:
@@ -70,6 +73,8 @@ class HashAlgorithm(enum.StrEnum):
                 f"unknown hash algorithm {_show(name)} (expected one of: {choices})", value=name
             ) from None
 
+
+_BY_NAME: dict[str, HashAlgorithm] = {a.value: a for a in HashAlgorithm}
 
 _DIGEST_SIZES: dict[HashAlgorithm, int] = {
     HashAlgorithm.MD5: 16,
@@ -270,6 +275,9 @@ def parse_hash(text: str, algorithm: HashAlgorithm | None = None) -> ParsedHash:
     `algorithm` given, a bare digest is accepted too, and a prefixed one must name that algorithm.
     Raises `InvalidHashError` for an unknown algorithm, a mismatch, a missing prefix, or a bad digest.
     """
+    if len(text) == 59 and text.startswith("sha256:") and algorithm in (None, HashAlgorithm.SHA256):
+        # The common form (narinfos, content addresses): SHA-256 in nix32.
+        return ParsedHash(HashAlgorithm.SHA256, decode_nix32(text[7:], 32))
     name, sep, rest = text.partition(":")
     sri = False
     if not sep:

@@ -272,10 +272,12 @@ def compress_hash(digest: bytes, size: int) -> bytes:
     """
     if size <= 0:
         raise InvalidArgumentError(f"cannot compress a hash to {size} bytes", size=size)
-    out = bytearray(size)
-    for i, byte in enumerate(digest):
-        out[i % size] ^= byte
-    return bytes(out)
+    # Each run of `size` bytes XORed onto the start, as whole numbers (little-endian: byte i onto
+    # byte i) rather than byte by byte.
+    folded = 0
+    for start in range(0, len(digest), size):
+        folded ^= int.from_bytes(digest[start : start + size], "little")
+    return folded.to_bytes(size, "little")
 
 
 def _check_sha256(digest: bytes, what: str) -> None:
@@ -300,7 +302,7 @@ def make_store_path(kind: str, digest: bytes, name: str, store_dir: str = STORE_
     _check_store_dir(store_dir)
     fingerprint = f"{kind}:sha256:{digest.hex()}:{store_dir}:{name}"
     folded = compress_hash(hashlib.sha256(fingerprint.encode()).digest(), 20)
-    return StorePath(encode_nix32(folded), name)
+    return StorePath._checked(encode_nix32(folded), name)  # a checked name, a hash part of 20 bytes
 
 
 def _with_references(kind: str, references: Iterable[StorePath], store_dir: str) -> str:

@@ -96,6 +96,12 @@ def _loaded_public(key: bytes) -> Any:
     return _ed25519().Ed25519PublicKey.from_public_bytes(key)
 
 
+@functools.lru_cache(maxsize=8)
+def _loaded_private(seed: bytes) -> Any:
+    # Loading a key costs as much as a signature: a server signing every narinfo loads it once.
+    return _ed25519().Ed25519PrivateKey.from_private_bytes(seed)
+
+
 class SecretKey(FrozenRecord):
     __slots__ = ("name", "key")  # noqa: RUF023 (the fields' order)
     name: str
@@ -114,8 +120,8 @@ class SecretKey(FrozenRecord):
 
     def sign_text(self, text: str) -> str:
         """`name:base64(signature)` of `text`."""
-        private = _ed25519().Ed25519PrivateKey.from_private_bytes(self.key[:32])
-        return f"{self.name}:{base64.b64encode(private.sign(text.encode())).decode()}"
+        signature = _loaded_private(self.key[:32]).sign(text.encode())
+        return f"{self.name}:{base64.b64encode(signature).decode()}"
 
     def __repr__(self) -> str:  # never show the secret in a traceback
         return f"SecretKey(name={self.name!r})"

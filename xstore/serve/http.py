@@ -24,8 +24,9 @@ of its `Content-Length`, or without the final chunk of a chunked body (and witho
 compressed stream), so no client ever takes a complete response for a NAR that is not the registered
 one; the log says why. A range of a NAR is checked the same way: the whole NAR is dumped and hashed, the
 range's last block held until then. A small NAR (up to `SMALL_NAR` bytes, most store paths) is read whole
-and checked before anything is sent, in the same trip to a worker thread as the database query; one
-that fails the check gets 500.
+and checked before anything is sent, in the same trip to a worker thread as the database query (from a
+local store, up to `INLINE_NAR` bytes, on the event loop with the query); one that fails the check
+gets 500.
 
 **Concurrency.** Each request is a trio task; a slow client slows only its own transfer (the producer
 thread waits on the channel). A client that disconnects is noticed (`http.disconnect`, or the failed
@@ -100,6 +101,7 @@ FORCED_EXIT: Final = 10.0  # seconds after the grace when the process exits even
 USER_TIMEOUT: Final = 300  # seconds without acknowledgement before the kernel drops a connection (Linux)
 NAR_THREADS: Final = 64  # dumps at once; more transfers wait for a thread
 SMALL_NAR: Final = 128 << 10  # NARs up to this size are read whole, checked, then sent in one piece
+INLINE_NAR: Final = 64 << 10  # from a local store, read on the event loop up to this size
 DB_THREADS: Final = 4
 DEFAULT_LISTEN: Final = "127.0.0.1:5000"
 
@@ -330,18 +332,21 @@ class CacheApp:
     # -- NARs ------------------------------------------------------------------------------------------
 
     def _lookup_nar(self, target: Route, want_body: bool) -> tuple[PathInfo | None, bytes | Exception | None]:
-        """The path's registration, and for a small NAR (at most `SMALL_NAR` bytes) its whole body,
-        compressed as asked and checked against the registration (or the `HashMismatchError` saying why
-        not), all in one trip to a worker thread: most paths are small, and a request for one then costs
-        no more thread hops than a narinfo's."""
+        """The path's registration and `_small_body`, in one trip to a worker thread: most paths are
+        small, and a request for one then costs no more thread hops than a narinfo's."""
         info = self._info(target.hash_part)
+        return info, self._small_body(info, target, want_body)
+
+    def _small_body(self, info: PathInfo | None, target: Route, want_body: bool) -> bytes | Exception | None:
+        """For a small NAR (at most `SMALL_NAR` bytes) its whole body, compressed as asked and checked
+        against the registration (or the `HashMismatchError` saying why not); None otherwise."""
         if (
             info is None
             or nar_hash_nix32(info) != target.nar_hash
             or not want_body
             or info.nar_size > SMALL_NAR
         ):
-            return info, None
+            return None
         nar = bytearray()
 
         def sink(block: bytes) -> None:
@@ -356,19 +361,31 @@ class CacheApp:
         try:
             self.store.nar_from_path(info.path, sink, known=info)
         except HashMismatchError as e:
-            return info, e
+            return e
         if target.compression is Method.NONE:
-            return info, bytes(nar)
+            return bytes(nar)
         out = bytearray()
         writer = open_writer(out.extend, target.compression, level=_LEVELS.get(target.compression))
         writer(bytes(nar))
         writer.finish()
-        return info, bytes(out)
+        return bytes(out)
 
     async def _nar(self, ex: _Exchange, target: Route) -> None:
-        info, body = await trio.to_thread.run_sync(
-            self._lookup_nar, target, not ex.head, limiter=self.nar_threads
-        )
+        body: bytes | Exception | None
+        if self.inline_queries:
+            # A local store is queried on the event loop (see the module docstring), and a NAR of at
+            # most `INLINE_NAR` bytes is read there too: less time than the hand-over to a thread.
+            info = self._info(target.hash_part)
+            if info is None or info.nar_size <= INLINE_NAR:
+                body = self._small_body(info, target, not ex.head)
+            else:
+                body = await trio.to_thread.run_sync(
+                    self._small_body, info, target, not ex.head, limiter=self.nar_threads
+                )
+        else:
+            info, body = await trio.to_thread.run_sync(
+                self._lookup_nar, target, not ex.head, limiter=self.nar_threads
+            )
         if isinstance(body, Exception):
             self.log(f"error: {body}")
             await ex.error(500, "the path's contents no longer match its registered hash")

@@ -8,6 +8,7 @@ directory, canonicalised and hashed with xstore's own dump. Everything compared 
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from tests import narbuild
 from tests.localstores import add_path, dummy, export_bytes, leftovers, read_from, rows, sp, store_entries
 from xstore.casehack import CaseHackMode, Fold, probe
 from xstore.cli.app import app
@@ -426,6 +428,24 @@ def test_an_imported_tree_is_canonical_throughout(store: LocalStore, tmp_path: P
         expected["a/b/run"] = (0o555, 10**9)
         assert seen == expected
         assert export_bytes(other, [info.references[0], info.path]) == stream
+
+
+@pytest.mark.parametrize("kind", ["file", "executable", "symlink", "directory"])
+def test_an_added_root_of_each_kind_is_canonical(kind: str, store: LocalStore) -> None:
+    """The root is made read-only and timeless too: a file or symlink root by the tree writer before the
+    move, a directory root after it (the writer leaves that one writable so it can be moved)."""
+    node = {
+        "file": narbuild.regular(b"text\n"),
+        "executable": narbuild.regular(b"#!/bin/sh\n", executable=True),
+        "symlink": narbuild.symlink(b"/nix/store/elsewhere"),
+        "directory": narbuild.directory((b"f", narbuild.regular(b"x"))),
+    }[kind]
+    data = narbuild.archive(node)
+    info = PathInfo(sp("3c", kind), hashlib.sha256(data).digest(), len(data), ())
+    assert store.add_to_store(info, read_from(data), check_sigs=False)
+    st = os.lstat(store.real_path(info.path))
+    expected = {"file": 0o444, "executable": 0o555, "symlink": 0o777, "directory": 0o555}[kind]
+    assert (stat.S_IMODE(st.st_mode), st.st_mtime_ns) == (expected, 10**9)
 
 
 def test_a_refused_import_with_read_only_directories_leaves_nothing(

@@ -212,7 +212,7 @@ class LocalStore(Store):
         self.state_dir = self.root / "nix" / "var" / "nix"
         self.db_dir = self.state_dir / "db"
         self.xstore_dir = self.root / "nix" / "var" / "xstore"
-        self._settings_file = self.xstore_dir / "settings.json"
+        self._settings_file = str(self.xstore_dir / "settings.json")
         self._byte_locks = str(self.xstore_dir / "path-locks")
         self._big_lock = -1
         self._probed: StoreSettings | None = None
@@ -400,7 +400,7 @@ class LocalStore(Store):
         identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         if self._settings_read is not None and self._settings_read[0] == identity:
             return self._settings_read[1]
-        settings = self._parse_settings(path)
+        settings = self._parse_settings(Path(path))
         if settings is not None:
             self._settings_read = (identity, settings)
         return settings

@@ -163,7 +163,9 @@ def add_nar(store: LocalStore, info: PathInfo, read: Read, *, check_sigs: bool =
     parser = NarParser(hasher=hasher, whole_files=True)
     limit = info.nar_size or None
     store.add_temp_root(info.path)  # whether added now or valid already, a collection must keep it
-    if store.is_valid(info.path):
+    # A valid path is on disk, so a name that is not there needs no query (the usual case when copying,
+    # whose plan has just found the path missing); the check under the path's lock is what counts.
+    if os.path.lexists(store.real_path(info.path)) and store.is_valid(info.path):
         for _ in iter_events(read, parser, contents=False):
             _check_limit(info, parser, limit)
         _check_end(parser, read)

@@ -319,10 +319,18 @@ def test_whole_files_only_for_small_files_buffered_to_their_end() -> None:
         ((b"d", b"e"), b"y" * WHOLE_FILE_MAX, False),
     ]
     assert [e.path for e in events if type(e) is RegularFile] == [(b"c",)]
-    # A file that is the archive's root is never whole (its node closes the archive, not an entry), nor
-    # one whose end is not buffered yet.
-    single = narbuild.archive(narbuild.regular(b"hello"))
-    assert not any(isinstance(e, WholeFile) for e in parse_chunks([single], NarParser(whole_files=True))[0])
+    # A file that is the archive's root is whole when the archive is buffered to its end (its node's
+    # close), and not when that close has not arrived yet; nor is a file inside whose end is not.
+    single = narbuild.archive(narbuild.regular(b"hello", executable=True))
+    events, _ = parse_chunks([single], NarParser(whole_files=True))
+    assert [(type(e), e.path) for e in events[:1]] == [(WholeFile, ())]
+    assert [(e.data, e.executable, e.size) for e in events[:1] if isinstance(e, WholeFile)] == [
+        (b"hello", True, 5)
+    ]
+    assert not any(type(e) is RegularFile for e in events)
+    events, _ = parse_chunks([single[:-1], single[-1:]], NarParser(whole_files=True))
+    assert not any(isinstance(e, WholeFile) for e in events)
+    assert [e.path for e in events if type(e) is RegularFile] == [()]
     cut = blob.index(b"hello") + 2
     events, _ = parse_chunks([blob[:cut], blob[cut:]], NarParser(whole_files=True))
     assert [e.path for e in events if isinstance(e, WholeFile)] == [(b"a",), (b"d", b"e")]

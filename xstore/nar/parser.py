@@ -113,9 +113,10 @@ class NarParser:
     returned, the hasher holds the NAR hash. Hashing and `skip_contents` exclude each other.
 
     With `whole_files`, a file of at most `WHOLE_FILE_MAX` bytes inside a directory whose bytes up to the
-    end of its entry are all buffered is one `WholeFile` event instead of `RegularFile`, `FileChunk` and
-    `FileEnd`; anything else (a file not yet buffered whole, bad padding, a missing close) is read in
-    single steps as always, which say exactly what is wrong.
+    end of its entry are all buffered (or the root, buffered to the archive's end) is one `WholeFile`
+    event instead of `RegularFile`, `FileChunk` and `FileEnd`; anything else (a file not yet buffered
+    whole, bad padding, a missing close) is read in single steps as always, which say exactly what is
+    wrong.
     """
 
     def __init__(self, *, hasher: _Hasher | None = None, whole_files: bool = False) -> None:
@@ -281,7 +282,33 @@ class NarParser:
         if magic != NAR_MAGIC:
             self._fail("input doesn't look like a Nix archive")
         self._state = _State.NODE_OPEN
+        if self._whole_files:
+            return self._whole_root(self._buf, self._pos)
         return None
+
+    def _whole_root(self, buf: bytes, pos: int) -> Event | None:
+        """A root that is a small regular file (a text, a script, a patch: many store paths), buffered
+        to the archive's end: one `WholeFile` with the archive finished, as the single steps would have
+        left it; None, with nothing changed, for anything else."""
+        if not buf.startswith(tokens.OPEN_TYPE, pos):
+            return None
+        kind = pos + _OPEN_TYPE_LEN
+        executable = buf.startswith(tokens.REGULAR_EXEC_CONTENTS, kind)
+        if not executable and not buf.startswith(tokens.REGULAR_CONTENTS, kind):
+            return None
+        size_at = kind + (_REGULAR_EXEC_CONTENTS_LEN if executable else _REGULAR_CONTENTS_LEN)
+        if len(buf) - size_at < 8:
+            return None
+        (size,) = U64.unpack_from(buf, size_at)
+        start = size_at + 8
+        end = _whole_contents_end(buf, start, size, tokens.CLOSE)
+        if end is None:
+            return None
+        close = end + (-size & 7)
+        self._pos = close + _CLOSE_LEN
+        self._token_offset = self._base + close
+        self._end_node()
+        return WholeFile((), executable, size, self._base + start, memoryview(buf)[start : start + size])
 
     def _node_open(self) -> Event | Signal | None:
         if not self._expect(tokens.OPEN, "("):
@@ -472,22 +499,15 @@ class NarParser:
                 return None
             (size,) = U64.unpack_from(buf, size_at)
             start = size_at + 8
-            if self._whole_files and size <= WHOLE_FILE_MAX:
-                # The contents, their padding and the `) )` closing the file's node and entry.
-                end = start + size
+            end = _whole_contents_end(buf, start, size, tokens.CLOSE_CLOSE) if self._whole_files else None
+            if end is not None:
                 pad = -size & 7
-                closed = end + pad + _CLOSE_CLOSE_LEN
-                if (
-                    len(buf) >= closed
-                    and buf[end : end + pad] == ZEROS[:pad]
-                    and buf.startswith(tokens.CLOSE_CLOSE, end + pad)
-                ):
-                    self._pos = closed
-                    self._token_offset = self._base + end + pad + _CLOSE_LEN
-                    self._state = _State.DIRECTORY_TAG
-                    frame.prev_name = name
-                    self._path = frame.path
-                    return WholeFile(path, executable, size, self._base + start, memoryview(buf)[start:end])
+                self._pos = end + pad + _CLOSE_CLOSE_LEN
+                self._token_offset = self._base + end + pad + _CLOSE_LEN
+                self._state = _State.DIRECTORY_TAG
+                frame.prev_name = name
+                self._path = frame.path
+                return WholeFile(path, executable, size, self._base + start, memoryview(buf)[start:end])
             self._pos = start
             self._executable = executable
             self._is_file = True
@@ -572,6 +592,18 @@ class NarParser:
                 self._hashed = self._pos
 
 
+def _whole_contents_end(buf: bytes, start: int, size: int, closing: bytes) -> int | None:
+    """Where a file's contents of `size` bytes from `start` end, when they are at most `WHOLE_FILE_MAX`
+    bytes and buffered with their zero padding and the `closing` tokens after them; else None."""
+    if size > WHOLE_FILE_MAX:
+        return None
+    end = start + size
+    pad = -size & 7
+    if len(buf) < end + pad + len(closing) or buf[end : end + pad] != ZEROS[:pad]:
+        return None
+    return end if buf.startswith(closing, end + pad) else None
+
+
 def _framed(buf: bytes, pos: int, max_len: int) -> tuple[bytes, int] | None:
     """`wire.parse_string` for the one-step entry reader: None for anything it would not take as it is
     (incomplete, too long, bad padding), which the single steps then read and report."""
@@ -583,6 +615,7 @@ def _framed(buf: bytes, pos: int, max_len: int) -> tuple[bytes, int] | None:
 
 _ENTRY_NAME_LEN: Final = len(tokens.ENTRY_NAME)
 _NODE_OPEN_TYPE_LEN: Final = len(tokens.NODE_OPEN_TYPE)
+_OPEN_TYPE_LEN: Final = len(tokens.OPEN_TYPE)
 _REGULAR_CONTENTS_LEN: Final = len(tokens.REGULAR_CONTENTS)
 _REGULAR_EXEC_CONTENTS_LEN: Final = len(tokens.REGULAR_EXEC_CONTENTS)
 _DIRECTORY_LEN: Final = len(tokens.DIRECTORY)

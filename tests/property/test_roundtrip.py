@@ -323,9 +323,9 @@ def test_whole_files_only_for_small_files_buffered_to_their_end() -> None:
     # close), and not when that close has not arrived yet; nor is a file inside whose end is not.
     single = narbuild.archive(narbuild.regular(b"hello", executable=True))
     events, _ = parse_chunks([single], NarParser(whole_files=True))
-    assert [(type(e), e.path) for e in events[:1]] == [(WholeFile, ())]
-    assert [(e.data, e.executable, e.size) for e in events[:1] if isinstance(e, WholeFile)] == [
-        (b"hello", True, 5)
+    assert [type(e) for e in events[:1]] == [WholeFile]
+    assert [(e.path, e.data, e.executable, e.size) for e in events[:1] if isinstance(e, WholeFile)] == [
+        ((), b"hello", True, 5)
     ]
     assert not any(type(e) is RegularFile for e in events)
     events, _ = parse_chunks([single[:-1], single[-1:]], NarParser(whole_files=True))

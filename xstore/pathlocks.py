@@ -35,6 +35,7 @@ import fcntl
 import os
 import struct
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -141,6 +142,29 @@ HAVE_BYTE_LOCKS: Final = (
 )
 
 
+def _lock_byte(fd: int, offset: int, what: str, blocking: bool) -> bool:
+    """Lock byte `offset` of the file open at `fd` with an open file description lock, trying without
+    blocking first; a blocking wait is announced, naming `what`. False when `blocking` is off and the
+    byte is taken (by another open file description)."""
+    assert _OFD_SETLK is not None
+    assert _OFD_SETLKW is not None
+    request = struct.pack("@hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, offset, 1, 0)
+    try:
+        fcntl.fcntl(fd, _OFD_SETLK, request)
+    except OSError as e:
+        if e.errno not in (errno.EAGAIN, errno.EACCES):
+            raise
+        if not blocking:
+            return False
+        notice(f"waiting for {what}, which another process holds")
+        fcntl.fcntl(fd, _OFD_SETLKW, request)
+    return True
+
+
+def _open_lock_file(path: PathLike) -> int:
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+
+
 class ByteLock:
     """An exclusive lock on byte `offset` of the file `path` (made when missing, never deleted), with an
     open file description lock of its own: another `ByteLock` on the same byte waits, in this process
@@ -148,25 +172,16 @@ class ByteLock:
     byte was free. Linux only (`HAVE_BYTE_LOCKS`)."""
 
     def __init__(self, path: PathLike, offset: int, what: str, *, blocking: bool = True) -> None:
-        assert _OFD_SETLK is not None
-        assert _OFD_SETLKW is not None
         self._fd = -1
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-        request = struct.pack("@hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, offset, 1, 0)
+        fd = _open_lock_file(path)
         try:
-            try:
-                fcntl.fcntl(fd, _OFD_SETLK, request)
-            except OSError as e:
-                if e.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                if not blocking:
-                    os.close(fd)
-                    return
-                notice(f"waiting for {what}, which another process holds")
-                fcntl.fcntl(fd, _OFD_SETLKW, request)
+            locked = _lock_byte(fd, offset, what, blocking)
         except BaseException:
             os.close(fd)
             raise
+        if not locked:
+            os.close(fd)
+            return
         self._fd = fd
 
     @property
@@ -177,6 +192,78 @@ class ByteLock:
         if self._fd >= 0:
             fd, self._fd = self._fd, -1
             os.close(fd)  # the lock belongs to this open file alone: closing it releases the lock
+
+
+class ByteLockFile:
+    """The file of one store object's byte locks, opened once: a byte this process does not hold yet is
+    locked through that one open file description, with no open and close per lock; a byte it holds
+    already is locked through a description of its own (a `ByteLock`), which then waits for the first
+    holder as another process would (a description never conflicts with itself). `close()` it with the
+    store. Linux only (`HAVE_BYTE_LOCKS`)."""
+
+    def __init__(self, path: PathLike) -> None:
+        self.path = path
+        self._fd = -1
+        self._held: set[int] = set()  # bytes locked (or being locked) through self._fd
+        self._mutex = threading.Lock()
+
+    def lock(self, offset: int, what: str, *, blocking: bool = True) -> ByteLock | _SharedByte:
+        """Lock byte `offset` (see `ByteLock`); the result's `acquired` says whether it was."""
+        with self._mutex:
+            if offset in self._held:
+                fd = -1
+            else:
+                if self._fd < 0:
+                    self._fd = _open_lock_file(self.path)
+                fd = self._fd
+                self._held.add(offset)
+        if fd < 0:
+            return ByteLock(self.path, offset, what, blocking=blocking)
+        try:
+            locked = _lock_byte(fd, offset, what, blocking)
+        except BaseException:
+            self._forget(offset)
+            raise
+        if not locked:
+            self._forget(offset)
+        return _SharedByte(self, offset, locked)
+
+    def _forget(self, offset: int) -> None:
+        with self._mutex:
+            self._held.discard(offset)
+
+    def unlock(self, offset: int) -> None:
+        with self._mutex:
+            fd = self._fd
+        if fd >= 0:
+            assert _OFD_SETLK is not None
+            request = struct.pack("@hhqqi4x", fcntl.F_UNLCK, os.SEEK_SET, offset, 1, 0)
+            fcntl.fcntl(fd, _OFD_SETLK, request)
+        self._forget(offset)
+
+    def close(self) -> None:
+        """Close the file, which releases every byte still locked through it."""
+        with self._mutex:
+            fd, self._fd = self._fd, -1
+            self._held.clear()
+        if fd >= 0:
+            os.close(fd)
+
+
+class _SharedByte:
+    """A byte locked through a `ByteLockFile`'s own description."""
+
+    __slots__ = ("_file", "_offset", "acquired")
+
+    def __init__(self, file: ByteLockFile, offset: int, acquired: bool) -> None:
+        self._file = file
+        self._offset = offset
+        self.acquired = acquired
+
+    def release(self) -> None:
+        if self.acquired:
+            self.acquired = False
+            self._file.unlock(self._offset)
 
 
 class NixLockFile:
@@ -249,21 +336,24 @@ class PathLock:
 
     def __init__(
         self,
-        own: PathLike | tuple[PathLike, int],
+        own: PathLike | tuple[ByteLockFile | PathLike, int],
         nix: bytes,
         shown: str,
         is_lock_a_valid_path: Callable[[], bool],
         *,
         blocking: bool = True,
     ) -> None:
-        """`own` is xstore's own lock: a file of its own, or a file and the byte in it (`ByteLock`)."""
+        """`own` is xstore's own lock: a file of its own, or a file (or a store's open `ByteLockFile`) and
+        the byte in it."""
         what = f"the lock on '{shown}'"
         self.acquired = False
-        self._own: DeletableLock | ByteLock = (
-            ByteLock(own[0], own[1], what, blocking=blocking)
-            if isinstance(own, tuple)
-            else DeletableLock(own, what, blocking=blocking)
-        )
+        self._own: DeletableLock | ByteLock | _SharedByte
+        if not isinstance(own, tuple):
+            self._own = DeletableLock(own, what, blocking=blocking)
+        elif isinstance(own[0], ByteLockFile):
+            self._own = own[0].lock(own[1], what, blocking=blocking)
+        else:
+            self._own = ByteLock(own[0], own[1], what, blocking=blocking)
         self._nix = None
         if not self._own.acquired:
             return

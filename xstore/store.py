@@ -41,7 +41,7 @@ from xstore.errors import HashMismatchError, InputError, InvalidPathError, Inval
 from xstore.fsops import remove_tree
 from xstore.hashing import HashAlgorithm, HashFormat, HashSink, encode_nix32, parse_hash
 from xstore.notices import notice
-from xstore.pathlocks import HAVE_BYTE_LOCKS, PathLock, flock_fd, lock_file
+from xstore.pathlocks import HAVE_BYTE_LOCKS, ByteLockFile, PathLock, flock_fd, lock_file
 from xstore.records import FrozenRecord, setfield
 from xstore.storeapi import PathInfo, Read, Sink, Store, batched
 from xstore.storepath import HASH_PART_LEN, STORE_DIR, StorePath, parse_store_path
@@ -213,7 +213,7 @@ class LocalStore(Store):
         self.db_dir = self.state_dir / "db"
         self.xstore_dir = self.root / "nix" / "var" / "xstore"
         self._settings_file = str(self.xstore_dir / "settings.json")
-        self._byte_locks = str(self.xstore_dir / "path-locks")
+        self._byte_locks = ByteLockFile(str(self.xstore_dir / "path-locks"))
         self._big_lock = -1
         self._probed: StoreSettings | None = None
         self._settings_read: tuple[tuple[int, ...], StoreSettings] | None = None
@@ -498,6 +498,7 @@ class LocalStore(Store):
         if self._db is not None:
             self._db.close()
             self._db = None
+        self._byte_locks.close()
         if self._big_lock >= 0:
             os.close(self._big_lock)
             self._big_lock = -1
@@ -722,7 +723,7 @@ class LocalStore(Store):
                 return False  # the name would be too long for a store path
             return self.is_valid(lock_path)
 
-        own: str | tuple[str, int] = f"{locks}/path-{path.hash_part}"
+        own: str | tuple[ByteLockFile, int] = f"{locks}/path-{path.hash_part}"
         if HAVE_BYTE_LOCKS:
             # The hash part read as a base-36 number (nix32's letters are digits of base 36): one byte
             # per hash part, anywhere in 62 bits.

@@ -157,6 +157,44 @@ def test_byte_lock_waiter_gets_the_byte_when_released(tmp_path: Path) -> None:
 
 
 @needs_byte_locks
+def test_a_stores_byte_lock_file_shares_one_description_and_still_excludes(tmp_path: Path) -> None:
+    """A store's `ByteLockFile` locks the bytes it does not hold through its one open file (no open per
+    lock), yet a byte it holds is refused to a second lock of this process through the same object, to
+    a `ByteLock` of its own, and to a waiting thread until released; closing it releases everything."""
+    path = tmp_path / "path-locks"
+    locks = pathlocks.ByteLockFile(path)
+    try:
+        first, second = locks.lock(7, "x"), locks.lock(8, "x")
+        assert first.acquired
+        assert second.acquired
+        assert not locks.lock(7, "x", blocking=False).acquired  # this process holds it already
+        assert not ByteLock(path, 8, "x", blocking=False).acquired  # another description
+        got: list[Any] = []
+        thread = threading.Thread(target=lambda: got.append(locks.lock(7, "x")), daemon=True)
+        thread.start()
+        thread.join(0.3)
+        assert not got, "the waiter should still wait"
+        first.release()
+        first.release()  # twice is harmless
+        thread.join(10)
+        (waiter,) = got
+        assert waiter.acquired
+        waiter.release()
+        again = locks.lock(7, "x", blocking=False)
+        assert again.acquired
+        held_fds = len(os.listdir("/proc/self/fd"))
+        for offset in range(100, 120):  # no descriptor per lock
+            locks.lock(offset, "x")
+        assert len(os.listdir("/proc/self/fd")) == held_fds
+    finally:
+        locks.close()
+    for offset in (7, 8, 100):  # all released with the file
+        lock = ByteLock(path, offset, "x", blocking=False)
+        assert lock.acquired
+        lock.release()
+
+
+@needs_byte_locks
 def test_byte_lock_excludes_another_process(tmp_path: Path) -> None:
     path = tmp_path / "path-locks"
     holder = subprocess.Popen(

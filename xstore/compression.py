@@ -200,6 +200,17 @@ def decompress_whole(data: bytes, method: Method | str, limit: int) -> bytes:
     method = Method.parse(method)
     if method is Method.NONE:
         return data
+    if method is Method.ZSTD:
+        # The usual case, one whole frame, in one call; anything else (several frames, a truncated or
+        # corrupt one, more than `limit` bytes) again through the reader, which tells what is wrong.
+        zstd = _zstd()
+        decompressor = zstd.ZstdDecompressor()
+        try:
+            out: bytes = decompressor.decompress(data, limit + 1)
+        except zstd.ZstdError:
+            out = b""
+        if decompressor.eof and not decompressor.unused_data and len(out) <= limit:
+            return out
     pending = [data]
     read = open_reader(lambda _n: pending.pop() if pending else b"", method)
     parts: list[bytes] = []

@@ -24,7 +24,6 @@ Nix: local-store.cc (`addToStore(info, source)`, `registerValidPaths`), export-i
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 
@@ -66,7 +65,6 @@ class PathAdder:
         if expected is not None:
             # Checked once: the references are temporary roots from here on, so they stay valid.
             self._check_references(expected)
-        self._exit = contextlib.ExitStack()
         if settings is None:
             settings = store.settings
         # Built in place in the store's scratch directory (private, locked, a temporary root), then
@@ -80,7 +78,6 @@ class PathAdder:
             canonical=True,  # all but a root directory, which is canonicalised once moved
             parent_fd=scratch_fd,
         )
-        self._exit.callback(self.writer.abort)
 
     def handle(self, event: Event) -> None:
         self.writer.handle(event)
@@ -88,6 +85,8 @@ class PathAdder:
     def _check_references(self, info: PathInfo) -> None:
         # Held as temporary roots first, so a garbage collection cannot delete them between this check
         # and the registration.
+        if not info.references:
+            return
         for ref in info.references:
             if ref != info.path:
                 self.store.add_temp_root(ref)
@@ -111,7 +110,7 @@ class PathAdder:
         """Check `info` (the measured hash and size) against what was announced, then move the path into
         place and register it. Returns False when the path was valid already (its NAR must match), True
         when added. The adder is finished either way."""
-        with self._exit:
+        try:
             expected = self.expected
             if expected is not None:
                 if expected.path != info.path:
@@ -124,7 +123,10 @@ class PathAdder:
                         f"({expected.nar_size} bytes), got {info.nar_hash_sri()} ({info.nar_size} bytes)",
                         path=info.path.path,
                     )
-                info = expected.replace(nar_size=info.nar_size)
+                if expected.nar_size != info.nar_size:  # unknown (0) before
+                    info = expected.replace(nar_size=info.nar_size)
+                else:
+                    info = expected
             self.writer.commit()
             store = self.store
             store.add_temp_root(info.path)
@@ -148,10 +150,12 @@ class PathAdder:
                     remove_tree(real)
                     raise
             return True
+        finally:
+            self.writer.abort()  # closes what is open; removes the tree unless it was moved
 
     def abort(self) -> None:
         """Remove everything this adder made. Idempotent."""
-        self._exit.close()
+        self.writer.abort()
 
 
 def add_nar(store: LocalStore, info: PathInfo, read: Read, *, check_sigs: bool = False) -> bool:

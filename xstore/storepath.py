@@ -156,12 +156,14 @@ class StorePath(FrozenRecord):
         return self.hash_part == other.hash_part and self.name == other.name
 
     def __hash__(self) -> int:
-        return hash((self.hash_part, self.name))
+        return hash(self.hash_part)  # (a string's hash is kept with it; equal paths share hash parts)
 
     def __lt__(self, other: StorePath) -> bool:
         if type(other) is not StorePath:
             return NotImplemented
-        return (self.hash_part, self.name) < (other.hash_part, other.name)
+        if self.hash_part != other.hash_part:
+            return self.hash_part < other.hash_part
+        return self.name < other.name
 
     def __le__(self, other: StorePath) -> bool:
         if type(other) is not StorePath:

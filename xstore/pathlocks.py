@@ -15,6 +15,8 @@ such a valid path as if it were its lock file, spins forever when it has content
    `ROOT/nix/var/xstore/path-locks`, at an offset given by the hash part, locked with an open file
    description lock (`fcntl(F_OFD_SETLK)`: owned by the open file like flock, so threads and processes
    exclude each other alike, and released when it is closed): nothing is created or deleted per path.
+   A store object opens that file once (`ByteLockFile`) and locks its paths' bytes through it; a byte it
+   holds already is locked again through an open file of its own, which waits like another process.
    Elsewhere it is a file per hash part, `ROOT/nix/var/xstore/locks/path-<hash part>`, deleted after
    use as Nix deletes its own.
 2. Nix's `<path>.lock` beside it, so that Nix and xstore adding the same path wait for each other, but
@@ -235,11 +237,13 @@ class ByteLockFile:
     def unlock(self, offset: int) -> None:
         with self._mutex:
             fd = self._fd
-        if fd >= 0:
-            assert _OFD_SETLK is not None
-            request = struct.pack("@hhqqi4x", fcntl.F_UNLCK, os.SEEK_SET, offset, 1, 0)
-            fcntl.fcntl(fd, _OFD_SETLK, request)
-        self._forget(offset)
+        try:
+            if fd >= 0:
+                assert _OFD_SETLK is not None
+                request = struct.pack("@hhqqi4x", fcntl.F_UNLCK, os.SEEK_SET, offset, 1, 0)
+                fcntl.fcntl(fd, _OFD_SETLK, request)
+        finally:
+            self._forget(offset)
 
     def close(self) -> None:
         """Close the file, which releases every byte still locked through it."""

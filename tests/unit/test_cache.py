@@ -31,6 +31,7 @@ from xstore.errors import (
     InvalidStoreUrlError,
     SignatureError,
 )
+from xstore.fsops import remove_tree
 from xstore.import_export import export_paths
 from xstore.nar.dump import dump_path
 from xstore.narinfo import parse_narinfo
@@ -360,13 +361,22 @@ def test_narinfo_url_outside_the_cache(source: LocalStore, closure: Closure, tmp
     with open_store(f"file://{cache}?compression=none", create=True) as dst:
         copy_paths(source, dst, [closure.lib])
     narinfo_file = cache / f"{closure.lib.hash_part}.narinfo"
-    narinfo_file.write_text(narinfo_file.read_text().replace("URL: nar/", "URL: ../../etc/"))
-    with (
-        LocalStore.create(tmp_path / "dest") as dest,
-        open_store(f"file://{cache}") as src,
-        pytest.raises(BinaryCacheError, match="points outside the cache"),
-    ):
-        copy_paths(src, dest, [closure.lib])
+    original = narinfo_file.read_text()
+    # A copy of the very NAR file outside the cache, with the hash and size the narinfo gives: only the
+    # name refuses it, on every route (the whole read of a small NAR included).
+    nar_name = next(line[5:] for line in original.splitlines() if line.startswith("URL: "))
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "x.nar").write_bytes((cache / nar_name).read_bytes())
+    for url in ("../../etc/passwd", "../outside/x.nar", "nar/../../outside/x.nar"):
+        narinfo_file.write_text(original.replace(f"URL: {nar_name}", f"URL: {url}"))
+        with (
+            LocalStore.create(tmp_path / "dest") as dest,
+            open_store(f"file://{cache}") as src,
+            pytest.raises(BinaryCacheError, match="points outside the cache"),
+        ):
+            copy_paths(src, dest, [closure.lib])
+        remove_tree(os.fsencode(tmp_path / "dest"))
 
 
 # -- http:// ----------------------------------------------------------------------------------------------

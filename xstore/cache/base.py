@@ -167,6 +167,11 @@ class Backend(abc.ABC):
         """Stream the file a narinfo's URL names (relative to the cache, or absolute where the kind
         allows). Raises `BinaryCacheError` when it is missing or cannot be read."""
 
+    def nar_name(self, url: str) -> str:
+        """The name `get` takes for the file a narinfo's relative URL names, as `open_read` would
+        resolve it (without its query string); `BinaryCacheError` where this kind refuses it."""
+        return url.split("?", 1)[0]
+
     @abc.abstractmethod
     def put(self, name: str, data: bytes, content_type: str) -> None: ...
 
@@ -459,10 +464,13 @@ class BinaryCacheStore(Store):
             self._prefetched[path] = self._pool.submit(self._fetch_small, url)
 
     def _fetch_small(self, url: str) -> bytes | None:
+        """The NAR file a narinfo's relative URL names, read whole; None when it cannot be (missing, or
+        refused: a `file://` cache's URL that leaves the cache), to be read the usual way then, which
+        reports why."""
         try:
-            return self.backend.get(url.split("?", 1)[0] if "://" not in url else url)
+            return self.backend.get(self.backend.nar_name(url))
         except BinaryCacheError:
-            return None  # read the usual way then, which reports the failure
+            return None
 
     # -- paths in ----------------------------------------------------------------------------------------
 

@@ -80,6 +80,9 @@ class FileBackend(Backend):
             raise BinaryCacheError(f"'{self._path(name)}' is larger than {MAX_SMALL_FILE} bytes")
         return data
 
+    def nar_name(self, url: str) -> str:
+        return relative_name(url, self.url)  # never a file outside the cache
+
     def exists(self, name: str) -> bool:
         return self._path(name).is_file()
 

@@ -8,6 +8,7 @@ the tests start (`tests/cacheservers.py`): xstore's client is urllib3. What Nix 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -22,6 +23,8 @@ import pytest
 from tests.cacheservers import StaticServer, UploadServer, serve, serving
 from tests.localstores import store_entries
 from xstore.cache.base import BinaryCacheStore
+from xstore.cache.file import FileBackend
+from xstore.cache.http import HttpBackend
 from xstore.casehack import CaseHackMode
 from xstore.copy import copy_paths
 from xstore.errors import (
@@ -40,6 +43,7 @@ from xstore.store import LocalStore
 from xstore.storeapi import PathInfo
 from xstore.storepath import StorePath, make_source_path, make_store_path
 from xstore.stores import open_store
+from xstore.storeurl import parse_store_url
 
 XSTORE = [sys.executable, "-X", "dev", "-bb", "-W", "error", "-m", "xstore"]
 
@@ -469,6 +473,36 @@ def test_http_reads_small_nars_ahead(served_cache: Path, closure: Closure, tmp_p
             assert dest.is_valid(closure.app)
         nar_gets = [p for m, p in server.requests if m == "GET" and p.startswith("/nar/")]
         assert len(nar_gets) == 2  # each NAR once: read ahead, then used
+
+
+def test_a_nar_file_longer_than_its_narinfo_says_is_not_read_whole(
+    served_cache: Path, closure: Closure, tmp_path: Path
+) -> None:
+    """A cache whose NAR file is far longer than its narinfo's `FileSize` gets no more than that size
+    and a byte read into memory, over HTTP (read ahead) and from file:// (read whole): the copy is
+    refused with the size mismatch, naming the path, and nothing is added."""
+    nar = next(p for p in (served_cache / "nar").iterdir() if p.read_bytes() == closure.lib_nar)
+    with nar.open("ab") as f:
+        f.write(b"\0" * (8 << 20))
+    for backend in (FileBackend(served_cache), None):
+        if backend is not None:
+            with pytest.raises(BinaryCacheError, match="larger than 100 bytes"):
+                backend.get(f"nar/{nar.name}", limit=100)
+            assert backend.get(f"nar/{nar.name}", limit=len(closure.lib_nar) + (8 << 20)) == nar.read_bytes()
+        with contextlib.ExitStack() as stack:
+            url = f"file://{served_cache}"
+            if backend is None:
+                url, _ = stack.enter_context(serving(StaticServer, served_cache))
+                http = HttpBackend(parse_store_url(url))
+                stack.callback(http.close)
+                with pytest.raises(BinaryCacheError, match="over 100 bytes"):
+                    http.get(f"nar/{nar.name}", limit=100)
+            dest = stack.enter_context(LocalStore.create(tmp_path / "dest"))
+            src = stack.enter_context(open_store(url))
+            with pytest.raises(HashMismatchError, match=f"{closure.lib.hash_part}.*file size"):
+                copy_paths(src, dest, [closure.lib], check_sigs=False)
+            assert not dest.is_valid(closure.lib)
+        remove_tree(os.fsencode(tmp_path / "dest"))
 
 
 def test_http_drop_without_ranges_fails_cleanly(served_cache: Path, closure: Closure, tmp_path: Path) -> None:

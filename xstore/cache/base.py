@@ -156,8 +156,9 @@ class Backend(abc.ABC):
     parallel: int = 1  # how many requests may run at once
 
     @abc.abstractmethod
-    def get(self, name: str) -> bytes | None:
-        """A small file's contents (at most `MAX_SMALL_FILE` bytes), or None if it is missing."""
+    def get(self, name: str, limit: int = MAX_SMALL_FILE) -> bytes | None:
+        """A small file's contents, or None if it is missing. A file longer than `limit` bytes (at most
+        `MAX_SMALL_FILE`) is refused (`BinaryCacheError`) once `limit + 1` bytes have come."""
 
     @abc.abstractmethod
     def exists(self, name: str) -> bool: ...
@@ -226,7 +227,7 @@ class BinaryCacheStore(Store):
         self._lock = threading.Lock()
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._prefetched: dict[StorePath, concurrent.futures.Future[bytes | None]] = {}
-        self._prefetch_queue: list[tuple[StorePath, str]] = []
+        self._prefetch_queue: list[tuple[StorePath, str, int]] = []
         try:
             self.compression = Method.parse(url.param("compression") or "xz")
         except UnsupportedError as e:
@@ -406,7 +407,7 @@ class BinaryCacheStore(Store):
         method = Method.parse(narinfo.compression)
         future = self._prefetched.pop(path, None)
         self._prefetch_more()
-        data = future.result() if future is not None else self._fetch_small(narinfo.url)
+        data = future.result() if future is not None else self._fetch_small(narinfo.url, narinfo.file_size)
         if data is None:
             return None
         where = f"the NAR of '{path}' from {self.describe()} ({narinfo.url})"
@@ -453,22 +454,22 @@ class BinaryCacheStore(Store):
         for path in paths:
             narinfo = self.narinfo(path)
             if narinfo is not None and 0 < narinfo.file_size <= PREFETCH_FILE and "://" not in narinfo.url:
-                self._prefetch_queue.append((path, narinfo.url))
+                self._prefetch_queue.append((path, narinfo.url, narinfo.file_size))
         self._prefetch_more()
 
     def _prefetch_more(self) -> None:
         while self._prefetch_queue and len(self._prefetched) < PREFETCH_WINDOW:
-            path, url = self._prefetch_queue.pop(0)
+            path, url, size = self._prefetch_queue.pop(0)
             if self._pool is None:
                 self._pool = _thread_pool(self.backend.parallel)
-            self._prefetched[path] = self._pool.submit(self._fetch_small, url)
+            self._prefetched[path] = self._pool.submit(self._fetch_small, url, size)
 
-    def _fetch_small(self, url: str) -> bytes | None:
-        """The NAR file a narinfo's relative URL names, read whole; None when it cannot be (missing, or
-        refused: a `file://` cache's URL that leaves the cache), to be read the usual way then, which
-        reports why."""
+    def _fetch_small(self, url: str, size: int) -> bytes | None:
+        """The NAR file a narinfo's relative URL names, read whole, never more than one byte beyond the
+        `size` the narinfo gives; None when it cannot be (missing, longer, or refused: a `file://`
+        cache's URL that leaves the cache), to be read the usual way then, which reports why."""
         try:
-            return self.backend.get(self.backend.nar_name(url))
+            return self.backend.get(self.backend.nar_name(url), limit=size)
         except BinaryCacheError:
             return None
 

@@ -58,7 +58,7 @@ class FileBackend(Backend):
     def _fail(self, what: str, name: str, e: OSError) -> BinaryCacheError:
         return BinaryCacheError(f"cannot {what} '{self._path(name)}' in {self.url}: {_describe(e)}")
 
-    def get(self, name: str) -> bytes | None:
+    def get(self, name: str, limit: int = MAX_SMALL_FILE) -> bytes | None:
         try:
             fd = os.open(f"{self.root}/{name}", os.O_RDONLY | os.O_CLOEXEC)
         except (FileNotFoundError, NotADirectoryError):
@@ -66,18 +66,19 @@ class FileBackend(Backend):
         except OSError as e:
             raise self._fail("read", name, e) from None
         try:
-            # Sized by the file (a read of MAX_SMALL_FILE bytes would allocate that much every time); one
-            # byte more than it says shows a file that grew.
+            # Sized by the file (a read of `limit` bytes would allocate that much every time); one byte
+            # more than it says shows a file that grew.
+            limit = min(limit, MAX_SMALL_FILE)
             size = os.fstat(fd).st_size
-            data = os.read(fd, min(size, MAX_SMALL_FILE) + 1)
-            if size < len(data) <= MAX_SMALL_FILE:
-                data += os.read(fd, MAX_SMALL_FILE + 1 - len(data))
+            data = os.read(fd, min(size, limit) + 1)
+            if size < len(data) <= limit:
+                data += os.read(fd, limit + 1 - len(data))
         except OSError as e:
             raise self._fail("read", name, e) from None
         finally:
             os.close(fd)
-        if len(data) > MAX_SMALL_FILE:
-            raise BinaryCacheError(f"'{self._path(name)}' is larger than {MAX_SMALL_FILE} bytes")
+        if len(data) > limit:
+            raise BinaryCacheError(f"'{self._path(name)}' is larger than {limit} bytes")
         return data
 
     def nar_name(self, url: str) -> str:

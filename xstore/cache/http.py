@@ -217,7 +217,8 @@ class HttpBackend(SpoolingBackend):
 
     # -- the backend -----------------------------------------------------------------------------------
 
-    def get(self, name: str) -> bytes | None:
+    def get(self, name: str, limit: int = MAX_SMALL_FILE) -> bytes | None:
+        limit = min(limit, MAX_SMALL_FILE)
         response = self._send("GET", name)
         url = self._url(name)
         if response.status in MISSING:
@@ -228,15 +229,15 @@ class HttpBackend(SpoolingBackend):
             raise self._unexpected(response, "cannot download", url)
         try:
             size = response.length_remaining
-            if size is not None and size > MAX_SMALL_FILE:
-                raise BinaryCacheError(f"{url} is over {MAX_SMALL_FILE} bytes")
+            if size is not None and size > limit:
+                raise BinaryCacheError(f"{url} is over {limit} bytes")
             if size is not None and "content-encoding" not in response.headers:
                 return response.read()  # the whole body, checked against its length by urllib3
             out = bytearray()
             while chunk := response.read1(CHUNK):
                 out += chunk
-                if len(out) > MAX_SMALL_FILE:
-                    raise BinaryCacheError(f"{url} is over {MAX_SMALL_FILE} bytes")
+                if len(out) > limit:
+                    raise BinaryCacheError(f"{url} is over {limit} bytes")
             return bytes(out)
         except TransportError as e:
             raise self._failure(e, url) from None

@@ -107,20 +107,21 @@ class S3Backend(SpoolingBackend):
     def _missing(self, e: Exception) -> bool:
         return isinstance(e, botocore.exceptions.ClientError) and _code(e) in MISSING_CODES
 
-    def get(self, name: str) -> bytes | None:
+    def get(self, name: str, limit: int = MAX_SMALL_FILE) -> bytes | None:
+        limit = min(limit, MAX_SMALL_FILE)
         try:
             response = self.client.get_object(Bucket=self.bucket, Key=name)
             body = response["Body"]
             try:
-                data: bytes = body.read(MAX_SMALL_FILE + 1)
+                data: bytes = body.read(limit + 1)
             finally:
                 body.close()
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:
             if self._missing(e):
                 return None
             raise self._failure(e, "read", name) from None
-        if len(data) > MAX_SMALL_FILE:
-            raise BinaryCacheError(f"s3://{self.bucket}/{name} is over {MAX_SMALL_FILE} bytes")
+        if len(data) > limit:
+            raise BinaryCacheError(f"s3://{self.bucket}/{name} is over {limit} bytes")
         return data
 
     def exists(self, name: str) -> bool:

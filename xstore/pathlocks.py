@@ -144,22 +144,27 @@ HAVE_BYTE_LOCKS: Final = (
 )
 
 
-def _lock_byte(fd: int, offset: int, what: str, blocking: bool) -> bool:
+def _lock_byte(fd: int, offset: int, what: str, blocking: bool, undo: Callable[[], None]) -> bool:
     """Lock byte `offset` of the file open at `fd` with an open file description lock, trying without
     blocking first; a blocking wait is announced, naming `what`. False when `blocking` is off and the
-    byte is taken (by another open file description)."""
+    byte is taken (by another open file description); then, and on any failure, `undo()` first."""
     assert _OFD_SETLK is not None
     assert _OFD_SETLKW is not None
     request = struct.pack("@hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, offset, 1, 0)
     try:
-        fcntl.fcntl(fd, _OFD_SETLK, request)
-    except OSError as e:
-        if e.errno not in (errno.EAGAIN, errno.EACCES):
-            raise
-        if not blocking:
-            return False
-        notice(f"waiting for {what}, which another process holds")
-        fcntl.fcntl(fd, _OFD_SETLKW, request)
+        try:
+            fcntl.fcntl(fd, _OFD_SETLK, request)
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            if not blocking:
+                undo()
+                return False
+            notice(f"waiting for {what}, which another process holds")
+            fcntl.fcntl(fd, _OFD_SETLKW, request)
+    except BaseException:
+        undo()
+        raise
     return True
 
 
@@ -176,15 +181,8 @@ class ByteLock:
     def __init__(self, path: PathLike, offset: int, what: str, *, blocking: bool = True) -> None:
         self._fd = -1
         fd = _open_lock_file(path)
-        try:
-            locked = _lock_byte(fd, offset, what, blocking)
-        except BaseException:
-            os.close(fd)
-            raise
-        if not locked:
-            os.close(fd)
-            return
-        self._fd = fd
+        if _lock_byte(fd, offset, what, blocking, lambda: os.close(fd)):
+            self._fd = fd
 
     @property
     def acquired(self) -> bool:
@@ -221,13 +219,7 @@ class ByteLockFile:
                 self._held.add(offset)
         if fd < 0:
             return ByteLock(self.path, offset, what, blocking=blocking)
-        try:
-            locked = _lock_byte(fd, offset, what, blocking)
-        except BaseException:
-            self._forget(offset)
-            raise
-        if not locked:
-            self._forget(offset)
+        locked = _lock_byte(fd, offset, what, blocking, lambda: self._forget(offset))
         return _SharedByte(self, offset, locked)
 
     def _forget(self, offset: int) -> None:

@@ -401,12 +401,10 @@ class BinaryCacheStore(Store):
         if narinfo is None:
             raise InvalidPathError(f"path '{path}' is not valid in {self.describe()}", path=path.path)
         info = narinfo.info
-        small = 0 < narinfo.file_size <= PREFETCH_FILE and info.nar_size <= WHOLE_NAR
-        if not small or "://" in narinfo.url:
+        if not _small_file(narinfo) or info.nar_size > WHOLE_NAR:
             return None
         method = Method.parse(narinfo.compression)
-        future = self._prefetched.pop(path, None)
-        self._prefetch_more()
+        future = self._take_prefetched(path)
         data = future.result() if future is not None else self._fetch_small(narinfo.url, narinfo.file_size)
         if data is None:
             return None
@@ -434,8 +432,7 @@ class BinaryCacheStore(Store):
 
     @contextlib.contextmanager
     def _raw_nar(self, path: StorePath, narinfo: NarInfo) -> Iterator[Read]:
-        future = self._prefetched.pop(path, None)
-        self._prefetch_more()
+        future = self._take_prefetched(path)
         data = future.result() if future is not None else None
         if data is None:
             with self.backend.open_read(narinfo.url) as raw:
@@ -453,9 +450,16 @@ class BinaryCacheStore(Store):
             return
         for path in paths:
             narinfo = self.narinfo(path)
-            if narinfo is not None and 0 < narinfo.file_size <= PREFETCH_FILE and "://" not in narinfo.url:
+            if narinfo is not None and _small_file(narinfo):
                 self._prefetch_queue.append((path, narinfo.url, narinfo.file_size))
         self._prefetch_more()
+
+    def _take_prefetched(self, path: StorePath) -> concurrent.futures.Future[bytes | None] | None:
+        """The read ahead of the path's NAR file, if there is one (its result None when it failed),
+        taken out of the window, which the next file then fills."""
+        future = self._prefetched.pop(path, None)
+        self._prefetch_more()
+        return future
 
     def _prefetch_more(self) -> None:
         while self._prefetch_queue and len(self._prefetched) < PREFETCH_WINDOW:
@@ -561,6 +565,12 @@ class BinaryCacheStore(Store):
         )
         self._narinfos[info.path.hash_part] = narinfo
         return True
+
+
+def _small_file(narinfo: NarInfo) -> bool:
+    """Whether a narinfo names a NAR file small enough to read whole (read ahead, or at once), relative
+    to the cache."""
+    return 0 < narinfo.file_size <= PREFETCH_FILE and "://" not in narinfo.url
 
 
 def _mismatch(where: str, path: StorePath, what: str, expected: str, got: str) -> HashMismatchError:

@@ -292,15 +292,10 @@ class NarParser:
         left it; None, with nothing changed, for anything else."""
         if not buf.startswith(tokens.OPEN_TYPE, pos):
             return None
-        kind = pos + _OPEN_TYPE_LEN
-        executable = buf.startswith(tokens.REGULAR_EXEC_CONTENTS, kind)
-        if not executable and not buf.startswith(tokens.REGULAR_CONTENTS, kind):
+        header = _regular_header(buf, pos + _OPEN_TYPE_LEN)
+        if header is None:
             return None
-        size_at = kind + (_REGULAR_EXEC_CONTENTS_LEN if executable else _REGULAR_CONTENTS_LEN)
-        if len(buf) - size_at < 8:
-            return None
-        (size,) = U64.unpack_from(buf, size_at)
-        start = size_at + 8
+        executable, size, start = header
         end = _whole_contents_end(buf, start, size, tokens.CLOSE)
         if end is None:
             return None
@@ -492,13 +487,9 @@ class NarParser:
         if len(path) >= NAR_MAX_DEPTH:
             return None
         event: Event
-        executable = buf.startswith(tokens.REGULAR_EXEC_CONTENTS, kind)
-        if executable or buf.startswith(tokens.REGULAR_CONTENTS, kind):
-            size_at = kind + (_REGULAR_EXEC_CONTENTS_LEN if executable else _REGULAR_CONTENTS_LEN)
-            if len(buf) - size_at < 8:
-                return None
-            (size,) = U64.unpack_from(buf, size_at)
-            start = size_at + 8
+        header = _regular_header(buf, kind)
+        if header is not None:
+            executable, size, start = header
             end = _whole_contents_end(buf, start, size, tokens.CLOSE_CLOSE) if self._whole_files else None
             if end is not None:
                 pad = -size & 7
@@ -590,6 +581,19 @@ class NarParser:
             if self._hasher is not None:
                 self._hasher.update(self._buf[self._hashed : self._pos])
                 self._hashed = self._pos
+
+
+def _regular_header(buf: bytes, kind: int) -> tuple[bool, int, int] | None:
+    """At `kind` (a node's type): a regular file's type, executable flag and size, buffered whole, as
+    (executable, size, where its contents start); None for any other node or one not buffered so far."""
+    executable = buf.startswith(tokens.REGULAR_EXEC_CONTENTS, kind)
+    if not executable and not buf.startswith(tokens.REGULAR_CONTENTS, kind):
+        return None
+    size_at = kind + (_REGULAR_EXEC_CONTENTS_LEN if executable else _REGULAR_CONTENTS_LEN)
+    if len(buf) - size_at < 8:
+        return None
+    (size,) = U64.unpack_from(buf, size_at)
+    return executable, size, size_at + 8
 
 
 def _whole_contents_end(buf: bytes, start: int, size: int, closing: bytes) -> int | None:

@@ -52,10 +52,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 import os
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -96,6 +98,7 @@ Receive = Callable[[], Awaitable[Mapping[str, Any]]]
 Send = Callable[[Mapping[str, Any]], Awaitable[None]]
 
 PIECE: Final = 1 << 20  # at most this many bytes go to the connection at a time (a dump's block)
+AHEAD: Final = 1  # pieces of a NAR queued and not yet sent, while the worker makes the next
 GRACE: Final = 5.0  # seconds open transfers get to finish once the server is asked to stop
 FORCED_EXIT: Final = 10.0  # seconds after the grace when the process exits even with a stuck connection
 USER_TIMEOUT: Final = 300  # seconds without acknowledgement before the kernel drops a connection (Linux)
@@ -435,14 +438,32 @@ class CacheApp:
     async def _stream_nar(
         self, ex: _Exchange, info: PathInfo, method: Method, span: tuple[int, int] | None
     ) -> None:
-        send_channel, receive_channel = trio.open_memory_channel[bytes | _End](0)
+        # The worker thread dumps (and compresses) the NAR and queues its pieces for this task without a
+        # round trip through it: a piece is queued once the one before it has gone out (`room`), so the
+        # worker makes the next piece while this task sends the last, and no more is held than that.
+        send_channel, receive_channel = trio.open_memory_channel[bytes | _End](math.inf)
+        room = threading.Semaphore(AHEAD)
+        stopped = threading.Event()  # set once this task takes no more pieces
         token = trio.lowlevel.current_trio_token()
         failure: list[BaseException] = []
         store = self.store
 
+        def put(piece: bytes | _End) -> None:  # runs in the trio thread
+            with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+                send_channel.send_nowait(piece)
+
+        def queue(piece: bytes | _End) -> None:
+            room.acquire()
+            if stopped.is_set():
+                raise trio.BrokenResourceError
+            token.run_sync_soon(put, piece)
+
         def hand_over(data: bytes) -> None:
+            if len(data) < 2 * PIECE:  # a compressor's piece: a block and a few bytes
+                queue(data)
+                return
             for at in range(0, len(data), PIECE):
-                trio.from_thread.run(send_channel.send, data[at : at + PIECE], trio_token=token)
+                queue(data[at : at + PIECE])
 
         def produce() -> None:
             position = 0
@@ -475,19 +496,14 @@ class CacheApp:
                 for part in withheld:
                     writer(part)
                 writer.finish()
-                trio.from_thread.run(send_channel.send, _END, trio_token=token)
-            except (
-                trio.Cancelled,
-                trio.BrokenResourceError,
-                trio.ClosedResourceError,
-                trio.RunFinishedError,
-            ):
+                queue(_END)
+            except (trio.BrokenResourceError, trio.RunFinishedError):
                 pass  # the transfer stopped first: nothing left to tell
             except BaseException as e:  # noqa: BLE001 (reported by the trio side)
                 failure.append(e)
             finally:
-                with contextlib.suppress(trio.Cancelled, trio.RunFinishedError):
-                    trio.from_thread.run_sync(send_channel.close, trio_token=token)
+                with contextlib.suppress(trio.RunFinishedError):
+                    token.run_sync_soon(send_channel.close)
 
         async def watch_disconnect(cancel: trio.CancelScope) -> None:
             while True:
@@ -501,12 +517,19 @@ class CacheApp:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch_disconnect, nursery.cancel_scope)
             nursery.start_soon(functools.partial(trio.to_thread.run_sync, produce, limiter=self.nar_threads))
-            with receive_channel:
-                async for piece in receive_channel:
-                    if isinstance(piece, _End):
-                        checked = True
-                        break
-                    await ex.body(piece)
+            try:
+                with receive_channel:
+                    async for piece in receive_channel:
+                        if isinstance(piece, _End):
+                            checked = True
+                            break
+                        await ex.body(piece)
+                        del piece  # not kept while the next one is awaited
+                        room.release()
+            finally:
+                # Wake a worker waiting for room: it stops at its next piece.
+                stopped.set()
+                room.release(AHEAD)
             if checked:
                 # Shielded: the end of a response runs through hypercorn's connection bookkeeping, which
                 # must not be cut half-way (it reports `http.disconnect` to the watcher on the way).

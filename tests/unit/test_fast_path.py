@@ -314,3 +314,73 @@ def test_store_commands_load_neither_dataclasses_nor_inspect(tmp_path: Path) -> 
     assert run("copy", "--from", "./src", "--to", cache, "-r", app) == ""
     assert run("copy", "--from", cache, "--to", "./dst", "--no-check-sigs", "-r", app) == ""
     assert (tmp_path / "cache" / "nix-cache-info").is_file()
+
+
+def test_serve_ssh_and_its_client_load_neither_typing_nor_dataclasses(tmp_path: Path) -> None:
+    """`xstore serve ssh`, started once per `nix copy` to or from a machine where xstore is the far end,
+    loads neither `typing`, `dataclasses` nor `inspect` (its protocol's messages are records), nor
+    `subprocess` or `tempfile`, which only a client starting ssh needs; `xstore copy` over
+    `ssh://` in both directions loads none of the first three either."""
+    from tests.localstores import add_path, sp
+    from xstore.casehack import CaseHackMode
+    from xstore.store import LocalStore
+
+    with LocalStore.create(tmp_path / "src", case_hack=CaseHackMode.OFF) as store:
+        lib = sp("9a", "lib")
+        add_path(store, lib, {b"lib/": b"", b"lib/libx.so": b"\x7fELF" + bytes(300)})
+        add_path(store, sp("3b", "app"), {b"bin/app": b"#!/bin/sh\n"}, lib)
+    for name in ("far", "back"):
+        with LocalStore.create(tmp_path / name, case_hack=CaseHackMode.OFF):
+            pass
+    far_heavy = ("typing", "dataclasses", "inspect", "subprocess", "tempfile")
+    loaded = tmp_path / "far-loaded"
+    # The far end as Nix starts it (`PROGRAM --serve --write --store ROOT`), noting what it loaded.
+    probe = (
+        "import sys\n"
+        "from xstore.cli.entry import main\n"
+        "sys.argv = ['xstore', *sys.argv[1:]]\n"
+        "try:\n"
+        "    main()\n"
+        "finally:\n"
+        f"    with open({str(loaded)!r}, 'a') as f:\n"
+        f"        f.write(' '.join(m for m in {far_heavy!r} if m in sys.modules) + '\\n')\n"
+    )
+    (tmp_path / "probe.py").write_text(probe)
+    program = tmp_path / "far-xstore"
+    program.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{tmp_path / "probe.py"}" serve ssh "$@"\n')
+    program.chmod(0o755)
+
+    def run(*argv: str) -> str:
+        done = run_probed(tmp_path, ("typing", "dataclasses", "inspect"), *argv)
+        assert done.returncode == 0, done.stderr
+        return done.stderr.splitlines()[-1]
+
+    app = sp("3b", "app").path
+    assert (
+        run(
+            "copy",
+            "--from",
+            "./src",
+            "--to",
+            f"ssh://localhost?remote-store={tmp_path / 'far'}&remote-program={program}",
+            "-r",
+            app,
+        )
+        == ""
+    )
+    assert (
+        run(
+            "copy",
+            "--from",
+            f"ssh://localhost?remote-store={tmp_path / 'far'}&remote-program={program}",
+            "--to",
+            "./back",
+            "--no-check-sigs",
+            "-r",
+            app,
+        )
+        == ""
+    )
+    assert loaded.read_text().splitlines() == ["", ""]
+    with LocalStore.open(tmp_path / "back") as back:
+        assert back.is_valid(sp("3b", "app"))

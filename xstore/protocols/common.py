@@ -16,16 +16,19 @@ Nix: worker-protocol.cc / serve-protocol.cc (`StorePath`, `StorePathSet`), hash.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Final
 
 from xstore.errors import InvalidHashError, InvalidStorePathError
 from xstore.exportstream import ExportParser, StreamEnd
 from xstore.hashing import HashAlgorithm, parse_hash
 from xstore.nar.events import NEED_DATA, ArchiveEnd
 from xstore.nar.parser import NarParser
+from xstore.records import FrozenRecord, setfield
 from xstore.storepath import StorePath, parse_store_path
 from xstore.wire import WireBuffer, encode_bytes, encode_u64
+
+TYPE_CHECKING = False  # not `from typing import`: the serve and daemon routes run without loading typing
+if TYPE_CHECKING:
+    from typing import Final
 
 # A store path is at most /nix/store + 1 + 32 + 1 + 211 characters; other stores' directories are longer,
 # but never kilobytes.
@@ -43,18 +46,24 @@ MAX_DRV_STRING: Final = 1 << 24
 MAX_DRV_ITEMS: Final = 1 << 16
 
 
-@dataclass(frozen=True, slots=True)
-class NarData:
+class NarData(FrozenRecord):
     """Bytes of a NAR, in order (a NAR sent in reply, or the payload of a request that adds a path)."""
 
+    __slots__ = ("data",)
     data: bytes
 
+    def __init__(self, data: bytes) -> None:
+        setfield(self, "data", data)
 
-@dataclass(frozen=True, slots=True)
-class NarEnd:
+
+class NarEnd(FrozenRecord):
     """The NAR is complete; `size` is its length."""
 
+    __slots__ = ("size",)
     size: int
+
+    def __init__(self, size: int) -> None:
+        setfield(self, "size", size)
 
 
 def version_text(version: int) -> str:

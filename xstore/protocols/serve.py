@@ -27,8 +27,6 @@ from __future__ import annotations
 import enum
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Final
 
 from xstore.errors import CallerError, HashMismatchError, ProtocolError
 from xstore.protocols.common import (
@@ -58,9 +56,14 @@ from xstore.protocols.common import (
     show_received,
     version_text,
 )
+from xstore.records import FrozenRecord, setfield
 from xstore.storeapi import PathInfo
 from xstore.storepath import StorePath
 from xstore.wire import NEED_DATA, Signal, WireBuffer, encode_bytes, encode_strings, encode_u64
+
+TYPE_CHECKING = False  # not `from typing import`: the serve and daemon routes run without loading typing
+if TYPE_CHECKING:
+    from typing import Final
 
 SERVE_MAGIC_1: Final = 0x390C9DEB
 SERVE_MAGIC_2: Final = 0x5452EECB
@@ -97,46 +100,63 @@ def _minor(version: int) -> int:
 # -- events both ends share ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class ExportData:
+class ExportData(FrozenRecord):
     """Bytes of an export stream, in order (ExportPaths' reply; ImportPaths' payload)."""
 
+    __slots__ = ("data",)
     data: bytes
 
+    def __init__(self, data: bytes) -> None:
+        setfield(self, "data", data)
 
-@dataclass(frozen=True, slots=True)
-class ExportEnd:
+
+class ExportEnd(FrozenRecord):
+    __slots__ = ("size",)
     size: int
+
+    def __init__(self, size: int) -> None:
+        setfield(self, "size", size)
 
 
 # -- client side --------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class ServerHello:
+class ServerHello(FrozenRecord):
     """The server's greeting: its version, and the version both now speak."""
 
+    __slots__ = ("server_version", "version")
     server_version: int
     version: int
 
+    def __init__(self, server_version: int, version: int) -> None:
+        setfield(self, "server_version", server_version)
+        setfield(self, "version", version)
 
-@dataclass(frozen=True, slots=True)
-class ValidPaths:
+
+class ValidPaths(FrozenRecord):
     """Reply to QueryValidPaths, or to QueryClosure."""
 
+    __slots__ = ("paths",)
     paths: frozenset[StorePath]
 
+    def __init__(self, paths: frozenset[StorePath]) -> None:
+        setfield(self, "paths", paths)
 
-@dataclass(frozen=True, slots=True)
-class PathInfos:
+
+class PathInfos(FrozenRecord):
     """Reply to QueryPathInfos: the infos of the paths the server has (others are left out)."""
 
+    __slots__ = ("infos",)
     infos: tuple[PathInfo, ...]
 
+    def __init__(self, infos: tuple[PathInfo, ...]) -> None:
+        setfield(self, "infos", infos)
 
-@dataclass(frozen=True, slots=True)
-class Added:
+
+class Added(FrozenRecord):
     """Reply to AddToStoreNar or ImportPaths: the server added the paths."""
+
+    __slots__ = ()
 
 
 ClientEvent = ServerHello | ValidPaths | PathInfos | NarData | NarEnd | ExportData | ExportEnd | Added
@@ -426,78 +446,112 @@ class ServeClient:
 # -- server side --------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class ClientMagic:
+class ClientMagic(FrozenRecord):
     """The client's magic arrived: send `hello()` now (a client may wait for it before its version)."""
 
+    __slots__ = ()
 
-@dataclass(frozen=True, slots=True)
-class ClientVersion:
+
+class ClientVersion(FrozenRecord):
     """The client's version, and the version both now speak."""
 
+    __slots__ = ("client_version", "version")
     client_version: int
     version: int
 
+    def __init__(self, client_version: int, version: int) -> None:
+        setfield(self, "client_version", client_version)
+        setfield(self, "version", version)
 
-@dataclass(frozen=True, slots=True)
-class QueryValidPaths:
+
+class QueryValidPaths(FrozenRecord):
+    __slots__ = ("paths", "lock", "substitute")  # noqa: RUF023 (the fields' order)
     paths: frozenset[StorePath]
     lock: bool
     substitute: bool
 
+    def __init__(self, paths: frozenset[StorePath], lock: bool, substitute: bool) -> None:
+        setfield(self, "paths", paths)
+        setfield(self, "lock", lock)
+        setfield(self, "substitute", substitute)
 
-@dataclass(frozen=True, slots=True)
-class QueryPathInfos:
+
+class QueryPathInfos(FrozenRecord):
+    __slots__ = ("paths",)
     paths: frozenset[StorePath]
 
+    def __init__(self, paths: frozenset[StorePath]) -> None:
+        setfield(self, "paths", paths)
 
-@dataclass(frozen=True, slots=True)
-class DumpStorePath:
+
+class DumpStorePath(FrozenRecord):
+    __slots__ = ("path",)
     path: StorePath
 
+    def __init__(self, path: StorePath) -> None:
+        setfield(self, "path", path)
 
-@dataclass(frozen=True, slots=True)
-class ImportPaths:
+
+class ImportPaths(FrozenRecord):
     """An export stream follows as `ExportData`..., `ExportEnd`; answer with `added()`."""
 
+    __slots__ = ()
 
-@dataclass(frozen=True, slots=True)
-class ExportPaths:
+
+class ExportPaths(FrozenRecord):
+    __slots__ = ("paths",)
     paths: frozenset[StorePath]
 
+    def __init__(self, paths: frozenset[StorePath]) -> None:
+        setfield(self, "paths", paths)
 
-@dataclass(frozen=True, slots=True)
-class QueryClosure:
+
+class QueryClosure(FrozenRecord):
+    __slots__ = ("paths", "include_outputs")  # noqa: RUF023 (the fields' order)
     paths: frozenset[StorePath]
     include_outputs: bool
 
+    def __init__(self, paths: frozenset[StorePath], include_outputs: bool) -> None:
+        setfield(self, "paths", paths)
+        setfield(self, "include_outputs", include_outputs)
 
-@dataclass(frozen=True, slots=True)
-class BuildPaths:
+
+class BuildPaths(FrozenRecord):
     """A build request (`path` or `drv!out1,out2` each); answer with `build_paths_refused()` or
     `build_paths_done()`."""
 
+    __slots__ = ("paths",)
     paths: tuple[str, ...]
 
+    def __init__(self, paths: tuple[str, ...]) -> None:
+        setfield(self, "paths", paths)
 
-@dataclass(frozen=True, slots=True)
-class BuildDerivation:
+
+class BuildDerivation(FrozenRecord):
     """A build of a derivation sent whole; answer with `build_derivation_refused()`."""
 
+    __slots__ = ("drv_path",)
     drv_path: StorePath
 
+    def __init__(self, drv_path: StorePath) -> None:
+        setfield(self, "drv_path", drv_path)
 
-@dataclass(frozen=True, slots=True)
-class AddToStoreNar:
+
+class AddToStoreNar(FrozenRecord):
     """A path follows as `NarData`... (exactly `info.nar_size` bytes), `NarEnd`; answer with
     `added()`."""
 
+    __slots__ = ("info",)
     info: PathInfo
 
+    def __init__(self, info: PathInfo) -> None:
+        setfield(self, "info", info)
 
-@dataclass(frozen=True, slots=True)
-class ClientClosed:
+
+class ClientClosed(FrozenRecord):
     """The client's stream ended between requests: the session is over."""
+
+    __slots__ = ()
 
 
 ServerEvent = (

@@ -27,8 +27,6 @@ from __future__ import annotations
 import enum
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import Final
 
 from xstore.errors import CallerError, ProtocolError
 from xstore.protocols.common import (
@@ -55,9 +53,14 @@ from xstore.protocols.common import (
     show_received,
     version_text,
 )
+from xstore.records import FrozenRecord, setfield
 from xstore.storeapi import PathInfo
 from xstore.storepath import StorePath
 from xstore.wire import NEED_DATA, FrameDecoder, Signal, WireBuffer, encode_bytes, encode_frame, encode_u64
+
+TYPE_CHECKING = False  # not `from typing import`: the daemon routes run without loading typing
+if TYPE_CHECKING:
+    from typing import Final
 
 WORKER_MAGIC_1: Final = 0x6E697863
 WORKER_MAGIC_2: Final = 0x6478696F
@@ -176,32 +179,44 @@ def _encode_fields(fields: Iterable[int | str]) -> bytes:
 # -- client side --------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class DaemonHello:
+class DaemonHello(FrozenRecord):
     """The daemon's magic and version, and the version both now speak: send `handshake()`."""
 
+    __slots__ = ("daemon_version", "version")
     daemon_version: int
     version: int
 
+    def __init__(self, daemon_version: int, version: int) -> None:
+        setfield(self, "daemon_version", daemon_version)
+        setfield(self, "version", version)
 
-@dataclass(frozen=True, slots=True)
-class Handshake:
+
+class Handshake(FrozenRecord):
     """The handshake is complete. `trusted` (1.35+): True, False, or None when unknown."""
 
+    __slots__ = ("nix_version", "trusted", "features")  # noqa: RUF023 (the fields' order)
     nix_version: str | None
     trusted: bool | None
     features: frozenset[str]
 
+    def __init__(self, nix_version: str | None, trusted: bool | None, features: frozenset[str]) -> None:
+        setfield(self, "nix_version", nix_version)
+        setfield(self, "trusted", trusted)
+        setfield(self, "features", features)
 
-@dataclass(frozen=True, slots=True)
-class LogLine:
+
+class LogLine(FrozenRecord):
     """A line the daemon logged (`STDERR_NEXT`), without its newline."""
 
+    __slots__ = ("text",)
     text: str
 
+    def __init__(self, text: str) -> None:
+        setfield(self, "text", text)
 
-@dataclass(frozen=True, slots=True)
-class ActivityStart:
+
+class ActivityStart(FrozenRecord):
+    __slots__ = ("id", "level", "type", "text", "fields", "parent")  # noqa: RUF023 (the fields' order)
     id: int
     level: int
     type: int
@@ -209,77 +224,133 @@ class ActivityStart:
     fields: tuple[int | str, ...]
     parent: int
 
+    def __init__(
+        self, id: int, level: int, type: int, text: str, fields: tuple[int | str, ...], parent: int
+    ) -> None:
+        setfield(self, "id", id)
+        setfield(self, "level", level)
+        setfield(self, "type", type)
+        setfield(self, "text", text)
+        setfield(self, "fields", fields)
+        setfield(self, "parent", parent)
 
-@dataclass(frozen=True, slots=True)
-class ActivityStop:
+
+class ActivityStop(FrozenRecord):
+    __slots__ = ("id",)
     id: int
 
+    def __init__(self, id: int) -> None:
+        setfield(self, "id", id)
 
-@dataclass(frozen=True, slots=True)
-class ActivityResult:
+
+class ActivityResult(FrozenRecord):
+    __slots__ = ("id", "type", "fields")  # noqa: RUF023 (the fields' order)
     id: int
     type: int
     fields: tuple[int | str, ...]
 
+    def __init__(self, id: int, type: int, fields: tuple[int | str, ...]) -> None:
+        setfield(self, "id", id)
+        setfield(self, "type", type)
+        setfield(self, "fields", fields)
 
-@dataclass(frozen=True, slots=True)
-class OpFailed:
+
+class OpFailed(FrozenRecord):
     """The daemon reported an error (`STDERR_ERROR`): the operation is over, the connection usable."""
 
+    __slots__ = ("message", "level", "traces")  # noqa: RUF023 (the fields' order)
     message: str
-    level: int = LVL_ERROR
-    traces: tuple[str, ...] = ()
+    level: int
+    traces: tuple[str, ...]
+
+    def __init__(self, message: str, level: int = LVL_ERROR, traces: tuple[str, ...] = ()) -> None:
+        setfield(self, "message", message)
+        setfield(self, "level", level)
+        setfield(self, "traces", traces)
 
 
-@dataclass(frozen=True, slots=True)
-class Valid:
+class Valid(FrozenRecord):
     """Reply to IsValidPath."""
 
+    __slots__ = ("valid",)
     valid: bool
 
+    def __init__(self, valid: bool) -> None:
+        setfield(self, "valid", valid)
 
-@dataclass(frozen=True, slots=True)
-class ValidPaths:
+
+class ValidPaths(FrozenRecord):
     """Reply to QueryValidPaths."""
 
+    __slots__ = ("paths",)
     paths: frozenset[StorePath]
 
+    def __init__(self, paths: frozenset[StorePath]) -> None:
+        setfield(self, "paths", paths)
 
-@dataclass(frozen=True, slots=True)
-class PathInfoReply:
+
+class PathInfoReply(FrozenRecord):
     """Reply to QueryPathInfo: the info, or None when the daemon does not have the path."""
 
+    __slots__ = ("path", "info")  # noqa: RUF023 (the fields' order)
     path: StorePath
     info: PathInfo | None
 
+    def __init__(self, path: StorePath, info: PathInfo | None) -> None:
+        setfield(self, "path", path)
+        setfield(self, "info", info)
 
-@dataclass(frozen=True, slots=True)
-class PathFromHashPart:
+
+class PathFromHashPart(FrozenRecord):
+    __slots__ = ("path",)
     path: StorePath | None
 
+    def __init__(self, path: StorePath | None) -> None:
+        setfield(self, "path", path)
 
-@dataclass(frozen=True, slots=True)
-class Done:
+
+class Done(FrozenRecord):
     """An operation without a reply of its own finished (SetOptions, AddTempRoot, AddToStoreNar,
     AddMultipleToStore)."""
 
+    __slots__ = ("op",)
     op: Op
 
+    def __init__(self, op: Op) -> None:
+        setfield(self, "op", op)
 
-@dataclass(frozen=True, slots=True)
-class BuildResult:
+
+class BuildResult(FrozenRecord):
     """One result of BuildPathsWithResults (status 0-2 and 13 are successes)."""
 
+    __slots__ = ("path", "status", "message", "times", "built_outputs")  # noqa: RUF023 (the fields' order)
     path: str
     status: int
     message: str
-    times: tuple[int, ...] = ()  # timesBuilt, isNonDeterministic, startTime, stopTime (1.29+)
-    built_outputs: tuple[tuple[str, str], ...] = ()
+    times: tuple[int, ...]  # timesBuilt, isNonDeterministic, startTime, stopTime (1.29+)
+    built_outputs: tuple[tuple[str, str], ...]
+
+    def __init__(
+        self,
+        path: str,
+        status: int,
+        message: str,
+        times: tuple[int, ...] = (),
+        built_outputs: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        setfield(self, "path", path)
+        setfield(self, "status", status)
+        setfield(self, "message", message)
+        setfield(self, "times", times)
+        setfield(self, "built_outputs", built_outputs)
 
 
-@dataclass(frozen=True, slots=True)
-class BuildResults:
+class BuildResults(FrozenRecord):
+    __slots__ = ("results",)
     results: tuple[BuildResult, ...]
+
+    def __init__(self, results: tuple[BuildResult, ...]) -> None:
+        setfield(self, "results", results)
 
 
 LogEvent = LogLine | ActivityStart | ActivityStop | ActivityResult
@@ -305,15 +376,19 @@ class _Reply(enum.Enum):
     OP = enum.auto()
 
 
-@dataclass(slots=True)
 class _Pending:
-    kind: _Reply
-    op: Op | None = None
-    path: StorePath | None = None
-    logs_done: bool = False  # STDERR_LAST seen: the reply proper follows
-    features: frozenset[str] = field(default_factory=frozenset)
-    nix_version: str | None = None
-    trusted: bool | None = None
+    """A request whose reply has not been read yet."""
+
+    __slots__ = ("kind", "op", "path", "logs_done", "features", "nix_version", "trusted")  # noqa: RUF023
+
+    def __init__(self, kind: _Reply, op: Op | None = None, path: StorePath | None = None) -> None:
+        self.kind = kind
+        self.op = op
+        self.path = path
+        self.logs_done = False  # STDERR_LAST seen: the reply proper follows
+        self.features: frozenset[str] = frozenset()
+        self.nix_version: str | None = None
+        self.trusted: bool | None = None
 
 
 class WorkerClient:
@@ -690,43 +765,55 @@ class WorkerClient:
 # -- server side --------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class ClientHello:
+class ClientHello(FrozenRecord):
     """The client's magic and version arrived: send `hello()`."""
 
+    __slots__ = ("client_version", "version")
     client_version: int
     version: int
 
+    def __init__(self, client_version: int, version: int) -> None:
+        setfield(self, "client_version", client_version)
+        setfield(self, "version", version)
 
-@dataclass(frozen=True, slots=True)
-class ClientHandshake:
+
+class ClientHandshake(FrozenRecord):
     """The client's handshake is complete: send `handshake_info()` and the first `last()`."""
 
+    __slots__ = ("features",)
     features: frozenset[str]
 
+    def __init__(self, features: frozenset[str]) -> None:
+        setfield(self, "features", features)
 
-@dataclass(frozen=True, slots=True)
-class Request:
+
+class Request(FrozenRecord):
     """An operation with its fields (`args`: path, paths, info, flags..., as the op has them). For the
     framed ops, `FrameData` events and `FramesEnd` follow."""
 
+    __slots__ = ("op", "args")  # noqa: RUF023 (the fields' order)
     op: int
-    args: tuple[object, ...] = ()
+    args: tuple[object, ...]
+
+    def __init__(self, op: int, args: tuple[object, ...] = ()) -> None:
+        setfield(self, "op", op)
+        setfield(self, "args", args)
 
 
-@dataclass(frozen=True, slots=True)
-class FrameData:
+class FrameData(FrozenRecord):
+    __slots__ = ("data",)
     data: bytes
 
-
-@dataclass(frozen=True, slots=True)
-class FramesEnd:
-    pass
+    def __init__(self, data: bytes) -> None:
+        setfield(self, "data", data)
 
 
-@dataclass(frozen=True, slots=True)
-class ClientClosed:
-    pass
+class FramesEnd(FrozenRecord):
+    __slots__ = ()
+
+
+class ClientClosed(FrozenRecord):
+    __slots__ = ()
 
 
 ServerEvent = ClientHello | ClientHandshake | Request | FrameData | FramesEnd | ClientClosed

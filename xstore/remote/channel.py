@@ -23,17 +23,19 @@ import collections
 import contextlib
 import math
 import os
-import re
 import select
-import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Final
 
 from xstore.errors import RemoteConnectionError, RemoteTimeoutError
 from xstore.notices import notice
+
+# Neither typing nor subprocess, re or tempfile at import: `xstore serve ssh` runs on this module and
+# needs none of them (they are imported where a process is started, a message cleaned or a file made).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final
 
 CHUNK: Final = 1 << 20
 DEFAULT_TIMEOUT: Final = 300.0
@@ -42,12 +44,14 @@ NOTICE_AFTER: Final = 5.0
 STDERR_LINES: Final = 20
 STDERR_LINE_MAX: Final = 2048
 
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-_]")
+_ANSI = r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-_]"
 
 
 def plain(text: str) -> str:
     """`text` without terminal escape sequences (Nix colours its messages) and control characters."""
-    text = _ANSI.sub("", text)
+    import re  # compiled once, in re's own cache
+
+    text = re.sub(_ANSI, "", text)
     return "".join(c if c.isprintable() or c in "\n\t" else "?" for c in text)
 
 
@@ -248,6 +252,8 @@ class RemoteProcess:
         timeout: float | None,
         cleanup: Callable[[], None] | None = None,
     ) -> None:
+        import subprocess
+
         self.argv = list(argv)
         self.peer = peer
         self._cleanup = cleanup
@@ -278,6 +284,8 @@ class RemoteProcess:
     def stderr_lines(self, wait: float = 2.0) -> list[str]:
         """The last lines of the process's stderr; when it has exited (or is about to), after waiting up
         to `wait` seconds for the rest of them."""
+        import subprocess
+
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(wait)
         if self.proc.poll() is not None:
@@ -307,6 +315,8 @@ class RemoteProcess:
         on as notices, `remote: ...`."""
         if self._closed:
             return
+        import subprocess
+
         self._closed = True
         proc = self.proc
         try:
@@ -354,6 +364,8 @@ def ssh_argv(
     [-oUserKnownHostsFile=FILE] [-C] COMMAND`, the first `ssh` on PATH."""
     if host == "localhost":
         return ["bash", "-c", command]
+    import re
+
     argv = ["ssh", host, "-x", "-a"]
     # Split as Nix's `tokenizeString` does: on spaces, tabs and line ends, without any quoting.
     argv += [t for t in re.split(r"[ \t\n\r]+", os.environ.get("NIX_SSHOPTS", "")) if t]
@@ -372,6 +384,7 @@ def known_hosts_file(host: str, base64_key: str) -> tuple[str, Callable[[], None
     `base64-ssh-public-host-key`, the base64 of an OpenSSH public key line), and a function removing it."""
     import base64
     import binascii
+    import tempfile
 
     from xstore.errors import InvalidStoreUrlError
 

@@ -29,7 +29,6 @@ import contextlib
 import os
 import socket
 from collections.abc import Callable, Iterable
-from typing import Final, TypeVar
 
 from xstore.errors import (
     InvalidPathError,
@@ -49,10 +48,14 @@ from xstore.storepath import StorePath
 from xstore.storeurl import StoreUrl
 from xstore.wire import NEED_DATA
 
+TYPE_CHECKING = False  # not `from typing import`: copies over ssh or to a daemon start without typing
+if TYPE_CHECKING:
+    from typing import Final, TypeVar
+
+    T = TypeVar("T")
+
 SSH_PARAMS: Final = SERVE_PARAMS  # ssh-ng:// takes what ssh:// takes
 SOCKET_PARAMS: Final = frozenset({"root", "max-connections", "max-connection-age", "timeout"})
-
-T = TypeVar("T")
 
 
 def default_socket() -> str:

@@ -8,18 +8,22 @@ the peer's stream has ended so that the connection can say whether that was allo
 
 from __future__ import annotations
 
-from typing import Protocol, TypeVar
-
-from xstore.remote.channel import Channel
 from xstore.wire import NEED_DATA, Signal
 
-E_co = TypeVar("E_co", covariant=True)
+TYPE_CHECKING = False  # not `from typing import`: `xstore serve ssh` runs without loading typing
+if TYPE_CHECKING:
+    from typing import Protocol, TypeVar
 
+    from xstore.remote.channel import Channel
 
-class Connection(Protocol[E_co]):
-    def receive_data(self, data: bytes) -> None: ...
+    E_co = TypeVar("E_co", covariant=True)
 
-    def next_event(self) -> E_co | Signal: ...
+    class Connection(Protocol[E_co]):
+        """A sans-IO protocol connection (`xstore.protocols`)."""
+
+        def receive_data(self, data: bytes) -> None: ...
+
+        def next_event(self) -> E_co | Signal: ...
 
 
 def next_event(

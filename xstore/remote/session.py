@@ -14,17 +14,21 @@ import contextlib
 import hashlib
 import socket
 from collections.abc import Callable, Iterator
-from typing import TypeVar
 
 from xstore.errors import HashMismatchError, ProtocolError, RemoteConnectionError
 from xstore.hashing import HashAlgorithm, HashFormat, format_digest
 from xstore.protocols.common import NarData, NarEnd
 from xstore.remote.channel import Channel, RemoteProcess
-from xstore.remote.pump import Connection
 from xstore.storeapi import PathInfo, Sink
 from xstore.wire import NEED_DATA, Signal
 
-E = TypeVar("E")
+TYPE_CHECKING = False  # not `from typing import`: a copy over ssh starts without loading typing
+if TYPE_CHECKING:
+    from typing import TypeVar
+
+    from xstore.remote.pump import Connection
+
+    E = TypeVar("E")
 
 
 class Session:

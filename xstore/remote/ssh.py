@@ -24,7 +24,6 @@ Nix: legacy-ssh-store.cc, ssh.cc.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Final, TypeVar
 
 from xstore.errors import (
     InvalidPathError,
@@ -46,6 +45,12 @@ from xstore.storeapi import PathInfo, Read, Sink, Store
 from xstore.storepath import StorePath
 from xstore.storeurl import StoreUrl
 
+TYPE_CHECKING = False  # not `from typing import`: copies over ssh or to a daemon start without typing
+if TYPE_CHECKING:
+    from typing import Final, TypeVar
+
+    T = TypeVar("T")
+
 PARAMS: Final = frozenset(
     {
         "ssh-key",
@@ -57,8 +62,6 @@ PARAMS: Final = frozenset(
         "timeout",
     }
 )
-
-T = TypeVar("T")
 
 
 def check_host(url: StoreUrl) -> str:

@@ -24,7 +24,6 @@ Nix: nix-store.cc `opServe`.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Final
 
 from xstore.errors import NotAllowedError, UnsupportedError
 from xstore.protocols import serve as proto
@@ -33,6 +32,10 @@ from xstore.remote.channel import Channel
 from xstore.remote.pump import next_event
 from xstore.storeapi import Read, Store
 from xstore.storepath import StorePath
+
+TYPE_CHECKING = False  # not `from typing import`: the far end of a copy starts without loading typing
+if TYPE_CHECKING:
+    from typing import Final
 
 BUILD_REFUSAL: Final = (
     "xstore serves store paths but builds nothing; build on a machine with Nix and copy the outputs here"

@@ -45,7 +45,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Final
 
-from bench.common import log, make_big_file, nix_environment, remove
+from bench.common import Trash, log, make_big_file, nix_environment, remove
 
 SEED: Final = 20240611
 GNU_TIME: Final = "/usr/bin/time"
@@ -99,6 +99,7 @@ class Bench:
         self.xstore = xstore
         self.env = nix_env(work / "nix-env")
         self.counter = 0
+        self.trash = Trash(work / "trash")
         self.daemons: list[subprocess.Popen[bytes]] = []
 
     # -- running -------------------------------------------------------------------------------------
@@ -296,7 +297,7 @@ class Bench:
             raise ValueError(route)
         if verify:
             self.check(inputs, dst, path)
-        remove(dst)
+        self.trash.discard(dst)  # not removed now: see `Trash`
         return sample
 
     def check(self, inputs: Inputs, dst: Path, path: str) -> None:

@@ -56,7 +56,7 @@ from types import FrameType
 from typing import Final
 
 from bench.common import (
-    MIB,
+    Trash,
     filesystem_of,
     log,
     make_big_file,
@@ -264,8 +264,7 @@ class Bench:
         self.big = self.big_dir / "big.bin"
         self.big_nar = workdir / "big.nar"
         self.tree_entries = 0
-        self.trash = workdir / "trash"
-        self._discarded = 0
+        self.trash = Trash(workdir / "trash")
         # The source store, made by Nix: the tree and the large file's directory added as one path each,
         # and their `nix-store --export` streams.
         self.store = workdir / "store"
@@ -284,28 +283,8 @@ class Bench:
         self.services = contextlib.ExitStack()
 
     def discard(self, path: Path) -> None:
-        """Move a previous run's output out of the way, to be removed with the working directory at the
-        end, except its large files, removed now.
-
-        Removing a tree of many files here would slow the next runs down: after many files are deleted,
-        ext4's inode allocator skips the freed inodes for a minute or more (`recently_deleted`), and each
-        file created meanwhile pays for the scan (3-10x slower creation of 5,000 files here, for both
-        tools alike, which hides their difference). Keeping large files would slow them down too: their
-        page cache stays, and the next 300 MiB written needs fresh memory, which the kernel (and, in a
-        virtual machine, the host) must supply (restoring 300 MiB took 0.8 s instead of 0.15 s, for
-        both tools alike). Removing only the files of 1 MiB or more frees that memory at the cost of a
-        few inodes."""
-        if not (path.exists() or path.is_symlink()):
-            return
-        self.trash.mkdir(exist_ok=True)
-        self._discarded += 1
-        moved = self.trash / f"{self._discarded}-{path.name}"
-        path.rename(moved)
-        files = [moved] if not moved.is_dir() else [Path(d, f) for d, _, fs in os.walk(moved) for f in fs]
-        for file in files:
-            if not file.is_symlink() and file.stat().st_size >= MIB:
-                os.chmod(file.parent, 0o700)  # Nix's store paths are read-only
-                file.unlink()
+        """Move a previous run's output out of the way (see `bench.common.Trash`)."""
+        self.trash.discard(path)
 
     def nix(self, *args: str) -> Command:
         return Command([self.nix_store, *args], self.nix_env)

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from bench.common import log, make_big_file, nix_environment, remove, sha256_file, static_http_server
+from bench.common import Trash, log, make_big_file, nix_environment, remove, sha256_file, static_http_server
 from bench.run import NIX_STORE_OPTIONS, SMALL_CLOSURE_NIX, Command, Runner, Sample
 
 SEED: Final = 20241201
@@ -62,6 +62,7 @@ class Bench:
         self.big_mib = big_mib
         self.small_paths = small_paths
         self.runner = Runner(workdir)
+        self.trash = Trash(workdir / "trash")
         self.env = nix_environment(workdir / "nix")
         self.nix = _which("nix")
         self.nix_store = _which("nix-store")
@@ -119,9 +120,10 @@ class Bench:
         )  # fmt: skip
 
     def reset(self, dest: Path) -> None:
-        for path in (dest, Path(self.env["XDG_CACHE_HOME"]) / "nix"):
-            if path.exists():
-                remove(path)
+        self.trash.discard(dest)  # not removed now: see `Trash`
+        disk_cache = Path(self.env["XDG_CACHE_HOME"]) / "nix"
+        if disk_cache.exists():
+            remove(disk_cache)
         self.runner.run(
             Command([self.nix_store, "--store", str(dest), *NIX_STORE_OPTIONS, "--init"], self.env)
         )
@@ -148,7 +150,7 @@ class Bench:
                 self.reset(dest)
                 case.static_samples.append(self.runner.run(s_cmd))
             case.server_peak_kib = _status(pid, "VmHWM")
-        remove(dest)
+        self.trash.discard(dest)
 
     def check(self, dest: Path, label: str) -> None:
         closure = self.closures[label]

@@ -49,19 +49,24 @@ def test_a_long_wait_is_announced_and_ends_at_the_timeout(
 
 def test_progress_resets_the_timeout(pipes: tuple[Channel, int, int]) -> None:
     channel, far_w, _ = pipes
+    # Gaps of a quarter of a second against a timeout of 1.5 s: a loaded machine may stretch a gap by
+    # over a second before the test fails for the wrong reason; the 2 s in all are longer than the timeout.
+    channel.timeout = 1.5
 
     def trickle() -> None:
-        for _ in range(5):
-            time.sleep(0.2)
+        for _ in range(8):
+            time.sleep(0.25)
             os.write(far_w, b"x")
 
     thread = threading.Thread(target=trickle)
     thread.start()
+    started = time.monotonic()
     got = b""
-    while len(got) < 5:
+    while len(got) < 8:
         got += channel.recv("a trickle")  # each wait is shorter than the timeout, the total is longer
     thread.join()
-    assert got == b"xxxxx"
+    assert got == b"x" * 8
+    assert time.monotonic() - started > channel.timeout
 
 
 def test_ctrl_c_interrupts_a_wait_without_timeout(pipes: tuple[Channel, int, int]) -> None:

@@ -229,10 +229,11 @@ def test_whatever_the_fast_path_takes_typer_reads_the_same(data: st.DataObject) 
     assert normal(got) == normal(expected), argv
 
 
-def run_probed(cwd: Path, heavy: tuple[str, ...], *argv: str) -> subprocess.CompletedProcess[str]:
-    """`xstore ARGV...` in a fresh interpreter, whose last line on stderr names the modules of `heavy` that
-    the run loaded (empty when none)."""
-    probe = (
+def probe_code(heavy: tuple[str, ...], record: Path | None = None) -> str:
+    """Python code running `xstore ARGV...` (its arguments), then writing the modules of `heavy` that the
+    run loaded, space-separated, as a line: to stderr, or appended to the file `record`."""
+    out = "sys.stderr" if record is None else f"open({str(record)!r}, 'a')"
+    return (
         "import sys\n"
         "from xstore.cli.entry import main\n"
         "sys.argv = ['xstore', *sys.argv[1:]]\n"
@@ -240,10 +241,15 @@ def run_probed(cwd: Path, heavy: tuple[str, ...], *argv: str) -> subprocess.Comp
         "    main()\n"
         "finally:\n"
         f"    heavy = {heavy!r}\n"
-        "    sys.stderr.write(' '.join(m for m in heavy if m in sys.modules) + '\\n')\n"
+        f"    {out}.write(' '.join(m for m in heavy if m in sys.modules) + '\\n')\n"
     )
+
+
+def run_probed(cwd: Path, heavy: tuple[str, ...], *argv: str) -> subprocess.CompletedProcess[str]:
+    """`xstore ARGV...` in a fresh interpreter, whose last line on stderr names the modules of `heavy` that
+    the run loaded (empty when none)."""
     return subprocess.run(
-        [sys.executable, "-c", probe, *argv],
+        [sys.executable, "-c", probe_code(heavy), *argv],
         capture_output=True,
         text=True,
         timeout=60,
@@ -335,17 +341,7 @@ def test_serve_ssh_and_its_client_load_neither_typing_nor_dataclasses(tmp_path: 
     far_heavy = ("typing", "dataclasses", "inspect", "subprocess", "tempfile")
     loaded = tmp_path / "far-loaded"
     # The far end as Nix starts it (`PROGRAM --serve --write --store ROOT`), noting what it loaded.
-    probe = (
-        "import sys\n"
-        "from xstore.cli.entry import main\n"
-        "sys.argv = ['xstore', *sys.argv[1:]]\n"
-        "try:\n"
-        "    main()\n"
-        "finally:\n"
-        f"    with open({str(loaded)!r}, 'a') as f:\n"
-        f"        f.write(' '.join(m for m in {far_heavy!r} if m in sys.modules) + '\\n')\n"
-    )
-    (tmp_path / "probe.py").write_text(probe)
+    (tmp_path / "probe.py").write_text(probe_code(far_heavy, loaded))
     program = tmp_path / "far-xstore"
     program.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{tmp_path / "probe.py"}" serve ssh "$@"\n')
     program.chmod(0o755)

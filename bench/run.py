@@ -282,10 +282,6 @@ class Bench:
         self.http_url = ""
         self.services = contextlib.ExitStack()
 
-    def discard(self, path: Path) -> None:
-        """Move a previous run's output out of the way (see `bench.common.Trash`)."""
-        self.trash.discard(path)
-
     def nix(self, *args: str) -> Command:
         return Command([self.nix_store, *args], self.nix_env)
 
@@ -475,7 +471,7 @@ class Bench:
 
         def reset() -> None:
             if dest.exists() or dest.is_symlink():
-                self.discard(dest)
+                self.trash.discard(dest)
                 os.sync()  # the previous run's writeback must not land in the next measurement
 
         def verify() -> None:
@@ -537,7 +533,7 @@ class Bench:
 
         def reset() -> None:
             for store in (x_store, n_store):
-                self.discard(store)
+                self.trash.discard(store)
             self.runner.run(self.x("store", "init", "--store", str(x_store), "--case-hack", "off"))
             self.runner.run(self.nix_on(n_store, "--init"))
             os.sync()  # the previous run's writeback must not land in the next measurement
@@ -612,7 +608,7 @@ class Bench:
 
         def reset() -> None:
             for store in (x_store, n_store):
-                self.discard(store)
+                self.trash.discard(store)
             # Nix keeps narinfos of http caches in a disk cache between runs; each run starts cold.
             if disk_cache.exists():
                 remove(disk_cache)

@@ -171,6 +171,23 @@ def _patiently(what: str, attempt: Callable[[], R]) -> R:
         time.sleep(0.05)
 
 
+# A path's registration and its references, one row per reference (one row with a NULL reference for
+# a path without any), in one statement: a read is a transaction of its own, with its own locks.
+_INFO_BY_PATH: Final = (
+    "select v.path, v.id, v.hash, v.registrationTime, v.deriver, v.narSize, v.ultimate, v.sigs, v.ca, "
+    "r.path from ValidPaths v left join Refs on Refs.referrer = v.id "
+    "left join ValidPaths r on r.id = Refs.reference where v.path = ?"
+)
+# The same for the path with a hash part: the first path from "DIR/HASH-" up to "DIR/HASH." (the
+# character after "-").
+_INFO_BY_HASH_PART: Final = (
+    "select v.path, v.id, v.hash, v.registrationTime, v.deriver, v.narSize, v.ultimate, v.sigs, v.ca, "
+    "r.path from ValidPaths v left join Refs on Refs.referrer = v.id "
+    "left join ValidPaths r on r.id = Refs.reference "
+    "where v.path = (select path from ValidPaths where path >= ? and path < ? order by path limit 1)"
+)
+
+
 def _db_errors(method: Callable[Concatenate[LocalStore, P], R]) -> Callable[Concatenate[LocalStore, P], R]:
     """One database user at a time (the connection is shared by the threads of a copy), waits for a
     database another process holds (interruptible, announced), and SQLite failures (a corrupt
@@ -518,21 +535,32 @@ class LocalStore(Store):
     def query_path_info(self, path: StorePath) -> PathInfo | None:
         """The path's registration, or None if it is not valid. A row that cannot be read (a corrupt
         hash, a bad reference) raises `StoreError` naming the path."""
-        row = self.db.execute(
-            "select id, hash, registrationTime, deriver, narSize, ultimate, sigs, ca "
-            "from ValidPaths where path = ?",
-            (path.path,),
-        ).fetchone()
-        if row is None:
+        rows = self.db.execute(_INFO_BY_PATH, (path.path,)).fetchall()
+        return self._info_from_rows(path, rows) if rows else None
+
+    @_db_errors
+    def query_info_by_hash_part(self, hash_part: str) -> PathInfo | None:
+        # One statement where the default makes three: a server answers each request with this.
+        if len(hash_part) != HASH_PART_LEN:
             return None
-        rid, hash_text, reg_time, deriver, nar_size, ultimate, sigs, ca = row
+        prefix = f"{STORE_DIR}/{hash_part}"
+        rows = self.db.execute(_INFO_BY_HASH_PART, (prefix + "-", prefix + ".")).fetchall()
+        if not rows:
+            return None
         try:
-            refs = sorted(
-                parse_store_path(r)
-                for (r,) in self.db.execute(
-                    "select path from Refs join ValidPaths on reference = id where referrer = ?", (rid,)
-                )
-            )
+            path = parse_store_path(rows[0][0])
+        except InvalidStorePathError as e:
+            raise StoreError(
+                f"the database of the store at '{self.root}' has a corrupt path {rows[0][0]!r}: {e}"
+            ) from e
+        return self._info_from_rows(path, rows)
+
+    def _info_from_rows(self, path: StorePath, rows: list[Any]) -> PathInfo:
+        """`path`'s info from the rows of `_INFO_BY_PATH` or `_INFO_BY_HASH_PART`: its registration,
+        repeated once per reference (the last column; NULL without references)."""
+        _path, _rid, hash_text, reg_time, deriver, nar_size, ultimate, sigs, ca, _ref = rows[0]
+        try:
+            refs = sorted(parse_store_path(row[9]) for row in rows if row[9] is not None)
             return PathInfo(
                 path=path,
                 nar_hash=parse_hash(str(hash_text), HashAlgorithm.SHA256).digest,

@@ -150,6 +150,12 @@ class Store(abc.ABC):
     def query_path_from_hash_part(self, hash_part: str) -> StorePath | None:
         """The valid path whose hash part is `hash_part` (32 nix32 characters), or None."""
 
+    def query_info_by_hash_part(self, hash_part: str) -> PathInfo | None:
+        """The info of the valid path whose hash part is `hash_part`, or None. Stores that can find it
+        in one step override this."""
+        path = self.query_path_from_hash_part(hash_part)
+        return None if path is None else self.query_path_info(path)
+
     def require(self, path: StorePath) -> PathInfo:
         info = self.query_path_info(path)
         if info is None:

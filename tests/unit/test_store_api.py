@@ -33,8 +33,8 @@ from xstore.exportstream import PATH_MARKER, STREAM_END, trailer
 from xstore.import_export import import_stream
 from xstore.nar.dump import dump_path
 from xstore.store import LocalStore
-from xstore.storeapi import PathInfo, closure_sizes, pipe_nar, topo_sort
-from xstore.storepath import StorePath
+from xstore.storeapi import PathInfo, Store, closure_sizes, pipe_nar, topo_sort
+from xstore.storepath import StorePath, parse_store_path
 from xstore.stores import resolve_path
 
 
@@ -70,6 +70,42 @@ def test_queries(store: LocalStore, filled: list[StorePath]) -> None:
     assert sizes[single] == store.require(single).nar_size
     with pytest.raises(InvalidPathError, match="is not valid in the store at"):
         store.require(sp("77", "missing"))
+
+
+def test_info_by_hash_part_is_the_two_step_lookup(store: LocalStore, filled: list[StorePath]) -> None:
+    # One statement in a local store; the interface's default asks for the path, then its info.
+    for path in filled:
+        expected = store.query_path_info(path)
+        assert expected is not None
+        assert store.query_info_by_hash_part(path.hash_part) == expected
+        assert Store.query_info_by_hash_part(store, path.hash_part) == expected
+    assert store.query_info_by_hash_part(sp("3a", "x").hash_part) is None
+    assert store.query_info_by_hash_part("short") is None
+
+
+def test_info_by_hash_part_takes_only_that_hash_part(store: LocalStore) -> None:
+    # Paths whose hash parts sort right before and right after the one asked for are not it.
+    hash_part = sp("bb", "x").hash_part[:-1] + "1"
+    before = parse_store_path(f"/nix/store/{hash_part[:-1]}0-before")
+    after = parse_store_path(f"/nix/store/{hash_part[:-1]}2-after")
+    for p in (before, after):
+        store.register(dummy(p))
+    assert before < after
+    assert store.query_info_by_hash_part(hash_part) is None
+    wanted = parse_store_path(f"/nix/store/{hash_part}-wanted")
+    store.register(dummy(wanted, before, wanted))
+    info = store.query_info_by_hash_part(hash_part)
+    assert info is not None
+    assert info.path == wanted
+    assert info.references == tuple(sorted([before, wanted]))
+
+
+def test_info_by_hash_part_reports_a_corrupt_path(store: LocalStore) -> None:
+    a = sp("aa", "a")
+    store.register(dummy(a))
+    store.db.execute("update ValidPaths set path = ? where path = ?", (f"{a.path[:-1]}/", a.path))
+    with pytest.raises(StoreError, match="corrupt path"):
+        store.query_info_by_hash_part(a.hash_part)
 
 
 def test_query_valid_paths_in_batches(store: LocalStore) -> None:

@@ -292,10 +292,7 @@ class CacheApp:
     def _info(self, hash_part: str) -> PathInfo | None:
         """The registration of the valid path with this hash part; None if there is none, or if its NAR
         size is unknown (a NULL narSize, which Nix's schema allows but no narinfo can carry)."""
-        path = self.store.query_path_from_hash_part(hash_part)
-        if path is None:
-            return None
-        info = self.store.query_path_info(path)
+        info = self.store.query_info_by_hash_part(hash_part)
         if info is None or info.nar_size <= 0:
             return None
         return info

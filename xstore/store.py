@@ -244,6 +244,7 @@ class LocalStore(Store):
         self._scratch_dir = b""
         self._scratch_fd = -1
         self._scratch_count = itertools.count()
+        self.scratch_keeps_modes = False  # see `scratch_entry`
         self._locks: str | None = None  # the locks directory, once made
         if not (self.db_dir / "db.sqlite").exists() and not _create:
             raise StoreError(
@@ -817,13 +818,18 @@ class LocalStore(Store):
         private temporary directory inside the real store directory (`temp_dir`), made and opened the
         first time a path is added and kept until `close()`, so that adding many paths costs no
         directory of its own per path. The descriptor stays this store object's; the name does not
-        exist yet, and whoever makes it there removes it again unless it is moved into place."""
+        exist yet, and whoever makes it there removes it again unless it is moved into place. Once it is
+        made, `scratch_keeps_modes` tells whether what is created there gets exactly the mode asked for
+        (`restore.creation_keeps_modes`, asked once: the umask is the process's)."""
         with self._db_lock:
             if self._scratch is None:
                 with contextlib.ExitStack() as stack:
                     self._scratch_dir = stack.enter_context(self.temp_dir())
                     self._scratch_fd = os.open(self._scratch_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
                     stack.callback(self._close_scratch_fd)
+                    from xstore.nar.restore import creation_keeps_modes
+
+                    self.scratch_keeps_modes = creation_keeps_modes(self._scratch_fd)
                     self._scratch = stack.pop_all()
             return self._scratch_fd, self._scratch_dir + b"/%d" % next(self._scratch_count)
 

@@ -77,6 +77,7 @@ class PathAdder:
             staging=False,
             canonical=True,  # all but a root directory, which is canonicalised once moved
             parent_fd=scratch_fd,
+            modes_kept=store.scratch_keeps_modes,
         )
 
     def handle(self, event: Event) -> None:

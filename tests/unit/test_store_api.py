@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -121,6 +122,41 @@ def test_corrupt_row_is_a_store_error_naming_the_path(store: LocalStore) -> None
     store.db.execute("update ValidPaths set hash = 'sha256:nonsense' where path = ?", (a.path,))
     with pytest.raises(StoreError, match=f"corrupt row for '{a.path}'"):
         store.query_path_info(a)
+
+
+# 077 takes bits of 0444/0555, so each mode is set after its file is complete; 022 and 000 take none,
+# so the store's scratch directory is known to keep modes and files are created read-only at once.
+@pytest.mark.parametrize("umask", [0o077, 0o022, 0o000], ids=oct)
+def test_added_paths_are_canonical_whatever_the_umask(store: LocalStore, tmp_path: Path, umask: int) -> None:
+    path = sp("ab", "tree")
+    files = {b"bin/tool": b"#!/bin/sh\n", b"share/doc/readme": b"text", b"empty/": b"", b"ln": b"->bin/tool"}
+    info = add_path(store, path, files)
+    nar = nar_of(store, path)
+    old = os.umask(umask)
+    try:
+        with LocalStore.create(tmp_path / f"dest-{umask:o}", case_hack=CaseHackMode.OFF) as dest:
+            assert dest.add_to_store(info, read_from(nar), check_sigs=False)
+            assert dest.scratch_keeps_modes is (umask & 0o755 == 0)
+            real = os.fsdecode(dest.real_path(path))
+            modes = {}
+            for top, dirs, names in os.walk(real):
+                for name in [*dirs, *names]:
+                    st = os.lstat(os.path.join(top, name))
+                    assert st.st_mtime_ns == 1_000_000_000
+                    if not stat.S_ISLNK(st.st_mode):
+                        modes[os.path.relpath(os.path.join(top, name), real)] = stat.S_IMODE(st.st_mode)
+            assert modes == {
+                "bin": 0o555,
+                "bin/tool": 0o555,
+                "empty": 0o555,
+                "share": 0o555,
+                "share/doc": 0o555,
+                "share/doc/readme": 0o444,
+            }
+            assert stat.S_IMODE(os.lstat(real).st_mode) == 0o555
+            assert nar_of(dest, path) == nar
+    finally:
+        os.umask(old)
 
 
 def test_nar_from_path_is_the_registered_nar(store: LocalStore, filled: list[StorePath]) -> None:

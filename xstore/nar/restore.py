@@ -118,6 +118,7 @@ class TreeWriter:
         staging: bool = True,
         canonical: bool = False,
         parent_fd: int = -1,
+        modes_kept: bool | None = None,
     ) -> None:
         if parent_fd >= 0:
             # The caller's private directory, open already, and a fresh name in it (a store's scratch
@@ -155,7 +156,7 @@ class TreeWriter:
             self._staging = b""
             self._staging_fd = -1
             self._root_fd, self._root_name = self._parent_fd, self._name
-            self._fix_modes = not canonical and not _creation_keeps_modes(self._root_fd)
+            self._init_modes(modes_kept)
             self._set_mode(case_hack, fold, parent)
             return
         with contextlib.suppress(OSError):
@@ -179,12 +180,26 @@ class TreeWriter:
                 f"cannot create a staging directory in '{os.fsdecode(parent)}': {e.strerror}"
             ) from e
         self._root_fd, self._root_name = self._staging_fd, _ROOT_NAME
-        self._fix_modes = not canonical and not _creation_keeps_modes(self._root_fd)
+        self._init_modes(modes_kept)
         try:
             self._set_mode(case_hack, fold, self._staging_path())
         except BaseException:
             self.abort()
             raise
+
+    def _init_modes(self, modes_kept: bool | None) -> None:
+        """How modes are set. A file or directory is created with its mode; `_fix_modes`: set it again
+        after, as the umask or a default ACL may have taken bits (see `creation_keeps_modes`, which
+        `modes_kept` answers for the caller when it knows already). `_final_modes` (canonical, and
+        modes kept): a file is created with the mode a store keeps it in (0444 or 0555, open for
+        writing all the same), which saves the `fchmod` when it is complete: one system call per file,
+        and on a FUSE layer one request of the eight a file costs there. Without `modes_kept`, a
+        canonical writer does not ask (the question costs more than the calls it saves on a small
+        path) and sets every mode itself."""
+        if modes_kept is None:
+            modes_kept = False if self._canonical else creation_keeps_modes(self._root_fd)
+        self._fix_modes = not self._canonical and not modes_kept
+        self._final_modes = self._canonical and modes_kept
 
     def _set_mode(self, case_hack: CaseHackMode, fold: Fold | None, where: bytes) -> None:
         self.probed = probe(where) if case_hack is CaseHackMode.AUTO else None
@@ -228,7 +243,8 @@ class TreeWriter:
                 self.root_is_directory = True
             shown = where.shown + b"/" + name if self._stack else b""
             self._stack.append(_Dir(fd, CaseHackNames(self.fold) if self.case_hack else None, shown))
-            if self._fix_modes or self._canonical:  # (a store's umask may not even leave it writable)
+            # (A store's umask may not even leave it writable, unless its modes are known kept.)
+            if self._fix_modes or (self._canonical and not self._final_modes):
                 os.fchmod(fd, 0o755)  # after the push, so that abort() closes fd if this fails
         elif kind is DirectoryEnd:
             fd = self._stack.pop().fd
@@ -256,7 +272,7 @@ class TreeWriter:
         """Create the regular file at `path` with `mode` (exactly: see `_fix_modes`), open for writing."""
         name, where = self._place(path)
         try:
-            fd = os.open(name, _NEW_FILE_FLAGS, mode, dir_fd=where.fd)
+            fd = os.open(name, _NEW_FILE_FLAGS, mode & 0o555 if self._final_modes else mode, dir_fd=where.fd)
         except OSError as e:
             raise self._create_error(e, where, name) from e
         if self._fix_modes:
@@ -282,7 +298,8 @@ class TreeWriter:
         """Close a finished file, made as a store keeps it first when `canonical`."""
         try:
             if self._canonical:
-                os.fchmod(fd, mode & 0o555)
+                if not self._final_modes:
+                    os.fchmod(fd, mode & 0o555)
                 os.utime(fd, ns=self._times)
         finally:
             os.close(fd)
@@ -445,14 +462,14 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
         raise RestoreError(f"cannot write a file: {e.strerror}", errno=e.errno) from e
 
 
-def _creation_keeps_modes(dir_fd: int) -> bool:
+def creation_keeps_modes(dir_fd: int) -> bool:
     """Whether a file or directory created in the directory `dir_fd` with mode 0644 or 0755 gets exactly
     that mode: the process's umask takes none of those bits (022 and 002 take none), and the directory
     has no default ACL (which would mask the mode in the umask's place) and no set-group-ID bit (which
     directories made in it would inherit). When unsure (no /proc, an error), no:
     each file's mode is then set after its creation, one `fchmod` per file (8,000 for /usr/include).
-    Read once per restore: the umask is process-wide, and a restore's directories inherit the ACL of
-    the directory it starts in."""
+    Asked once per restore, and once by a store for its scratch directory: the umask is process-wide,
+    and the directories made there inherit the ACL of the directory they are made in."""
     try:
         with open("/proc/self/status", "rb") as status:
             text = status.read()

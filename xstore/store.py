@@ -946,22 +946,31 @@ class LocalStore(Store):
     def reference_graph(self) -> tuple[dict[str, list[str]], dict[str, str], dict[str, list[str]]]:
         """The whole graph at once, for the garbage collector: every valid path's references (path
         texts), the derivers recorded for valid paths, and each valid derivation's declared outputs that
-        are valid."""
-        refs: dict[str, list[str]] = {p: [] for (p,) in self.db.execute("select path from ValidPaths")}
-        rows = self.db.execute(
-            "select a.path, b.path from Refs join ValidPaths a on referrer = a.id "
-            "join ValidPaths b on reference = b.id"
-        )
-        for referrer, reference in rows:
-            refs[referrer].append(reference)
-        derivers = dict(self.db.execute("select path, deriver from ValidPaths where deriver is not null"))
-        outputs: dict[str, list[str]] = {}
-        rows = self.db.execute(
-            "select v.path, d.path from DerivationOutputs d join ValidPaths v on d.drv = v.id"
-        )
-        for drv, out in rows:
-            if out in refs:
-                outputs.setdefault(drv, []).append(out)
+        are valid.
+
+        The reads share one read transaction, so they see one snapshot of the database: a path another
+        process registers meanwhile (Nix importing beside a collection) is in all of them or in none."""
+        db = self.db
+        db.execute("begin")
+        try:
+            refs: dict[str, list[str]] = {p: [] for (p,) in db.execute("select path from ValidPaths")}
+            rows = db.execute(
+                "select a.path, b.path from Refs join ValidPaths a on referrer = a.id "
+                "join ValidPaths b on reference = b.id"
+            )
+            for referrer, reference in rows:
+                refs[referrer].append(reference)
+            derivers = dict(db.execute("select path, deriver from ValidPaths where deriver is not null"))
+            outputs: dict[str, list[str]] = {}
+            rows = db.execute(
+                "select v.path, d.path from DerivationOutputs d join ValidPaths v on d.drv = v.id"
+            )
+            for drv, out in rows:
+                if out in refs:
+                    outputs.setdefault(drv, []).append(out)
+        finally:
+            if db.in_transaction:
+                db.execute("commit")
         return refs, derivers, outputs
 
     @_db_errors

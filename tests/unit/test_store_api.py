@@ -109,6 +109,31 @@ def test_info_by_hash_part_reports_a_corrupt_path(store: LocalStore) -> None:
         store.query_info_by_hash_part(a.hash_part)
 
 
+def test_reference_graph_is_one_snapshot(store: LocalStore) -> None:
+    # Another process registers a path with a reference between the graph's reads of the paths and of
+    # the references: the graph holds neither it nor its reference (once a KeyError in the collector).
+    lib = sp("aa", "lib")
+    store.register(dummy(lib))
+    late = sp("bb", "late")
+    registered: list[StorePath] = []
+
+    def register_meanwhile(statement: str) -> None:
+        if statement.startswith("select a.path, b.path from Refs") and not registered:
+            registered.append(late)
+            with LocalStore.open(store.root) as writer:
+                writer.register(dummy(late, lib))
+
+    store.db.set_trace_callback(register_meanwhile)
+    try:
+        refs, _, _ = store.reference_graph()
+    finally:
+        store.db.set_trace_callback(None)
+    assert registered == [late]
+    assert refs == {lib.path: []}
+    assert store.query_valid_paths([late]) == {late}
+    assert store.reference_graph()[0] == {lib.path: [], late.path: [lib.path]}
+
+
 def test_query_valid_paths_in_batches(store: LocalStore) -> None:
     paths = [sp(f"{i:04d}", "p") for i in range(1200)]
     for p in paths[::2]:

@@ -5,7 +5,8 @@ its first `:` and takes the value from two characters later up to the newline, s
 final newline are required, unknown names are ignored, `Compression` defaults to bzip2, `Deriver:
 unknown-deriver` means none, and `References` may be missing (harmonia leaves it out when empty). A
 second `References` (after a non-empty one) or a second `CA` is corrupt, as are a missing StorePath,
-NarHash or URL and a NarSize of zero. Errors name the file and the line, as current Nix's do.
+NarHash or URL, a URL with a control character (a NUL, which no file name, key or URL can hold) and
+a NarSize of zero. Errors name the file and the line, as current Nix's do.
 
 Writing follows `NarInfo::to_string` exactly: StorePath, URL, Compression, FileHash, FileSize, NarHash,
 NarSize, References (always, so an empty list leaves a trailing space), Deriver when known, one Sig per
@@ -163,6 +164,8 @@ def parse_narinfo(data: bytes | str, whence: str, store_dir: str = STORE_DIR) ->
             if name == "StorePath":
                 path = parse_store_path(value, store_dir)
             elif name == "URL":
+                if not value.isprintable() and any(c < " " or c == "\x7f" for c in value):
+                    raise corrupt("URL holds a control character")  # no file, key or URL has one
                 url = value
             elif name == "Compression":
                 compression = value

@@ -162,6 +162,9 @@ def test_lenient_reading(change: object, check: object) -> None:
         (text_a_narinfo().replace(b"StorePath: /nix/store/", b"StorePath: /gnu/store/"), "at line 1"),
         (text_a_narinfo(b"Deriver: not-a-path\n"), "at line 9"),
         (text_a_narinfo(b"CA: nonsense\n"), "is not a content address"),
+        (text_a_narinfo().replace(b"URL: nar/", b"URL: nar/\0"), "URL holds a control character at line 2"),
+        (text_a_narinfo().replace(b"URL: nar/", b"URL: nar/\x7f"), "URL holds a control character at line 2"),
+        (text_a_narinfo().replace(b"URL: nar/", b"URL: nar/\t"), "URL holds a control character at line 2"),
         (b"\xff: x\n", "not UTF-8"),
     ],
 )

@@ -430,7 +430,11 @@ class LocalStore(Store):
             return None
         except (OSError, ValueError) as e:
             raise StoreError(f"cannot read '{path}': {e}") from e
+        except RecursionError:
+            raise StoreError(f"cannot read '{path}': JSON nested too deeply") from None
         try:
+            if not isinstance(data, dict):
+                raise TypeError("not a JSON object")
             keys = data.get("trustedPublicKeys", [])
             if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
                 raise TypeError("trustedPublicKeys must be a list of strings")

@@ -111,6 +111,26 @@ def test_create_twice_with_other_settings(
     assert (root / "nix" / "var" / "xstore" / "settings.json").read_bytes() == settings
 
 
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("{", "cannot read"),
+        ("[]", "is not a valid xstore settings file"),
+        ('"on"', "is not a valid xstore settings file"),
+        ('{"version": 1, "caseHack": true}', "is not a valid xstore settings file"),
+        ('{"version": 1, "caseHack": true, "caseFold": "klingon"}', "is not a valid xstore settings file"),
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    ],
+)
+def test_a_corrupt_settings_file_is_one_store_error(tmp_path: Path, text: str, reason: str) -> None:
+    root = tmp_path / "root"
+    LocalStore.create(root, case_hack=CaseHackMode.ON).close()
+    (root / "nix" / "var" / "xstore" / "settings.json").write_text(text)
+    with LocalStore.open(root) as store, pytest.raises(StoreError, match=reason) as caught:
+        store.settings  # noqa: B018 (read when first needed)
+    assert "\n" not in str(caught.value)
+
+
 def test_init_twice_with_other_case_hack(tmp_path: Path) -> None:
     root = str(tmp_path / "root")
     first = runner.invoke(app, ["store", "init", "--store", root, "--case-hack", "on"])

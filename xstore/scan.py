@@ -129,7 +129,7 @@ def listing_directories(listing: Any, whence: str) -> Iterator[Directory]:
     entries' names. Raises `NarInfoError` for a listing of another shape."""
     root = listing.get("root") if isinstance(listing, dict) else None
     if not isinstance(root, dict) or listing.get("version") != 1:
-        raise NarInfoError(f"the listing '{whence}' is not a version 1 NAR listing")
+        raise NarInfoError(f"the listing {whence} is not a version 1 NAR listing")
     todo: list[tuple[tuple[bytes, ...], dict[str, Any]]] = [((), root)]
     while todo:
         where, node = todo.pop()
@@ -137,12 +137,15 @@ def listing_directories(listing: Any, whence: str) -> Iterator[Directory]:
             continue
         entries = node.get("entries")
         if not isinstance(entries, dict):
-            raise NarInfoError(f"the listing '{whence}' has a directory without entries")
-        names = [name.encode("utf-8", "surrogateescape") for name in entries]
+            raise NarInfoError(f"the listing {whence} has a directory without entries")
+        try:
+            names = [name.encode("utf-8", "surrogateescape") for name in entries]
+        except UnicodeEncodeError:  # a lone surrogate escaped in the JSON, which no file name is
+            raise NarInfoError(f"the listing {whence} has a name that is not text") from None
         yield where, names
         for name, child in zip(names, entries.values(), strict=True):
             if not isinstance(child, dict):
-                raise NarInfoError(f"the listing '{whence}' has an entry that is not an object")
+                raise NarInfoError(f"the listing {whence} has an entry that is not an object")
             todo.append(((*where, name), child))
 
 
@@ -157,11 +160,13 @@ def scan_store_paths(store: Store, paths: Iterable[StorePath]) -> list[PathScan]
         scanner = NameScanner()
         text = listing_of(path) if listing_of is not None else None
         if text is not None:
-            whence = f"{store.describe()}: {path.hash_part}.ls"
+            whence = f"'{path.hash_part}.ls' in {store.describe()}"
             try:
                 listing = json.loads(text)
             except ValueError as e:
-                raise NarInfoError(f"the listing '{whence}' is not JSON: {e}") from None
+                raise NarInfoError(f"the listing {whence} is not JSON: {e}") from None
+            except RecursionError:
+                raise NarInfoError(f"the listing {whence} is nested too deeply to be a NAR listing") from None
             for where, names in listing_directories(listing, whence):
                 scanner.add_directory(where, names)
             results.append(PathScan(path, scanner, "listing"))

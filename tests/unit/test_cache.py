@@ -606,6 +606,39 @@ def test_casehack_scan_of_a_cache_reads_listings_not_nars(
     assert reports[with_ls]["storePaths"][closure.app.path]["collisions"]["ascii"] == []
 
 
+@pytest.mark.parametrize(
+    ("listing", "reason"),
+    [
+        (b"{", "is not JSON"),
+        (b"[" * 100_000 + b"]" * 100_000, "is nested too deeply"),
+        (b'{"version": 2, "root": {}}', "is not a version 1 NAR listing"),
+        (b'{"version": 1, "root": {"type": "directory"}}', "has a directory without entries"),
+        (b'{"version": 1, "root": {"type": "directory", "entries": {"a": 1}}}', "is not an object"),
+        (b'{"version": 1, "root": {"type": "directory", "entries": {"\\ud800": {}}}}', "is not text"),
+    ],
+)
+def test_casehack_scan_of_a_bad_listing_is_one_error(
+    source: LocalStore, closure: Closure, tmp_path: Path, listing: bytes, reason: str
+) -> None:
+    cache = tmp_path / "cache"
+    with open_store(f"file://{cache}?write-nar-listing=1", create=True) as dst:
+        copy_paths(source, dst, [closure.lib])
+    (cache / f"{closure.lib.hash_part}.ls").write_bytes(listing)
+    result = subprocess.run(
+        [*XSTORE, "casehack", "scan", f"file://{cache}", closure.lib.path],
+        capture_output=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    lines = result.stderr.decode().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(
+        f"error: the listing '{closure.lib.hash_part}.ls' in the binary cache 'file://{cache}' "
+    )
+    assert reason in lines[0]
+
+
 def test_copy_reports_bytes_as_they_pass(source: LocalStore, closure: Closure, tmp_path: Path) -> None:
     seen: list[int] = []
     with open_store(f"file://{tmp_path / 'cache'}?compression=xz", create=True) as dst:

@@ -93,6 +93,16 @@ def test_errors_are_one_line_with_status_1(tmp_path: Path) -> None:
     assert os.listdir(tmp_path) == []
 
 
+def test_control_characters_in_an_error_are_escaped(tmp_path: Path) -> None:
+    # A hostile name (here a file name holding a newline, a carriage return and a terminal escape) keeps
+    # the error one line and cannot drive the terminal; other bytes are written back as they were.
+    missing = tmp_path / "a\nb\rc\x1b[31md\té\udcff"
+    result = xstore("nar", "ls", missing)
+    assert result.returncode == 1
+    assert result.stderr.count(b"\n") == 1
+    assert b"'" + os.fsencode(tmp_path) + b"/a\\nb\\rc\\x1b[31md\t\xc3\xa9\xff'" in result.stderr
+
+
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     data = (FIXTURES / "duplicate.nar").read_bytes()
     result = xstore("nar", "restore", tmp_path / "out", input=data, env={"XSTORE_DEBUG": "1"})

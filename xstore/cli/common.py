@@ -36,12 +36,23 @@ class FoldOpt(enum.StrEnum):
     apfs = "apfs"
 
 
+# Control characters, shown escaped: a newline, a carriage return or a terminal escape in a hostile name
+# or a remote's message must neither break a message into lines nor drive the user's terminal.
+_CONTROLS: Final = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F) if c != 0x09} | {0x0A: "\\n", 0x0D: "\\r"}
+
+
+def one_line(message: str) -> str:
+    """`message` with its control characters (but tabs) escaped, as `\\n`, `\\r`, `\\x1b`."""
+    return message.translate(_CONTROLS)
+
+
 def err(message: str) -> None:
     """One line on stderr. Names in messages come from `os.fsdecode`; they are written back as the bytes
-    they were, as Nix prints them (no escapes, no `b'...'`). Dropped when stderr is closed."""
+    they were, as Nix prints them (no `b'...'`), but with control characters escaped (`one_line`).
+    Dropped when stderr is closed."""
     with contextlib.suppress(OSError, ValueError):
         sys.stderr.flush()
-        sys.stderr.buffer.write(message.encode("utf-8", "surrogateescape") + b"\n")
+        sys.stderr.buffer.write(one_line(message).encode("utf-8", "surrogateescape") + b"\n")
         sys.stderr.buffer.flush()
 
 
@@ -251,7 +262,7 @@ class Progress:
         with self._lock:
             self._clear()
             stream = sys.stderr if err else sys.stdout
-            stream.write(line + "\n")
+            stream.write((one_line(line) if err else line) + "\n")
             stream.flush()
 
     def _text(self) -> str:
@@ -272,7 +283,7 @@ class Progress:
         details.append(f"{int(elapsed)}s")
         text = f"{spin} {self.label}: " + ", ".join(details)
         if self.current:
-            text += f" {self.current}"
+            text += f" {one_line(self.current)}"
         return text[: max(20, _columns() - 1)]
 
     def _draw(self) -> None:

@@ -124,9 +124,15 @@ def scan_tree(root: bytes) -> NameScanner:
 # -- store paths in a store or a binary cache ------------------------------------------------------------
 
 
-def listing_directories(listing: Any, whence: str) -> Iterator[Directory]:
+def listing_directories(text: bytes, whence: str) -> Iterator[Directory]:
     """Each directory of a `.ls` listing (`{"version": 1, "root": ...}`, as Nix writes them) with its
-    entries' names. Raises `NarInfoError` for a listing of another shape."""
+    entries' names. Raises `NarInfoError` for text that is no such listing (`whence` names it)."""
+    try:
+        listing: Any = json.loads(text)
+    except ValueError as e:
+        raise NarInfoError(f"the listing {whence} is not JSON: {e}") from None
+    except RecursionError:
+        raise NarInfoError(f"the listing {whence} is nested too deeply to be a NAR listing") from None
     root = listing.get("root") if isinstance(listing, dict) else None
     if not isinstance(root, dict) or listing.get("version") != 1:
         raise NarInfoError(f"the listing {whence} is not a version 1 NAR listing")
@@ -160,14 +166,7 @@ def scan_store_paths(store: Store, paths: Iterable[StorePath]) -> list[PathScan]
         scanner = NameScanner()
         text = listing_of(path) if listing_of is not None else None
         if text is not None:
-            whence = f"'{path.hash_part}.ls' in {store.describe()}"
-            try:
-                listing = json.loads(text)
-            except ValueError as e:
-                raise NarInfoError(f"the listing {whence} is not JSON: {e}") from None
-            except RecursionError:
-                raise NarInfoError(f"the listing {whence} is nested too deeply to be a NAR listing") from None
-            for where, names in listing_directories(listing, whence):
+            for where, names in listing_directories(text, f"'{path.hash_part}.ls' in {store.describe()}"):
                 scanner.add_directory(where, names)
             results.append(PathScan(path, scanner, "listing"))
             continue

@@ -110,9 +110,11 @@ def format_narinfo(narinfo: NarInfo, store_dir: str = STORE_DIR) -> str:
 
 
 def _size(value: str) -> int | None:
-    if not value.isascii() or not value.isdigit():
+    # At most 20 digits after leading zeros (2**64 - 1 has 20): Python refuses to convert more than 4,300.
+    digits = value.lstrip("0") or "0"
+    if not value.isascii() or not value.isdigit() or len(digits) > 20:
         return None
-    n = int(value)
+    n = int(digits)
     return n if n <= _MAX_U64 else None
 
 

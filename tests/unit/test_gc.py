@@ -418,8 +418,9 @@ def test_byte_counts_as_nix() -> None:
     assert [parse_bytes(t) for t in ("0", "1000", "1K", "10M", "2G", "1T", "-5")] == [
         0, 1000, 1024, 10 << 20, 2 << 30, 1 << 40, 0,
     ]  # fmt: skip
-    with pytest.raises(UsageError):
-        parse_bytes("10 MB")
+    for text in ("10 MB", "9" * 5000, "\u0661\u0662K"):  # too many digits for int(); Arabic-Indic digits
+        with pytest.raises(UsageError):
+            parse_bytes(text)
 
 
 def test_gc_commands(store: LocalStore, paths: dict[str, StorePath], tmp_path: Path) -> None:

@@ -120,6 +120,11 @@ def test_fields_in_nix_order_and_optional_ones_left_out() -> None:
         (lambda d: d + b"System: x86_64-linux\nFancy: yes\n", lambda n: n.info.nar_size == 120),
         # an empty References line may be followed by another (Nix checks only for a non-empty first)
         (lambda d: d + b"References: \n", lambda n: n.info.references == ()),
+        # sizes with leading zeros, as Nix's number parsing takes them
+        (
+            lambda d: d.replace(b"NarSize: 120", b"NarSize: " + b"0" * 5000 + b"120"),
+            lambda n: n.info.nar_size == 120,
+        ),
         # harmonia's relative URL with a query string
         (lambda d: d.replace(b"URL: nar/", b"URL: nar/x.nar?hash=1&u=nar/"), lambda n: "?hash=" in n.url),
         # hashes in any prefixed form
@@ -157,6 +162,11 @@ def test_lenient_reading(change: object, check: object) -> None:
         (text_a_narinfo().replace(b"NarSize: 120", b"NarSize: 0"), "NarSize missing or zero"),
         (text_a_narinfo().replace(b"NarSize: 120", b"NarSize: -1"), "invalid NarSize at line 7"),
         (text_a_narinfo().replace(b"FileSize: 120", b"FileSize: 1e3"), "invalid FileSize at line 5"),
+        (
+            text_a_narinfo().replace(b"FileSize: 120", b"FileSize: " + b"9" * 5000),
+            "invalid FileSize at line 5",
+        ),
+        (text_a_narinfo().replace(b"NarSize: 120", b"NarSize: " + b"9" * 5000), "invalid NarSize at line 7"),
         (text_a_narinfo().replace(b"FileHash: sha256:", b"FileHash: sha257:"), "bad hash at line 4"),
         (text_a_narinfo().replace(b"NarHash: sha256:1", b"NarHash: sha256:e"), "bad hash at line 6"),
         (text_a_narinfo().replace(b"StorePath: /nix/store/", b"StorePath: /gnu/store/"), "at line 1"),

@@ -132,6 +132,10 @@ SIZE = 1000
         ("bytes=0-1,5-6", None),  # several ranges: the whole body
         ("items=0-1", None),  # another unit: ignored
         ("bytes", None),
+        # More digits than Python converts (4,300): past the end, not an error.
+        ("bytes=0-" + "9" * 5000, (0, SIZE - 1)),
+        ("bytes=-" + "9" * 5000, (0, SIZE - 1)),
+        ("bytes=" + "9" * 5000 + "-", UNSATISFIABLE),
     ],
 )
 def test_byte_range(header: str | None, expected: object) -> None:

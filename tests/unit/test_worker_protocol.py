@@ -401,6 +401,18 @@ def test_framed_upload_and_its_end() -> None:
     assert events(client, [server.last()], end=False) == [proto.Done(proto.Op.ADD_TO_STORE_NAR)]
 
 
+def test_set_options_with_bytes_that_are_not_utf8() -> None:
+    # A client may send any bytes as a setting's name or value: they are read, not a crash.
+    client, server, _ = connect(0x122, 0x122)
+    pad = bytes(7)
+    request = client.set_options(settings={"a": "1"})
+    request = request.replace(b"a" + pad, b"\xff" + pad).replace(b"1" + pad, b"\xfe" + pad)
+    got = events(server, [request], end=False)
+    assert got == [
+        proto.Request(proto.Op.SET_OPTIONS, ((0, 0, 0, 3, 1, 0, 1, 0, 0, 0, 0, 0), (("\ufffd", "\ufffd"),)))
+    ]
+
+
 def test_set_options_and_the_small_queries() -> None:
     client, server, _ = connect(0x122, 0x122)
     request = client.set_options(settings={"b": "2", "a": "1"})

@@ -34,7 +34,7 @@ def parse_bytes(text: str) -> int:
     """A byte count with an optional K, M, G or T suffix (powers of 1024), as Nix's `--max-freed`."""
     from xstore.errors import UsageError
 
-    match = re.fullmatch(r"(-?\d+)([KMGT]?)", text.strip())
+    match = re.fullmatch(r"(-?[0-9]{1,20})([KMGT]?)", text.strip())
     if match is None:
         raise UsageError(f"'{text}' is not a byte count (digits with an optional K, M, G or T suffix)")
     return max(0, int(match.group(1)) * _UNITS[match.group(2)])

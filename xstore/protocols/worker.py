@@ -917,7 +917,10 @@ class WorkerServer:
             numbers = tuple(buf.u64() for _ in range(12))
             count = buf.bounded(MAX_SETTINGS, "the number of settings")
             settings = tuple(
-                (buf.string(MAX_MESSAGE, "setting").decode(), buf.string(MAX_MESSAGE, "value").decode())
+                (
+                    buf.string(MAX_MESSAGE, "setting").decode("utf-8", "replace"),
+                    buf.string(MAX_MESSAGE, "value").decode("utf-8", "replace"),
+                )
                 for _ in range(count)
             )
             return Request(op, (numbers, settings))

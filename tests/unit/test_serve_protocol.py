@@ -533,6 +533,37 @@ def test_client_reports_a_corrupt_nar() -> None:
         events(c, [encode_bytes(b"nix-archive-1") + encode_bytes(b"junk")])
 
 
+def infos_reply(count: int) -> tuple[list[PathInfo], bytes]:
+    server = proto.ServeServer()
+    events(server, [encode_u64(proto.SERVE_MAGIC_1) + encode_u64(0x207)], end=False)
+    infos = [PathInfo(P(f"/nix/store/{i:032d}-p"), bytes(32), 100 + i, (), None) for i in range(count)]
+    return infos, server.path_infos(infos)
+
+
+def test_client_reads_a_long_path_infos_reply_in_pieces() -> None:
+    # Each info is read once, whatever the pieces (the whole reply was read again with every piece).
+    infos, reply = infos_reply(2000)
+    c = proto.ServeClient()
+    c.hello()
+    events(c, [greeting(0x207)], end=False)
+    c.query_path_infos([info.path for info in infos])
+    pieces = [reply[i : i + 1000] for i in range(0, len(reply), 1000)]
+    assert events(c, pieces, end=False) == [proto.PathInfos(tuple(infos))]
+    c.query_path_infos([infos[0].path])  # and the next reply starts afresh
+    assert events(c, [infos_reply(1)[1]], end=False) == [proto.PathInfos((infos[0],))]
+
+
+def test_client_refuses_more_path_infos_than_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(proto, "MAX_PATHS", 10)
+    _, reply = infos_reply(11)
+    c = proto.ServeClient(peer="'host'")
+    c.hello()
+    events(c, [greeting(0x207)], end=False)
+    c.query_path_infos([P(PKG)])
+    with pytest.raises(ProtocolError, match="'host' sent more than 10 path infos"):
+        events(c, [reply], end=False)
+
+
 def test_client_refuses_data_nobody_asked_for() -> None:
     c = proto.ServeClient(peer="'host'")
     c.hello()

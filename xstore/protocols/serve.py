@@ -192,6 +192,7 @@ class ServeClient:
         self._span: NarSpan | ExportSpan | None = None
         self._upload_left: int | None = None  # bytes of an AddToStoreNar payload still to send
         self._upload_path: StorePath | None = None
+        self._infos: list[PathInfo] = []  # of a path infos reply, read so far
 
     # -- input -------------------------------------------------------------------------------------
 
@@ -271,37 +272,43 @@ class ServeClient:
         return ServerHello(version, self.version)
 
     def _path_infos(self) -> PathInfos | Signal:
+        """The infos one at a time, each kept once read: a reply of thousands arriving in pieces is read
+        once, not again from its start with every piece."""
+        buf, infos = self._buf, self._infos
+        while True:
+            at = buf.offset
+            got = buf.attempt(self._path_info, "path infos")
+            if got is NEED_DATA:
+                return NEED_DATA
+            if got is None:
+                self._infos = []
+                return PathInfos(tuple(infos))
+            if len(infos) >= MAX_PATHS:
+                raise buf.fail(f"{self.peer} sent more than {MAX_PATHS} path infos", at)
+            assert isinstance(got, PathInfo)
+            infos.append(got)
+
+    def _path_info(self) -> PathInfo | None:
+        """One info of a path infos reply, or None at its end."""
         buf = self._buf
-
-        def read() -> list[PathInfo]:
-            infos: list[PathInfo] = []
-            while True:
-                at = buf.offset
-                raw = buf.string(MAX_PATH, "store path")
-                if not raw:
-                    return infos
-                path = path_from(buf, raw, at)
-                deriver = read_optional_path(buf, "deriver")
-                refs = read_path_set(buf, "references")
-                buf.u64()  # download size (= NAR size)
-                nar_size = buf.u64()
-                at = buf.offset
-                raw = buf.string(MAX_HASH, "NAR hash")
-                if not raw:
-                    raise buf.fail(f"{self.peer} sent no NAR hash for '{path}'", at)
-                nar_hash = nar_hash_from(buf, raw, at)
-                ca = read_optional_text(buf, MAX_CA, "content address")
-                sigs = read_strings(buf, MAX_SIGS, MAX_SIG, "signatures")
-                refs_sorted = tuple(sorted(refs))
-                infos.append(
-                    PathInfo(path, nar_hash, nar_size, refs_sorted, deriver, sigs=tuple(sorted(sigs)), ca=ca)
-                )
-
-        got = buf.attempt(read, "path infos")
-        if got is NEED_DATA:
-            return NEED_DATA
-        assert isinstance(got, list)
-        return PathInfos(tuple(got))
+        at = buf.offset
+        raw = buf.string(MAX_PATH, "store path")
+        if not raw:
+            return None
+        path = path_from(buf, raw, at)
+        deriver = read_optional_path(buf, "deriver")
+        refs = read_path_set(buf, "references")
+        buf.u64()  # download size (= NAR size)
+        nar_size = buf.u64()
+        at = buf.offset
+        raw = buf.string(MAX_HASH, "NAR hash")
+        if not raw:
+            raise buf.fail(f"{self.peer} sent no NAR hash for '{path}'", at)
+        nar_hash = nar_hash_from(buf, raw, at)
+        ca = read_optional_text(buf, MAX_CA, "content address")
+        sigs = read_strings(buf, MAX_SIGS, MAX_SIG, "signatures")
+        refs_sorted, sigs_sorted = tuple(sorted(refs)), tuple(sorted(sigs))
+        return PathInfo(path, nar_hash, nar_size, refs_sorted, deriver, sigs=sigs_sorted, ca=ca)
 
     def _added(self) -> Added | Signal:
         buf = self._buf

@@ -166,6 +166,9 @@ def test_ls_and_cat() -> None:
     assert cat.returncode == 0
     raw = (FIXTURES / "simple.nar").read_bytes()
     assert cat.stdout == raw[entry["narOffset"] : entry["narOffset"] + entry["size"]]
+    piped = xstore("nar", "cat", "/dev/stdin", f"/{name}", input=raw)  # a pipe: read whole first
+    assert piped.returncode == 0, piped.stderr
+    assert piped.stdout == cat.stdout
 
 
 def test_ls_errors() -> None:

@@ -31,6 +31,7 @@ from xstore.cli.common import (
 TYPE_CHECKING = False  # not `from typing import`: the fast path runs without loading typing
 if TYPE_CHECKING:
     from collections.abc import Sequence
+    from typing import BinaryIO
 
     from xstore.hashing import HashAlgorithm, HashFormat
     from xstore.store import LocalStore
@@ -117,11 +118,25 @@ def nar_ls(nar: str, path: str, recursive: bool, long: bool, directory: bool, js
         out.flush()
 
 
+def _seekable(f: BinaryIO) -> BinaryIO:
+    """`f`, or for a pipe a temporary file holding all it gives: `nar cat` reads a file's contents from
+    their place once the whole archive has been checked (`nix nar cat` reads a pipe whole too)."""
+    if f.seekable():
+        return f
+    import shutil
+    import tempfile
+
+    spool = tempfile.TemporaryFile()  # noqa: SIM115 (the caller closes it)
+    shutil.copyfileobj(f, spool, 1 << 20)
+    spool.seek(0)
+    return spool
+
+
 def nar_cat(nar: str, path: str) -> None:
     from xstore.errors import XstoreError
     from xstore.nar.listing import NarFile, RegularNode
 
-    with cli_errors(), open(nar, "rb") as f:
+    with cli_errors(), open(nar, "rb") as given, _seekable(given) as f:
         archive = NarFile(f, nar)
         node = archive.index.lookup(path)
         if not isinstance(node, RegularNode):

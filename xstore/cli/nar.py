@@ -101,7 +101,7 @@ def cat(
     path: Annotated[str, typer.Argument(help="Path of a regular file inside the archive.")],
 ) -> None:
     """Print the contents of a regular file inside a NAR, like `nix nar cat`. The whole archive is
-    validated first.
+    validated first; from a pipe (`/dev/stdin`) it is read into a temporary file for that.
 
     Example: xstore nar cat closure.nar /bin/hello > hello
     """

@@ -70,8 +70,9 @@ def mutated(draw: st.DrawFn, seed: bytes) -> bytes:
             start = draw(st.sampled_from(starts))
             end = start + draw(st.integers(0, 24))
             data[start:end] = draw(st.binary(max_size=6) | st.sampled_from(NASTY))
-        elif kind == "flip" and at < len(data):
-            data[at] ^= 1 << draw(st.integers(0, 7))
+        elif kind == "flip":
+            if at < len(data):  # (at the very end there is no byte to flip)
+                data[at] ^= 1 << draw(st.integers(0, 7))
         elif kind == "cut":
             del data[at:]
         elif kind == "drop":

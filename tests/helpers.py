@@ -8,6 +8,9 @@ that need a particular store pass `--store ROOT`.
 
 A test that cannot run here says why and skips, except in CI (`CI=true`), where the compat, FUSE and
 namespace tests must run: there `require_or_skip` fails instead.
+
+`CountingU64` counts how often the wire readers look at an item, for tests of how much work a reader
+does (not how long it takes).
 """
 
 from __future__ import annotations
@@ -183,3 +186,20 @@ CASE_NAR_HACKED = sorted(
         b"xt_connmark.h~nix~case~hack~2",
     ]
 )
+
+
+class CountingU64:
+    """A stand-in for `xstore.wire.U64` (monkeypatched) that counts the integers read."""
+
+    def __init__(self) -> None:
+        import xstore.wire
+
+        self.reads = 0
+        self._real = xstore.wire.U64
+
+    def unpack_from(self, buffer: bytes | bytearray, offset: int = 0) -> tuple[int]:
+        self.reads += 1
+        return self._real.unpack_from(buffer, offset)
+
+    def pack(self, n: int) -> bytes:
+        return self._real.pack(n)

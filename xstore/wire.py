@@ -112,17 +112,31 @@ class WireBuffer:
     `strings`, `exact`) raise `Incomplete` when the item has not fully arrived; call them inside
     `attempt()`. `offset` is the stream offset of the next unread byte. Errors are raised as `error`
     (a subclass of `InputError` taking `offset=`), with "(at byte N of the <where>)" appended.
+
+    A message that arrives in many pieces costs time in proportion to its size, not to its size times
+    the number of pieces: unread bytes are kept in a buffer that grows in place (bytes already read
+    are dropped from its front once they are most of it), and a counted list of strings is scanned
+    only once, however often the group it is part of is tried again (the scan resumes where the last
+    piece ended, and a list that arrived whole is kept until its group has been read). Nix's messages
+    are short, but a client may send a list of 100,000 paths or a derivation of 64 MiB in 64 KiB
+    pieces: tried again from the start with every piece, each would take minutes.
     """
 
-    __slots__ = ("_buf", "_error", "_pos", "_where", "base", "eof")
+    __slots__ = ("_buf", "_error", "_lists", "_pos", "_scan", "_where", "base", "eof")
 
     def __init__(self, *, error: type[InputError] = WireError, where: str = "stream") -> None:
-        self._buf = b""
+        # bytes while it holds one piece as it came (no copy); a bytearray once unread bytes meet the next
+        self._buf: bytes | bytearray = b""
         self._pos = 0
         self.base = 0  # stream offset of self._buf[0]
         self.eof = False
         self._error = error
         self._where = where
+        # A list whose strings have not all arrived: (stream offset of its first string, strings
+        # scanned, stream offset after the last one scanned). Lists read whole in a group that was then
+        # found incomplete, by the offset of their first string: (offset after the list, the strings).
+        self._scan: tuple[int, int, int] | None = None
+        self._lists: dict[int, tuple[int, list[bytes]]] = {}
 
     # -- input ---------------------------------------------------------------------------------------
 
@@ -132,13 +146,28 @@ class WireBuffer:
             return
         if self.eof:
             raise RuntimeError("feed() after end of input")
-        if self._pos >= len(self._buf):
-            self.base += len(self._buf)
-            self._buf = bytes(data)
-        else:
-            self.base += self._pos
-            self._buf = self._buf[self._pos :] + bytes(data)
-        self._pos = 0
+        buf, pos = self._buf, self._pos
+        if pos >= len(buf):  # everything read: hold the new piece as it is
+            self.base += len(buf)
+            self._buf = data if type(data) is bytes else bytes(data)
+            self._pos = 0
+            return
+        if isinstance(buf, bytes):
+            self.base += pos
+            buf = self._buf = bytearray(memoryview(buf)[pos:])
+            self._pos = 0
+        elif pos > len(buf) >> 1:
+            del buf[:pos]  # a bytearray drops its front without moving the rest
+            self.base += pos
+            self._pos = 0
+        buf += data
+
+    def _slice(self, start: int, end: int) -> bytes:
+        buf = self._buf
+        if type(buf) is bytes:
+            return buf[start:end]
+        with memoryview(buf) as view:
+            return bytes(view[start:end])
 
     @property
     def offset(self) -> int:
@@ -151,12 +180,12 @@ class WireBuffer:
 
     def peek_buffered(self) -> bytes:
         """The received, unread bytes, left unread."""
-        return self._buf[self._pos :]
+        return self._slice(self._pos, len(self._buf))
 
     def take_buffered(self, limit: int | None = None) -> bytes:
         """Up to `limit` (default: all) of the received, unread bytes, consumed."""
         end = len(self._buf) if limit is None else min(len(self._buf), self._pos + limit)
-        data = self._buf[self._pos : end]
+        data = self._slice(self._pos, end)
         self._pos = end
         return data
 
@@ -165,7 +194,7 @@ class WireBuffer:
         front of what is buffered."""
         if data:
             self.base += self._pos - len(data)
-            self._buf = data + self._buf[self._pos :]
+            self._buf = data + self.peek_buffered()
             self._pos = 0
 
     # -- errors --------------------------------------------------------------------------------------
@@ -181,21 +210,24 @@ class WireBuffer:
         error, naming `what`."""
         mark = self._pos
         try:
-            return read()
+            result = read()
         except Incomplete:
             self._pos = mark
             if self.eof:
                 raise self.fail(f"unexpected end of file while reading {what}") from None
             return NEED_DATA
+        if self._lists:
+            self._lists = {}
+        return result
 
     # -- items ---------------------------------------------------------------------------------------
 
     def exact(self, n: int) -> bytes:
-        buf, pos = self._buf, self._pos
-        if len(buf) - pos < n:
+        pos = self._pos
+        if len(self._buf) - pos < n:
             raise Incomplete
         self._pos = pos + n
-        return buf[pos : pos + n]
+        return self._slice(pos, pos + n)
 
     def u64(self) -> int:
         buf, pos = self._buf, self._pos
@@ -213,19 +245,67 @@ class WireBuffer:
         return n
 
     def string(self, max_len: int, what: str = "string") -> bytes:
-        try:
-            parsed = parse_string(self._buf, self._pos, max_len, what)
-        except WireError as e:
-            reason = f"non-zero padding after {what}" if e.message == "non-zero padding" else e.message
-            raise self.fail(reason, self.base + e.offset) from None
-        if parsed is None:
+        buf, pos = self._buf, self._pos
+        if len(buf) - pos < 8:
             raise Incomplete
-        value, self._pos = parsed
-        return value
+        (n,) = U64.unpack_from(buf, pos)
+        if n > max_len:
+            raise self.fail(f"{what} of {n} bytes is too long (at most {max_len} allowed)", self.base + pos)
+        end = pos + 8 + n
+        padded = end + (-n & 7)
+        if len(buf) < padded:
+            raise Incomplete
+        if padded > end and buf[end:padded] != ZEROS[: padded - end]:
+            raise self.fail(f"non-zero padding after {what}", self.base + pos)
+        self._pos = padded
+        return self._slice(pos + 8, end)
 
     def strings(self, max_count: int, max_len: int, what: str = "string list") -> list[bytes]:
         count = self.bounded(max_count, f"the number of items in {what}")
-        return [self.string(max_len, what) for _ in range(count)]
+        return self.items(count, max_len, what)
+
+    def items(self, count: int, max_len: int, what: str = "string list") -> list[bytes]:
+        """`count` strings in a row (a list whose count has been read, or `count // 2` pairs), each
+        checked as `string` checks it, in order. Scanned once however often the group is tried again
+        (see the class docstring)."""
+        start = self.base + self._pos
+        done = self._lists.get(start)
+        if done is not None:
+            self._pos = done[0] - self.base
+            return done[1]
+        buf, base = self._buf, self.base
+        scan = self._scan
+        scanned, pos = (scan[1], scan[2] - base) if scan is not None and scan[0] == start else (0, self._pos)
+        size = len(buf)
+        unpack = U64.unpack_from
+        while scanned < count:
+            if size - pos < 8:
+                break
+            (n,) = unpack(buf, pos)
+            if n > max_len:
+                raise self.fail(f"{what} of {n} bytes is too long (at most {max_len} allowed)", base + pos)
+            end = pos + 8 + n
+            padded = end + (-n & 7)
+            if padded > size:
+                break
+            if padded > end and buf[end:padded] != ZEROS[: padded - end]:
+                raise self.fail(f"non-zero padding after {what}", base + pos)
+            pos = padded
+            scanned += 1
+        if scanned < count:
+            self._scan = (start, scanned, base + pos)
+            raise Incomplete
+        self._scan = None
+        found: list[bytes] = []
+        append, cut = found.append, self._slice
+        pos = self._pos
+        for _ in range(count):
+            (n,) = unpack(buf, pos)
+            append(cut(pos + 8, pos + 8 + n))
+            pos += 8 + n + (-n & 7)
+        self._pos = pos
+        self._lists[start] = (base + pos, found)
+        return found
 
 
 class FrameDecoder:

@@ -7,12 +7,16 @@ from __future__ import annotations
 import io
 import os
 import random
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from typer.testing import CliRunner
 
+from tests.helpers import CountingU64
 from tests.localstores import export_bytes
+from xstore import wire
 from xstore.cli.app import app
 from xstore.compression import Method, detect, open_reader, open_writer
 from xstore.errors import CompressionError, ExportStreamError, WireError, WrongFormatError
@@ -30,6 +34,7 @@ from xstore.wire import (
     encode_u64,
 )
 
+T = TypeVar("T")
 FIXTURES = Path(__file__).resolve().parents[1] / "data" / "nix-fixtures"
 runner = CliRunner()
 
@@ -71,6 +76,86 @@ def test_wire_buffer_bounds(data: bytes, message: str) -> None:
     buf.feed(data)
     with pytest.raises(WireError, match=message):
         buf.attempt(lambda: buf.strings(4, 16) if message.startswith("the number") else buf.string(16), "x")
+
+
+def _feed_in_pieces(buf: WireBuffer, data: bytes, piece: int, read: Callable[[], T]) -> T:
+    for at in range(0, len(data), piece):
+        buf.feed(data[at : at + piece])
+        got = buf.attempt(read, "a message")
+        if got is not NEED_DATA:
+            assert at + piece >= len(data)
+            return got
+    raise AssertionError("the message was never read")
+
+
+def test_wire_buffer_reads_a_long_list_in_many_pieces_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 20,000 strings in 200 pieces: each item is looked at about twice (scanned, then cut), not once per
+    # piece that arrived before the list was whole (about 2 million looks).
+    items = [b"item %d" % i for i in range(20_000)]
+    data = encode_u64(5) + encode_string_list(items) + encode_strings(b"after")
+    counter = CountingU64()
+    monkeypatch.setattr(wire, "U64", counter)
+    buf = WireBuffer()
+
+    def read() -> tuple[int, list[bytes], bytes]:
+        return buf.u64(), buf.strings(len(items), 16), buf.string(8)
+
+    assert _feed_in_pieces(buf, data, len(data) // 200 + 1, read) == (5, items, b"after")
+    assert counter.reads < 3 * len(items)
+    assert buf.offset == len(data)
+
+
+def test_wire_buffer_keeps_a_whole_list_while_later_items_arrive(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A list that arrived whole is not read again while the rest of its group comes in small pieces.
+    items = [b"x" * 20] * 5_000
+    data = encode_string_list(items) + encode_strings(b"y" * 40_000)
+    counter = CountingU64()
+    monkeypatch.setattr(wire, "U64", counter)
+    buf = WireBuffer()
+    read = lambda: (buf.strings(len(items), 32), buf.string(1 << 16))  # noqa: E731
+    list_end = len(encode_string_list(items))
+    buf.feed(data[:list_end])
+    assert buf.attempt(read, "a message") is NEED_DATA
+    got = _feed_in_pieces(buf, data[list_end:], 100, read)
+    assert got == (items, b"y" * 40_000)
+    assert counter.reads < 3 * len(items) + 2 * (40_000 // 100)
+
+
+@pytest.mark.parametrize("piece", [1, 3, 8, 13, 64, 1000])
+def test_wire_buffer_items_in_any_pieces(piece: int) -> None:
+    # The same strings, offsets and errors however the bytes arrive, and nothing consumed before the end.
+    items = [b"", b"a", b"abcdefgh", b"abcdefghi", bytes(range(256))]
+    data = encode_u64(3) + encode_string_list(items) + encode_u64(9)
+    buf = WireBuffer()
+    read = lambda: (buf.u64(), buf.strings(8, 256), buf.u64())  # noqa: E731
+    assert _feed_in_pieces(buf, data, piece, read) == (3, items, 9)
+    bad = encode_u64(3) + encode_strings(b"ok", b"fine") + encode_u64(1) + b"z\0\0\0\0\0\0\1"
+    at = 8 + len(encode_strings(b"ok", b"fine"))
+    buf = WireBuffer(where="test stream")
+    with pytest.raises(WireError, match=rf"non-zero padding after names \(at byte {at} of the test stream\)"):
+        _feed_in_pieces(buf, bad, piece, lambda: buf.strings(4, 8, "names"))
+    long = encode_u64(2) + encode_strings(b"ok") + encode_strings(b"far too long")
+    buf = WireBuffer()
+    with pytest.raises(WireError, match=r"names of 12 bytes is too long \(at most 8 allowed\) \(at byte 24 "):
+        _feed_in_pieces(buf, long, piece, lambda: buf.strings(4, 8, "names"))
+
+
+def test_wire_buffer_hands_out_bytes_after_pieces_meet() -> None:
+    # Once unread bytes and a new piece are joined, every reader still gives immutable bytes.
+    buf = WireBuffer()
+    data = encode_strings(b"first", b"second") + encode_u64(4) + b"abcdxyz"
+    buf.feed(data[:5])
+    buf.feed(data[5:20])
+    buf.feed(data[20:])
+    got = buf.attempt(lambda: (buf.string(8), buf.string(8), buf.u64(), buf.exact(2)), "x")
+    assert got == (b"first", b"second", 4, b"ab")
+    assert buf.peek_buffered() == b"cdxyz"
+    assert buf.take_buffered(2) == b"cd"
+    buf.push_back(b"PQ")
+    assert buf.peek_buffered() == b"PQxyz"
+    assert not isinstance(got, wire.Signal)
+    for value in (got[0], got[1], got[3], buf.peek_buffered(), buf.take_buffered()):
+        assert type(value) is bytes
 
 
 def test_frames() -> None:

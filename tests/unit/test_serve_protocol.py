@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import CountingU64
 from tests.transcripts import (
     MANIFEST,
     NAR_SIZES,
@@ -28,13 +29,14 @@ from tests.transcripts import (
     events,
     load,
 )
+from xstore import wire
 from xstore.errors import CallerError, HashMismatchError, ProtocolError
 from xstore.exportstream import PATH_MARKER, STREAM_END, trailer
 from xstore.hashing import parse_hash
 from xstore.protocols import serve as proto
 from xstore.protocols.common import NarData, NarEnd
 from xstore.storeapi import PathInfo
-from xstore.storepath import StorePath, parse_store_path
+from xstore.storepath import StorePath, make_text_path, parse_store_path
 from xstore.wire import NEED_DATA, encode_bytes, encode_string_list, encode_u64
 
 P = parse_store_path
@@ -378,6 +380,62 @@ def test_build_derivation_is_parsed_and_refused_with_the_fields_of_the_version(v
     reply = s.build_derivation_refused("no")
     minor = version & 0xFF
     assert reply == encode_u64(9) + encode_bytes(b"no") + encode_u64(0) * (4 * (minor >= 3) + (minor >= 6))
+
+
+def _many_paths(n: int) -> list[StorePath]:
+    return [make_text_path(f"p{i}", hashlib.sha256(b"%d" % i).digest(), []) for i in range(n)]
+
+
+def test_server_reads_a_long_request_in_small_pieces_item_by_item(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 5,000 paths, then a derivation with 5,000 arguments and 5,000 variables, in 512-byte pieces: each
+    # string is looked at about twice, not again with every piece (about 10 million looks before).
+    paths = _many_paths(5000)
+    query = (
+        encode_u64(1)
+        + encode_u64(0)
+        + encode_u64(0)
+        + encode_string_list(sorted(p.path.encode() for p in paths))
+    )
+    args = [b"argument %d" % i for i in range(5000)]
+    env = b"".join(encode_bytes(b"NAME%d" % i) + encode_bytes(b"value %d" % i) for i in range(5000))
+    drv = b"".join(
+        [
+            encode_u64(8),
+            encode_bytes(USER_ENV_DRV.encode()),
+            encode_u64(0),
+            encode_string_list([PKG.encode()]),
+            encode_bytes(b"x86_64-linux"),
+            encode_bytes(b"/bin/sh"),
+            encode_string_list(args),
+            encode_u64(5000),
+            env,
+            build_options(0x207),
+        ]
+    )
+    s = started_server(0x207)
+    counter = CountingU64()
+    monkeypatch.setattr(wire, "U64", counter)
+    data = query + drv
+    got = events(s, [data[i : i + 512] for i in range(0, len(data), 512)], end=False)
+    assert got == [
+        proto.QueryValidPaths(frozenset(paths), False, False),
+        proto.BuildDerivation(P(USER_ENV_DRV)),
+    ]
+    assert counter.reads < 3 * (5000 + 5000 + 2 * 5000) + len(data) // 512 * 10
+
+
+@pytest.mark.parametrize("piece", [7, 100, 1 << 20])
+def test_server_names_the_first_bad_path_of_a_set_where_it_is(piece: int) -> None:
+    paths = sorted(p.path.encode() for p in _many_paths(50))
+    paths[30] = b"/nix/store/not-a-path"
+    request = encode_u64(1) + encode_u64(0) + encode_u64(0) + encode_string_list(paths)
+    at = 16 + 4 * 8 + sum(len(encode_bytes(p)) for p in paths[:30])  # after the greeting and the count
+    s = started_server(0x207)
+    with pytest.raises(
+        ProtocolError,
+        match=rf"store paths /nix/store/not-a-path is not a valid store path: .* \(at byte {at} ",
+    ):
+        events(s, [request[i : i + piece] for i in range(0, len(request), piece)], end=False)
 
 
 # -- export streams inside the protocol ------------------------------------------------------------------

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import CountingU64
 from tests.transcripts import (
     MANIFEST,
     NAR_SIZES,
@@ -29,6 +30,7 @@ from tests.transcripts import (
     events,
     load,
 )
+from xstore import wire
 from xstore.errors import CallerError, ProtocolError
 from xstore.protocols import worker as proto
 from xstore.protocols.common import NarData, NarEnd, NarSpan, read_path
@@ -411,6 +413,22 @@ def test_set_options_with_bytes_that_are_not_utf8() -> None:
     assert got == [
         proto.Request(proto.Op.SET_OPTIONS, ((0, 0, 0, 3, 1, 0, 1, 0, 0, 0, 0, 0), (("\ufffd", "\ufffd"),)))
     ]
+
+
+def test_set_options_with_many_settings_in_small_pieces(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 4,000 settings in 256-byte pieces: each name and value is looked at about twice.
+    client, server, _ = connect(0x122, 0x122)
+    settings = {f"setting-{i:04}": f"value {i}" for i in range(4000)}
+    request = client.set_options(settings=settings)
+    counter = CountingU64()
+    monkeypatch.setattr(wire, "U64", counter)
+    got = events(server, [request[i : i + 256] for i in range(0, len(request), 256)], end=False)
+    assert got == [
+        proto.Request(
+            proto.Op.SET_OPTIONS, ((0, 0, 0, 3, 1, 0, 1, 0, 0, 0, 0, 0), tuple(sorted(settings.items())))
+        )
+    ]
+    assert counter.reads < 3 * 2 * len(settings) + len(request) // 256 * 20
 
 
 def test_set_options_and_the_small_queries() -> None:

@@ -755,9 +755,7 @@ class ServeServer:
         buf.string(MAX_DRV_STRING, "builder")
         buf.strings(MAX_DRV_ITEMS, MAX_DRV_STRING, "arguments")
         env = buf.bounded(MAX_DRV_ITEMS, "the number of environment variables")
-        for _ in range(env):
-            buf.string(MAX_DRV_STRING, "environment variable name")
-            buf.string(MAX_DRV_STRING, "environment variable value")
+        buf.items(2 * env, MAX_DRV_STRING, "environment variable")  # name, value, name, value, ...
 
     def _nar(self) -> ServerEvent | Signal:
         buf = self._buf

@@ -916,13 +916,8 @@ class WorkerServer:
         if op == Op.SET_OPTIONS:
             numbers = tuple(buf.u64() for _ in range(12))
             count = buf.bounded(MAX_SETTINGS, "the number of settings")
-            settings = tuple(
-                (
-                    buf.string(MAX_MESSAGE, "setting").decode("utf-8", "replace"),
-                    buf.string(MAX_MESSAGE, "value").decode("utf-8", "replace"),
-                )
-                for _ in range(count)
-            )
+            texts = [raw.decode("utf-8", "replace") for raw in buf.items(2 * count, MAX_MESSAGE, "setting")]
+            settings = tuple(zip(texts[::2], texts[1::2], strict=True))  # name, value, name, value, ...
             return Request(op, (numbers, settings))
         if op == Op.ADD_TO_STORE_NAR:
             path = read_path(buf)

@@ -72,6 +72,7 @@ GC_ROOTS_DIR: Final = "gcroots"
 PROFILES_DIR: Final = "profiles"
 LINKS_DIR: Final = ".links"
 TRASH_DIR: Final = ".xstore-trash"
+MAX_ROOT_LINE: Final = 64 << 10  # longest line a client of the roots socket may send (a store path: far less)
 CENSORED: Final = "{censored}"
 MIB: Final = 1024 * 1024
 PLATFORM: str = sys.platform  # a plain string: both branches type-check on every platform
@@ -468,15 +469,21 @@ class _RootsServer:
                 data = client.recv(4096)
                 if not data:
                     return
-                buffer += data
-                while b"\n" in buffer:
-                    line, buffer = buffer.split(b"\n", 1)
+                *lines, buffer = (buffer + data).split(b"\n")
+                for line in lines:
                     text = line.decode("utf-8", "replace")
                     if text.startswith(STORE_DIR + "/") and len(text) > len(STORE_DIR) + 1 + HASH_PART_LEN:
                         self.shared.add(text[len(STORE_DIR) + 1 :][:HASH_PART_LEN])
                     else:
                         notice("received garbage instead of a root from a client of the garbage collector")
                     client.sendall(b"1")
+                if len(buffer) > MAX_ROOT_LINE:
+                    # Any local user may connect: a line without end must not fill the collector's memory.
+                    notice(
+                        f"a client of the garbage collector sent more than {MAX_ROOT_LINE} bytes without a "
+                        "line break; closing its connection"
+                    )
+                    return
         except OSError:
             return
         finally:

@@ -11,6 +11,7 @@ import fcntl
 import hashlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +24,7 @@ from tests.upkeep import Spec, gc_killed_at, make_store, store_path, write_path
 from xstore.casehack import CaseHackMode
 from xstore.errors import InvalidPathError, StoreError, UsageError
 from xstore.gc import (
+    MAX_ROOT_LINE,
     TRASH_DIR,
     Action,
     GcOptions,
@@ -34,9 +36,10 @@ from xstore.gc import (
     roots_keeping,
 )
 from xstore.hashing import encode_nix32
+from xstore.notices import listening
 from xstore.store import LocalStore
 from xstore.storepath import StorePath
-from xstore.temproots import read_temp_roots
+from xstore.temproots import GC_SOCKET, read_temp_roots
 from xstore.verify import verify
 
 # app -> lib -> base; app's deriver app.drv (valid, refers to src); tool -> base; junk -> nothing.
@@ -243,6 +246,56 @@ def test_temp_root_sent_while_collecting(store: LocalStore, paths: dict[str, Sto
     assert store.is_valid(last)
     assert last.path not in done
     assert len(done) == len(order) - 1
+
+
+def test_roots_socket_closes_on_a_line_without_end(store: LocalStore, paths: dict[str, StorePath]) -> None:
+    """Any local user may connect to the collector's socket: a line that never ends is cut off at
+    `MAX_ROOT_LINE` bytes, with a notice, instead of filling the collector's memory; garbage lines are
+    answered, as Nix answers them, and the collection goes on."""
+    paused = threading.Event()
+    go_on = threading.Event()
+    first = collect_garbage(store, GcOptions(dry_run=True)).paths[0]
+
+    def hook(step: str, name: str) -> None:
+        if step == "unregister" and name == first.rpartition("/")[2]:
+            paused.set()
+            assert go_on.wait(60)
+
+    heard: list[str] = []
+    done: list[str] = []
+
+    def collect() -> None:
+        with listening(heard.append):
+            done.extend(collect_garbage(store, GcOptions(), hook=hook).paths)
+
+    collector = threading.Thread(target=collect, daemon=True)
+    collector.start()
+    try:
+        assert paused.wait(60)
+        with socket.socket(socket.AF_UNIX) as client:
+            client.settimeout(30)
+            client.connect(str(store.state_dir / GC_SOCKET))
+            client.sendall(b"not a path\n")
+            assert client.recv(1) == b"1"
+            endless = b"x" * 4096
+            closed = False
+            for _ in range(2 * MAX_ROOT_LINE // len(endless)):
+                try:
+                    client.sendall(endless)
+                except (BrokenPipeError, ConnectionResetError):
+                    closed = True
+                    break
+            if not closed:
+                assert client.recv(1) == b""  # the collector closed its end
+    finally:
+        go_on.set()
+    collector.join(60)
+    assert done[:1] == [first]
+    assert [line for line in heard if "client of the garbage collector" in line] == [
+        "received garbage instead of a root from a client of the garbage collector",
+        f"a client of the garbage collector sent more than {MAX_ROOT_LINE} bytes without a line break; "
+        "closing its connection",
+    ]
 
 
 # -- liveness and order ------------------------------------------------------------------------------

@@ -15,18 +15,19 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.unit.test_narinfo import NIX_XZ
 from xstore.contentaddress import parse_content_address
 from xstore.errors import XstoreError
 from xstore.narinfo import format_cache_info, parse_cache_info, parse_narinfo
 from xstore.scan import listing_directories
 from xstore.signing import generate_secret_key, parse_public_key, parse_secret_key
 
+NIX_XZ = (Path(__file__).parents[1] / "data" / "narinfo" / "user-environment-xz.narinfo").read_bytes()
 NARINFO = NIX_XZ + b"CA: fixed:r:sha256:1kq9jbvzczdzw1pacbyc7nbj48a0gzwhx6jr2fwv5ynnp63xi8fz\n"
 LISTING = (
     b'{"version":1,"root":{"type":"directory","entries":{'

@@ -8,6 +8,7 @@ back. Nix-side byte equality for narinfos xstore writes is in `tests/compat/test
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import pytest
 
@@ -31,19 +32,7 @@ from xstore.storepath import (
 )
 
 # Written by Nix 2.8 (`nix copy --to file://...?compression=xz&secret-key=...`).
-NIX_XZ = (
-    b"StorePath: /nix/store/awvaiqhp0w783q3lxcrlsh60nwax5303-user-environment\n"
-    b"URL: nar/1kq9jbvzczdzw1pacbyc7nbj48a0gzwhx6jr2fwv5ynnp63xi8fz.nar.xz\n"
-    b"Compression: xz\n"
-    b"FileHash: sha256:1kq9jbvzczdzw1pacbyc7nbj48a0gzwhx6jr2fwv5ynnp63xi8fz\n"
-    b"FileSize: 292\n"
-    b"NarHash: sha256:07bdvr675sqfsxvwkmfh8rmz74w0yvl479y59ip2bdhh88di9jcq\n"
-    b"NarSize: 1072\n"
-    b"References: f63i83p5m5920ci0qz1sn1snmkqayzra-pkg nkqz694anififsm0bkwkydf4qbpj7kd7-env-manifest.nix\n"
-    b"Deriver: i18s6b0kj8czg9hcrv5dpc7lqjj53sx0-user-environment.drv\n"
-    b"Sig: test-cache-1:F5LBMW+GLioJMOC1yyYwSxVCu9/hzVRXlImSnQ9JotHfJFaczkpoSvbdPHWFT5TUB0C8P0Ro9"
-    b"CwkMmFrJh6PAg==\n"
-)
+NIX_XZ = (Path(__file__).parents[1] / "data" / "narinfo" / "user-environment-xz.narinfo").read_bytes()
 
 # A content-addressed text path without references (compression none: FileHash = NarHash).
 TEXT_A = "/nix/store/12wigjpizrn8axaqxj288q1b751qmwya-a"

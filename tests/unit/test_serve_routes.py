@@ -10,6 +10,7 @@ import pytest
 
 from xstore.compression import Method
 from xstore.narinfo import parse_narinfo
+from xstore.serve.http import parse_listen
 from xstore.serve.routes import (
     UNSATISFIABLE,
     Kind,
@@ -214,3 +215,25 @@ def test_cache_info_and_etag() -> None:
     assert cache_info(30) == b"StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 30\n"
     assert cache_info(7, "/gnu/store") == b"StoreDir: /gnu/store\nWantMassQuery: 1\nPriority: 7\n"
     assert etag(info()) == f'"{nar_hash_nix32(info())}"'
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("127.0.0.1:5000", ("127.0.0.1", 5000)),
+        ("[::1]:0", ("::1", 0)),
+        ("localhost:65535", ("localhost", 65535)),
+    ],
+)
+def test_listen_addresses(text: str, expected: tuple[str, int]) -> None:
+    assert parse_listen(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["127.0.0.1", "127.0.0.1:", "127.0.0.1:65536", "h:123456", "h:\u00b2", "h:" + "9" * 5000, ":80"],
+)
+def test_listen_addresses_refused_with_our_message(text: str) -> None:
+    # Never int()'s own message ('invalid literal', 'Exceeds the limit (4300 digits)'): the CLI shows it.
+    with pytest.raises(ValueError, match=r"^'.*' (is not HOST:PORT|names no host)$"):
+        parse_listen(text)

@@ -556,7 +556,9 @@ _LEVELS: Final = {Method.ZSTD: 3, Method.XZ: 1}
 def parse_listen(text: str) -> tuple[str, int]:
     """`HOST:PORT` or `[IPV6]:PORT` as (host, port). Raises `ValueError` with the reason."""
     host, colon, port_text = text.rpartition(":")
-    if not colon or not port_text.isdigit() or int(port_text) > 65535:
+    # ASCII digits only (str.isdigit() also takes '²', which int() refuses), and never thousands of them
+    digits = port_text.isascii() and port_text.isdigit() and len(port_text) <= 5
+    if not (colon and digits) or int(port_text) > 65535:
         raise ValueError(f"'{text}' is not HOST:PORT")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]

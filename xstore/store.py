@@ -310,7 +310,8 @@ class LocalStore(Store):
         version = 0
         if schema_file.exists():
             text = schema_file.read_text(errors="replace")
-            if not text.strip().isdigit():
+            number = text.strip()
+            if not (number.isascii() and number.isdigit() and len(number) <= 9):  # what int() takes in full
                 raise StoreError(f"'{schema_file}' should hold the schema version, but holds {text[:20]!r}")
             version = int(text)
         if version > SCHEMA_VERSION:

@@ -168,6 +168,16 @@ def test_open_newer_schema(tmp_path: Path) -> None:
         LocalStore.open(root)
 
 
+@pytest.mark.parametrize("text", ["", "ten", "\u00b2", "9" * 5000])
+def test_open_unreadable_schema(tmp_path: Path, text: str) -> None:
+    # One StoreError, never int()'s own ValueError ('²' is a digit to str.isdigit, not to int).
+    root = tmp_path / "root"
+    LocalStore.create(root).close()
+    (root / "nix" / "var" / "nix" / "db" / "schema").write_text(text)
+    with pytest.raises(StoreError, match="should hold the schema version"):
+        LocalStore.open(root)
+
+
 def test_closed_store(tmp_path: Path) -> None:
     s = LocalStore.create(tmp_path / "root")
     s.close()

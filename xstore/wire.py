@@ -258,6 +258,8 @@ class WireBuffer:
         if padded > end and buf[end:padded] != ZEROS[: padded - end]:
             raise self.fail(f"non-zero padding after {what}", self.base + pos)
         self._pos = padded
+        if type(buf) is bytes:
+            return buf[pos + 8 : end]
         return self._slice(pos + 8, end)
 
     def strings(self, max_count: int, max_len: int, what: str = "string list") -> list[bytes]:
@@ -268,6 +270,8 @@ class WireBuffer:
         """`count` strings in a row (a list whose count has been read, or `count // 2` pairs), each
         checked as `string` checks it, in order. Scanned once however often the group is tried again
         (see the class docstring)."""
+        if not count:
+            return []
         start = self.base + self._pos
         done = self._lists.get(start)
         if done is not None:
@@ -295,7 +299,8 @@ class WireBuffer:
         if scanned < count:
             self._scan = (start, scanned, base + pos)
             raise Incomplete
-        self._scan = None
+        if scan is not None and scan[0] == start:
+            self._scan = None  # (another list's scan, one further on in the group, is kept)
         found: list[bytes] = []
         append, cut = found.append, self._slice
         pos = self._pos
@@ -304,7 +309,8 @@ class WireBuffer:
             append(cut(pos + 8, pos + 8 + n))
             pos += 8 + n + (-n & 7)
         self._pos = pos
-        self._lists[start] = (base + pos, found)
+        if count > 16:  # a short list costs less to cut again than to keep
+            self._lists[start] = (base + pos, found)
         return found
 
 

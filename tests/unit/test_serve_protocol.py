@@ -387,8 +387,8 @@ def _many_paths(n: int) -> list[StorePath]:
 
 
 def test_server_reads_a_long_request_in_small_pieces_item_by_item(monkeypatch: pytest.MonkeyPatch) -> None:
-    # 5,000 paths, then a derivation with 5,000 arguments and 5,000 variables, in 512-byte pieces: each
-    # string is looked at about twice, not again with every piece (about 10 million looks before).
+    # 5,000 paths, then a derivation with 5,000 outputs, 5,000 arguments and 5,000 variables, in 512-byte
+    # pieces: each string is looked at about twice, not again with every piece (millions of looks before).
     paths = _many_paths(5000)
     query = (
         encode_u64(1)
@@ -402,7 +402,11 @@ def test_server_reads_a_long_request_in_small_pieces_item_by_item(monkeypatch: p
         [
             encode_u64(8),
             encode_bytes(USER_ENV_DRV.encode()),
-            encode_u64(0),
+            encode_u64(5000),
+            *(
+                encode_bytes(b"out%d" % i) + encode_bytes(USER_ENV.encode()) + encode_bytes(b"") * 2
+                for i in range(5000)
+            ),
             encode_string_list([PKG.encode()]),
             encode_bytes(b"x86_64-linux"),
             encode_bytes(b"/bin/sh"),
@@ -421,7 +425,7 @@ def test_server_reads_a_long_request_in_small_pieces_item_by_item(monkeypatch: p
         proto.QueryValidPaths(frozenset(paths), False, False),
         proto.BuildDerivation(P(USER_ENV_DRV)),
     ]
-    assert counter.reads < 3 * (5000 + 5000 + 2 * 5000) + len(data) // 512 * 10
+    assert counter.reads < 3 * (5000 + 4 * 5000 + 5000 + 2 * 5000) + len(data) // 512 * 10
 
 
 @pytest.mark.parametrize("piece", [7, 100, 1 << 20])

@@ -745,11 +745,7 @@ class ServeServer:
         # Nix: derivations.cc `readDerivation` (outputs, inputSrcs, platform, builder, args, env).
         buf = self._buf
         outputs = buf.bounded(MAX_DRV_ITEMS, "the number of outputs")
-        for _ in range(outputs):
-            buf.string(MAX_PATH, "output name")
-            buf.string(MAX_PATH, "output path")
-            buf.string(MAX_HASH, "output hash algorithm")
-            buf.string(MAX_HASH, "output hash")
+        buf.items(4 * outputs, MAX_PATH, "output")  # name, path, hash algorithm, hash; four per output
         read_path_set(buf, "input sources")
         buf.string(MAX_PATH, "platform")
         buf.string(MAX_DRV_STRING, "builder")

@@ -28,7 +28,7 @@ from xstore.errors import InputError, WireError
 
 TYPE_CHECKING = False  # not `from typing import`: the fast path runs without loading typing
 if TYPE_CHECKING:
-    from typing import Final, TypeVar
+    from typing import Any, Final, TypeVar
 
     T = TypeVar("T")
 
@@ -132,11 +132,11 @@ class WireBuffer:
         self.eof = False
         self._error = error
         self._where = where
-        # A list whose strings have not all arrived: (stream offset of its first string, strings
-        # scanned, stream offset after the last one scanned). Lists read whole in a group that was then
+        # A list whose strings have not all arrived: (stream offset of its first string, the strings
+        # read so far, stream offset after the last of them). Lists read whole in a group that was then
         # found incomplete, by the offset of their first string: (offset after the list, the strings).
-        self._scan: tuple[int, int, int] | None = None
-        self._lists: dict[int, tuple[int, list[bytes]]] = {}
+        self._scan: tuple[int, list[Any], int] | None = None
+        self._lists: dict[int, tuple[int, list[Any]]] = {}
 
     # -- input ---------------------------------------------------------------------------------------
 
@@ -270,6 +270,14 @@ class WireBuffer:
         """`count` strings in a row (a list whose count has been read, or `count // 2` pairs), each
         checked as `string` checks it, in order. Scanned once however often the group is tried again
         (see the class docstring)."""
+        return self.converted_items(count, max_len, what, None)
+
+    def converted_items(
+        self, count: int, max_len: int, what: str, convert: Callable[[bytes, int], T] | None
+    ) -> list[T]:
+        """`items`, each string given to `convert(string, stream offset of its length)` as it is read,
+        in order, so that its error (a path that is not one) comes before those of later strings, as
+        from a reader that takes one string at a time. `convert` None keeps the strings."""
         if not count:
             return []
         start = self.base + self._pos
@@ -279,9 +287,15 @@ class WireBuffer:
             return done[1]
         buf, base = self._buf, self.base
         scan = self._scan
-        scanned, pos = (scan[1], scan[2] - base) if scan is not None and scan[0] == start else (0, self._pos)
+        if scan is not None and scan[0] == start:
+            found, pos = scan[1], scan[2] - base
+        else:
+            found, pos = [], self._pos
+        append = found.append
         size = len(buf)
         unpack = U64.unpack_from
+        whole = type(buf) is bytes
+        scanned = len(found)
         while scanned < count:
             if size - pos < 8:
                 break
@@ -294,22 +308,17 @@ class WireBuffer:
                 break
             if padded > end and buf[end:padded] != ZEROS[: padded - end]:
                 raise self.fail(f"non-zero padding after {what}", base + pos)
+            item = buf[pos + 8 : end] if whole else self._slice(pos + 8, end)
+            append(item if convert is None else convert(item, base + pos))  # type: ignore[arg-type]
             pos = padded
             scanned += 1
         if scanned < count:
-            self._scan = (start, scanned, base + pos)
+            self._scan = (start, found, base + pos)
             raise Incomplete
         if scan is not None and scan[0] == start:
             self._scan = None  # (another list's scan, one further on in the group, is kept)
-        found: list[bytes] = []
-        append, cut = found.append, self._slice
-        pos = self._pos
-        for _ in range(count):
-            (n,) = unpack(buf, pos)
-            append(cut(pos + 8, pos + 8 + n))
-            pos += 8 + n + (-n & 7)
         self._pos = pos
-        if count > 16:  # a short list costs less to cut again than to keep
+        if count > 16:  # a short list costs less to read again than to keep
             self._lists[start] = (base + pos, found)
         return found
 

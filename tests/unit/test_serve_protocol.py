@@ -442,6 +442,20 @@ def test_server_names_the_first_bad_path_of_a_set_where_it_is(piece: int) -> Non
         events(s, [request[i : i + piece] for i in range(0, len(request), piece)], end=False)
 
 
+@pytest.mark.parametrize("piece", [5, 1 << 20])
+def test_server_reports_the_first_error_of_a_set_in_order(piece: int) -> None:
+    # As Nix reads a set, one path at a time: a string that is not a path is reported before a framing
+    # error further on, however the bytes arrive.
+    paths = [p.path.encode() for p in _many_paths(20)]
+    paths[3] = b"/nix/store/not-a-path"
+    bad_padding = encode_bytes(b"x" * 9)[:-1] + b"\1"
+    request = encode_u64(1) + encode_u64(0) + encode_u64(0) + encode_u64(21)
+    request += b"".join(encode_bytes(p) for p in paths) + bad_padding
+    s = started_server(0x207)
+    with pytest.raises(ProtocolError, match="not-a-path is not a valid store path"):
+        events(s, [request[i : i + piece] for i in range(0, len(request), piece)], end=False)
+
+
 # -- export streams inside the protocol ------------------------------------------------------------------
 
 

@@ -122,16 +122,8 @@ def read_optional_path(buf: WireBuffer, what: str) -> StorePath | None:
 
 def read_path_set(buf: WireBuffer, what: str = "store paths") -> frozenset[StorePath]:
     count = buf.bounded(MAX_PATHS, f"the number of {what}")
-    at = buf.offset
-    raws = buf.items(count, MAX_PATH, what)
-    try:
-        return frozenset(map(parse_store_path, raws))
-    except InvalidStorePathError:
-        pass
-    for raw in raws:  # find the first that is not a path, for the error and its offset
-        path_from(buf, raw, at, what)
-        at += 8 + len(raw) + (-len(raw) & 7)
-    raise AssertionError("unreachable: a path that failed once passed")
+    paths = buf.converted_items(count, MAX_PATH, what, lambda raw, at: path_from(buf, raw, at, what))
+    return frozenset(paths)
 
 
 def read_strings(buf: WireBuffer, max_count: int, max_len: int, what: str) -> list[str]:

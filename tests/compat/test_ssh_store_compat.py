@@ -11,6 +11,8 @@ through the same store.
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +20,14 @@ import pytest
 
 from tests.helpers import Nix
 from tests.nixstores import NixStore, build_case_closure, build_nix_store
-from tests.remotes import fake_ssh, path_with, run_xstore, ssh_log, write_script, xstore_ok
+from tests.remotes import fake_ssh, path_with, run_xstore, ssh_log, write_script, xstore_fails, xstore_ok
 from tests.transcripts import events
+from xstore.copy import plan_copy
 from xstore.protocols import serve as proto
+from xstore.remote.ssh import ServeStore
+from xstore.storeapi import Sink
+from xstore.storepath import StorePath, parse_store_path
+from xstore.stores import open_store
 
 CLOSURE = ("text_a", "text_b", "text_c", "dep", "out")
 
@@ -206,3 +213,102 @@ def test_missing_paths_are_reported_clearly(
         == f"error: path '{missing}' is not valid in the store 'ssh://fakehost'"
     )
     assert not (tmp_path / "local" / "nix" / "store" / missing.removeprefix("/nix/store/")).exists()
+
+
+# -- several paths in a row ------------------------------------------------------------------------------
+
+# A far end that confirms no AddToStoreNar before it has received all `count` of them: a client waiting
+# for each confirmation before sending the next path would wait for ever (here: until its timeout).
+HOLDING_FAR_END = """\
+import os, sys
+sys.path.insert(0, {repo!r})
+from xstore.protocols import serve as proto
+from xstore.protocols.common import NarEnd
+from xstore.wire import NEED_DATA
+
+server, out, held = proto.ServeServer(), sys.stdout.buffer, []
+while True:
+    data = os.read(0, 65536)
+    server.receive_data(data)
+    while (event := server.next_event()) is not NEED_DATA:
+        if isinstance(event, proto.ClientVersion):
+            out.write(server.hello())
+        elif isinstance(event, proto.QueryValidPaths):
+            out.write(server.valid_paths([]))
+        elif isinstance(event, proto.AddToStoreNar):
+            held.append(event.info.path.path)
+        elif isinstance(event, NarEnd) and len(held) == {count}:
+            out.write(server.added() * {count})
+            with open({log!r}, "w") as f:
+                f.write(" ".join(held))
+        elif isinstance(event, proto.ClientClosed):
+            sys.exit(0)
+        out.flush()
+    if not data:
+        sys.exit(0)
+"""
+
+
+def test_paths_go_out_without_waiting_for_each_confirmation(
+    nix: Nix, src: NixStore, remote_env: dict[str, str], tmp_path: Path
+) -> None:
+    order = src.query_requisites(nix, "out")  # dependencies first, as xstore sends them
+    repo = str(Path(__file__).resolve().parents[2])
+    log = tmp_path / "received"
+    code = HOLDING_FAR_END.format(repo=repo, count=len(order), log=str(log))
+    program = write_script(tmp_path / "bin" / "holding", f"#!{sys.executable}\n{code}")
+    target = f"ssh://fakehost?remote-program={program}&timeout=10"
+    out = xstore_ok("copy", "--from", src.root, "--to", target, "-r", src.paths["out"], env=remote_env)
+    assert out.decode().split() == order
+    assert log.read_text().split() == order
+
+
+def test_a_source_failing_after_some_paths_leaves_those_added(
+    nix: Nix, src: NixStore, remote_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The paths sent whole before the failure are added on the far end (and confirmed); the one that
+    # failed is not, nor anything after it; the error is ours.
+    for name, value in remote_env.items():
+        monkeypatch.setenv(name, value)
+    dst = tmp_path / "dst"
+    with open_store(str(src.root)) as local, open_store(url(dst)) as remote:
+        assert isinstance(remote, ServeStore)
+        plan = plan_copy(local, remote, [parse_store_path(src.paths["out"])])
+        assert len(plan.missing) >= 4
+
+        def producer(path: StorePath, fail: bool) -> Callable[[Sink], None]:
+            def produce(sink: Sink) -> None:
+                if not fail:
+                    local.nar_from_path(path, sink)
+                    return
+                sink(b"\x0d\0\0\0\0\0\0\0nix-archive-1\0\0\0")  # the start of a NAR, then the disk fails
+                raise OSError("the source disk failed")
+
+            return produce
+
+        entries = [(plan.infos[p], producer(p, i == 2)) for i, p in enumerate(plan.missing)]
+        sent: list[str] = []
+        with pytest.raises(OSError, match="the source disk failed"):
+            remote.add_many(entries, len(entries), on_sent=lambda info: sent.append(info.path.path))
+    first_two = [p.path for p in plan.missing[:2]]
+    assert sent == first_two
+    got = NixStore(dst, dict(src.paths))
+    got.verify(nix)
+    for added in first_two:
+        nix.nix_store(*got.store_args(), "-q", "--hash", added)
+    for missing in plan.missing[2:]:
+        nix.nix_store_fails(*got.store_args(), "-q", "--hash", missing.path)
+
+
+def test_far_end_dying_among_several_paths(
+    nix: Nix, src: NixStore, remote_env: dict[str, str], tmp_path: Path
+) -> None:
+    program = write_script(
+        tmp_path / "bin" / "deaf", '#!/bin/bash\nstdbuf -o0 head -c 900 | nix-store "$@"\n'
+    )
+    dst = tmp_path / "dst"
+    target = url(dst, **{"remote-program": str(program)})
+    message = xstore_fails("copy", "--from", src.root, "--to", target, "-r", src.paths["out"], env=remote_env)
+    assert message.startswith("error: 'fakehost' closed the connection while xstore"), message
+    got = NixStore(dst, dict(src.paths))
+    got.verify(nix)  # whatever it added is whole

@@ -23,13 +23,18 @@ Nix: legacy-ssh-store.cc, ssh.cc.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections import deque
+from collections.abc import Callable, Iterable
 
 from xstore.errors import (
     InvalidPathError,
     InvalidStoreUrlError,
     ProtocolError,
+    RemoteConnectionError,
+    RemoteTimeoutError,
     UnsupportedError,
+    XstoreError,
 )
 from xstore.protocols import serve as proto
 from xstore.remote.channel import (
@@ -44,12 +49,15 @@ from xstore.remote.session import Session
 from xstore.storeapi import PathInfo, Read, Sink, Store
 from xstore.storepath import StorePath
 from xstore.storeurl import StoreUrl
+from xstore.wire import NEED_DATA
 
 TYPE_CHECKING = False  # not `from typing import`: copies over ssh or to a daemon start without typing
 if TYPE_CHECKING:
     from typing import Final, TypeVar
 
     T = TypeVar("T")
+
+AHEAD: Final = 256  # paths sent before their confirmation (8 bytes each: far less than a pipe holds)
 
 PARAMS: Final = frozenset(
     {
@@ -242,6 +250,98 @@ class ServeStore(Store):
         self._valid.add(info.path)
         self._infos[info.path] = info
         return True
+
+    def add_many(
+        self,
+        entries: Iterable[tuple[PathInfo, Callable[[Sink], object]]],
+        count: int,
+        *,
+        check_sigs: bool = True,
+        on_sent: Callable[[PathInfo], None] | None = None,
+    ) -> None:
+        """AddToStoreNar for each path, one after another without waiting for the far end's
+        confirmation of the path before: it reads and adds them in order while the next arrive, and
+        its confirmations, which come in the order of the requests, are read as they come in. Paths are
+        given dependencies first, so each one's references are valid on the far end by the time it is
+        added there. `on_sent(info)` is told once a path has gone out. At most `AHEAD` paths are sent
+        ahead of their confirmations.
+
+        On a failure on our side (a source NAR that breaks off), the paths sent whole are confirmed
+        first, then the error is raised and the session broken (the far end never gets the rest of the
+        path it was reading, and adds nothing of it). When the far end fails it exits, as it does for a
+        single path: the error says what it printed last, and the paths it confirmed stay added."""
+        session = self._session
+        conn = self._conn
+        channel = session.channel
+        sent: deque[PathInfo] = deque()  # gone out whole, not yet confirmed
+        what = "the paths"
+
+        def confirmed(event: object) -> None:
+            if not isinstance(event, proto.Added):
+                raise ProtocolError(
+                    f"'{self.host}' answered {type(event).__name__} to AddToStoreNar", offset=0
+                )
+            info = sent.popleft()
+            self._valid.add(info.path)
+            self._infos[info.path] = info
+
+        def watch(data: bytes) -> bool:
+            conn.receive_data(data)
+            if not data:
+                return False  # the far end has gone: said below, with what it printed
+            while sent and (event := conn.next_event()) is not NEED_DATA:
+                confirmed(event)
+            return True
+
+        def await_one() -> None:
+            confirmed(session.next_event(conn, f"confirmation that '{sent[0].path}' was added"))
+
+        pending = bytearray()
+
+        def flush() -> None:
+            if pending:
+                data = bytes(pending)
+                pending.clear()
+                try:
+                    going = channel.send_watching(data, what, watch)
+                except RemoteConnectionError as e:
+                    raise RemoteConnectionError(session.word(str(e))) from None
+                if not going:
+                    raise RemoteConnectionError(
+                        session.word(f"{session.peer} closed the connection while xstore was sending {what}")
+                    )
+
+        def sink(data: bytes) -> None:
+            pending.extend(conn.nar_data(data))
+            if len(pending) >= CHUNK:
+                flush()
+
+        with session.exchange():
+            for info, produce in entries:
+                if info.path in self._valid:
+                    continue
+                while len(sent) >= AHEAD:
+                    await_one()
+                what = f"the NAR of '{info.path}'"
+                pending.extend(conn.add_to_store_nar(info))
+                try:
+                    produce(sink)
+                    conn.nar_end()
+                except (RemoteConnectionError, RemoteTimeoutError, ProtocolError):
+                    raise  # the far end is gone or out of step: nothing more to read from it
+                except Exception:
+                    # Our side failed (the source): the paths sent whole are added by the far end before
+                    # it waits for the rest of this one, so their confirmations are there to read.
+                    with contextlib.suppress(XstoreError):
+                        while sent:
+                            await_one()
+                    raise
+                flush()
+                sent.append(info)
+                if on_sent is not None:
+                    on_sent(info)
+            while sent:
+                await_one()
 
     def close(self) -> None:
         self._session.close()

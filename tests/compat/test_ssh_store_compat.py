@@ -312,3 +312,56 @@ def test_far_end_dying_among_several_paths(
     assert message.startswith("error: 'fakehost' closed the connection while xstore"), message
     got = NixStore(dst, dict(src.paths))
     got.verify(nix)  # whatever it added is whole
+
+
+# A far end that sends no NAR before it has been asked for `count` of them: a client asking for each NAR
+# only once it has read the one before would wait for ever (here: until its timeout).
+HOLDING_NAR_FAR_END = """\
+import os, subprocess, sys
+sys.path.insert(0, {repo!r})
+from xstore.protocols import serve as proto
+from xstore.wire import NEED_DATA
+
+# The real far end answers everything; requests for NARs reach it only once `count` have arrived.
+real = subprocess.Popen(["nix-store", *sys.argv[1:]], stdin=subprocess.PIPE, stdout=sys.stdout.buffer)
+server, held, dumps, released = proto.ServeServer(), [], 0, False
+while True:
+    data = os.read(0, 65536)
+    server.receive_data(data)
+    while (event := server.next_event()) is not NEED_DATA:
+        if isinstance(event, proto.DumpStorePath):
+            dumps += 1
+        if isinstance(event, proto.ClientClosed):
+            break
+    held.append(data)
+    if released or dumps == 0 or dumps >= {count}:
+        if not released and dumps:
+            with open({log!r}, "w") as f:
+                f.write(str(dumps))
+        released = released or dumps > 0
+        real.stdin.write(b"".join(held))
+        real.stdin.flush()
+        held.clear()
+    if not data:
+        break
+real.stdin.close()
+sys.exit(real.wait())
+"""
+
+
+def test_nars_are_asked_for_ahead(
+    nix: Nix, src: NixStore, remote_env: dict[str, str], tmp_path: Path
+) -> None:
+    order = src.query_requisites(nix, "out")
+    repo = str(Path(__file__).resolve().parents[2])
+    log = tmp_path / "asked"
+    code = HOLDING_NAR_FAR_END.format(repo=repo, count=len(order), log=str(log))
+    program = write_script(tmp_path / "bin" / "holding", f"#!{sys.executable}\n{code}")
+    target = f"ssh://fakehost?remote-store={src.root}&remote-program={program}&timeout=10"
+    local = tmp_path / "local"
+    out = xstore_ok(
+        "copy", "--no-check-sigs", "--from", target, "--to", local, "-r", src.paths["out"], env=remote_env
+    )
+    assert out.decode().split() == order
+    assert int(log.read_text()) == len(order)  # every NAR was asked for before the first was sent
+    assert closure_export(nix, NixStore(local, dict(src.paths)), "out") == closure_export(nix, src, "out")

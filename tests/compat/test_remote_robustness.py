@@ -29,8 +29,9 @@ from xstore.errors import RemoteError
 from xstore.nar.dump import dump_path
 from xstore.protocols import serve as serve_proto
 from xstore.protocols import worker as proto
+from xstore.remote.daemon import DaemonStore
 from xstore.storeapi import PathInfo
-from xstore.storepath import make_source_path, parse_store_path
+from xstore.storepath import StorePath, make_source_path, parse_store_path
 from xstore.stores import open_store
 from xstore.wire import encode_u64
 
@@ -444,3 +445,54 @@ def test_a_nar_failing_on_our_side_is_cut_off_cleanly(
             remote.add_to_store(info, read)
         assert remote.query_valid_paths([info.path]) == set()  # the connection is still in step
     assert received == [nar[:1000]]
+
+
+def test_daemon_nars_asked_for_ahead_and_a_failure_among_them(
+    fake: Callable[..., FakeDaemon], tmp_path: Path
+) -> None:
+    # The daemon answers no NarFromPath before it has been asked for all three (a client asking for one
+    # NAR at a time would wait for ever), and fails the second: that failure is raised for the second
+    # path only, and the connection stays in step for the others and for what follows.
+    made = []
+    for n in range(3):
+        data = tmp_path / f"payload{n}"
+        data.write_bytes(b"contents %d" % n)
+        parts: list[bytes] = []
+        dump_path(data, parts.append)
+        nar = b"".join(parts)
+        digest = hashlib.sha256(nar).digest()
+        made.append((PathInfo(make_source_path(f"payload{n}", digest), digest, len(nar)), nar))
+    nars = {info.path: nar for info, nar in made}
+    infos = {info.path: info for info, _ in made}
+    held: list[bytes] = []
+
+    def answer(server: proto.WorkerServer, request: proto.Request, send: Callable[[bytes], None]) -> bool:
+        if request.op == proto.Op.QUERY_PATH_INFO:
+            (asked,) = request.args
+            assert isinstance(asked, StorePath)
+            send(server.last() + server.path_info(infos.get(asked)))
+        elif request.op == proto.Op.NAR_FROM_PATH:
+            (asked,) = request.args
+            assert isinstance(asked, StorePath)
+            failing = asked == made[1][0].path
+            held.append(server.error("path was deleted") if failing else server.last() + nars[asked])
+            if len(held) == 3:
+                send(b"".join(held))
+        elif request.op == proto.Op.IS_VALID_PATH:
+            send(server.last() + server.u64(1))
+        else:
+            send(server.last())
+        return True
+
+    daemon = fake(answer)
+    with open_store(f"unix://{daemon.path}?timeout=10") as remote:
+        assert isinstance(remote, DaemonStore)
+        assert remote.query_closure(list(infos)) == infos
+        remote.prefetch([info.path for info, _ in made])
+        got: list[bytes] = []
+        assert remote.nar_from_path(made[0][0].path, got.append) == len(made[0][1])
+        with pytest.raises(RemoteError, match="path was deleted"):
+            remote.nar_from_path(made[1][0].path, got.append)
+        assert remote.nar_from_path(made[2][0].path, got.append) == len(made[2][1])
+        assert b"".join(got) == made[0][1] + made[2][1]
+        assert remote.is_valid_path(made[0][0].path) is True  # in step after all that

@@ -40,7 +40,7 @@ from xstore.errors import (
 from xstore.notices import notice
 from xstore.protocols import worker as proto
 from xstore.remote.channel import CHUNK, Channel, one_line, plain, shell_escape
-from xstore.remote.session import Session
+from xstore.remote.session import AheadReads, Session
 from xstore.remote.ssh import PARAMS as SERVE_PARAMS
 from xstore.remote.ssh import start_remote, timeout_param
 from xstore.storeapi import PathInfo, Read, Sink, Store, batched
@@ -117,6 +117,11 @@ class DaemonStore(Store):
         self._conn = proto.WorkerClient(peer=session.peer)
         self._infos: dict[StorePath, PathInfo] = {}
         self._rooted: set[StorePath] = set()
+        self._reads = AheadReads(
+            session,
+            self._conn.nar_from_path,
+            lambda info, sink: session.receive_nar(self._conn, info, sink, "NarFromPath", aside=self._handle),
+        )
         self.nix_version: str | None = None
         self.trusted: bool | None = None
         try:
@@ -165,6 +170,7 @@ class DaemonStore(Store):
     def _op(self, request: bytes, what: str, reply: type[T]) -> T:
         session = self._session
         with session.exchange():
+            self._reads.drain()
             session.send(request, what)
             return self._until(reply, what)
 
@@ -201,6 +207,7 @@ class DaemonStore(Store):
         # send cannot block on a daemon that is itself blocked writing answers not yet read.
         for batch in batched(todo, PIPELINED):
             with session.exchange():
+                self._reads.drain()
                 session.send(b"".join(self._conn.query_path_info(p) for p in batch), "path info")
                 failure: RemoteError | None = None
                 for path in batch:
@@ -247,8 +254,11 @@ class DaemonStore(Store):
     def nar_from_path(self, path: StorePath, sink: Sink, *, known: PathInfo | None = None) -> int:
         info = known if known is not None and known.path == path else self.require(path)
         with self._session.exchange():
-            self._session.send(self._conn.nar_from_path(path), "a request for a NAR")
-            return self._session.receive_nar(self._conn, info, sink, "NarFromPath", aside=self._handle)
+            return self._reads.read(info, sink)
+
+    def prefetch(self, paths: Iterable[StorePath]) -> None:
+        """Say which NARs will be read next, in order (as `copy` does): see `AheadReads`."""
+        self._reads.plan(info for p in paths if (info := self._infos.get(p)) is not None)
 
     def _watcher(self, failed: list[proto.OpFailed], what: Callable[[], str]) -> Callable[[bytes], bool]:
         """For `Channel.send_watching` during an upload: what the daemon says meanwhile is handled (log
@@ -296,6 +306,7 @@ class DaemonStore(Store):
         watch = self._watcher(failed, lambda: "a NAR")
         cut: BaseException | None = None
         with session.exchange():
+            self._reads.drain()
             session.send(conn.add_to_store_nar(info, dont_check_sigs=not check_sigs), "a path's metadata")
             while not failed:
                 try:
@@ -363,6 +374,7 @@ class DaemonStore(Store):
 
         cut: BaseException | None = None
         with session.exchange():
+            self._reads.drain()
             session.send(conn.add_multiple_to_store(dont_check_sigs=not check_sigs), "AddMultipleToStore")
             try:
                 sink(conn.multiple_count(count))

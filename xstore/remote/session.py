@@ -13,18 +13,20 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import socket
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 
-from xstore.errors import HashMismatchError, ProtocolError, RemoteConnectionError
+from xstore.errors import HashMismatchError, ProtocolError, RemoteConnectionError, RemoteError
 from xstore.hashing import HashAlgorithm, HashFormat, format_digest
 from xstore.protocols.common import NarData, NarEnd
 from xstore.remote.channel import Channel, RemoteProcess
 from xstore.storeapi import PathInfo, Sink
+from xstore.storepath import StorePath
 from xstore.wire import NEED_DATA, Signal
 
 TYPE_CHECKING = False  # not `from typing import`: a copy over ssh starts without loading typing
 if TYPE_CHECKING:
-    from typing import TypeVar
+    from typing import Final, TypeVar
 
     from xstore.remote.pump import Connection
 
@@ -168,6 +170,87 @@ class Session:
             self.proc.close(forward=self.broken is None)
         if self.sock is not None:
             self.sock.close()
+
+
+PREFETCH: Final = 64  # NARs asked for before they are read (see `AheadReads`)
+PREFETCH_NAR: Final = 64 << 10  # larger NARs are asked for only in their turn: at most 4 MiB ever kept
+
+
+class AheadReads:
+    """NARs asked for before they are read, for a store whose protocol answers requests in order.
+
+    `plan(infos)` says which NARs will be read next, in order (as `copy` does). From then on each
+    `read` also asks for the next ones, up to `PREFETCH` ahead, so that the far end dumps them while this
+    side adds the ones before. A NAR of more than `PREFETCH_NAR` bytes is asked for only once all before
+    it have been read, and nothing after it until it has been. A read out of that order, or any other
+    request (`drain` first), reads what was asked for: small NARs are kept for their turn, a large one is
+    dropped (asked for again in its turn), and a failure the far end reported for one (`RemoteError`) is
+    raised when that path is read. Call everything inside the session's exchange.
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        request: Callable[[StorePath], bytes],
+        receive: Callable[[PathInfo, Sink], int],
+    ) -> None:
+        self._session = session
+        self._request = request
+        self._receive = receive
+        self._queue: deque[PathInfo] = deque()  # to ask for, in the order they will be read
+        self._ahead: deque[PathInfo] = deque()  # asked for, in the order the far end answers
+        self._stash: dict[StorePath, bytes | RemoteError] = {}  # read out of turn
+
+    def plan(self, infos: Iterable[PathInfo]) -> None:
+        self._queue.extend(infos)
+
+    def read(self, info: PathInfo, sink: Sink) -> int:
+        """The NAR of `info.path` to `sink`, checked as `Session.receive_nar` checks it; its size."""
+        path = info.path
+        if path not in self._stash:
+            self._ask()
+            if self._ahead and self._ahead[0].path == path:
+                self._ahead.popleft()
+                return self._receive(info, sink)
+            self.drain()
+        stashed = self._stash.pop(path, None)
+        if isinstance(stashed, RemoteError):
+            raise stashed
+        if stashed is not None:  # read out of turn, and checked then
+            sink(stashed)
+            return len(stashed)
+        if any(queued.path == path for queued in self._queue):
+            self._queue = deque(queued for queued in self._queue if queued.path != path)
+        self._session.send(self._request(path), "a request for a NAR")
+        return self._receive(info, sink)
+
+    def _ask(self) -> None:
+        ahead, queue = self._ahead, self._queue
+        requests = []
+        # (A batch of requests, about 100 bytes each, fits in an empty pipe or socket buffer: the send
+        # cannot block on a far end that is itself blocked writing answers not yet read.)
+        while queue and len(ahead) < PREFETCH:
+            large = queue[0].nar_size > PREFETCH_NAR
+            if ahead and (large or ahead[-1].nar_size > PREFETCH_NAR):
+                break
+            requests.append(self._request(queue[0].path))
+            ahead.append(queue.popleft())
+        if requests:
+            self._session.send(b"".join(requests), "requests for NARs")
+
+    def drain(self) -> None:
+        """Read every NAR asked for, so that the next answer is the next request's."""
+        while self._ahead:
+            info = self._ahead.popleft()
+            parts: list[bytes] = []
+            large = info.nar_size > PREFETCH_NAR
+            try:
+                self._receive(info, (lambda _data: None) if large else parts.append)
+            except RemoteError as e:
+                self._stash[info.path] = e
+                continue
+            if not large:
+                self._stash[info.path] = b"".join(parts)
 
 
 def check_nar(info: PathInfo, digest: bytes, size: int, peer: str) -> None:

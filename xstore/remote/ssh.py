@@ -45,7 +45,7 @@ from xstore.remote.channel import (
     shell_escape,
     ssh_argv,
 )
-from xstore.remote.session import Session
+from xstore.remote.session import AheadReads, Session
 from xstore.storeapi import PathInfo, Read, Sink, Store
 from xstore.storepath import StorePath
 from xstore.storeurl import StoreUrl
@@ -58,8 +58,6 @@ if TYPE_CHECKING:
     T = TypeVar("T")
 
 AHEAD: Final = 256  # paths sent before their confirmation (8 bytes each: far less than a pipe holds)
-PREFETCH: Final = 64  # NARs asked for before they are read (see `ServeStore.prefetch`)
-PREFETCH_NAR: Final = 64 << 10  # larger NARs are asked for only in their turn: at most 4 MiB ever kept
 
 PARAMS: Final = frozenset(
     {
@@ -131,11 +129,11 @@ class ServeStore(Store):
         self._infos: dict[StorePath, PathInfo] = {}
         self._valid: set[StorePath] = set()
         self._locked: set[StorePath] = set()
-        # NARs asked for ahead (`prefetch`): the paths to ask for, in the order they will be read; those
-        # asked for and not yet read, in the order the far end sends them; any read out of turn.
-        self._queue: deque[PathInfo] = deque()
-        self._ahead: deque[PathInfo] = deque()
-        self._stash: dict[StorePath, bytes] = {}
+        self._reads = AheadReads(
+            self._session,
+            self._conn.dump_store_path,
+            lambda info, sink: self._session.receive_nar(self._conn, info, sink, "DumpStorePath"),
+        )
         try:
             with self._session.exchange():
                 self._session.greet(self._conn, self._conn.hello())
@@ -149,7 +147,7 @@ class ServeStore(Store):
     def _exchange(self, request: bytes, what: str, reply: type[T]) -> T:
         session = self._session
         with session.exchange():
-            self._drain()
+            self._reads.drain()
             session.send(request, what)
             event = session.next_event(self._conn, what)
             if not isinstance(event, reply):
@@ -232,56 +230,12 @@ class ServeStore(Store):
 
     def nar_from_path(self, path: StorePath, sink: Sink, *, known: PathInfo | None = None) -> int:
         info = known if known is not None and known.path == path else self.require(path)
-        session = self._session
-        with session.exchange():
-            if path not in self._stash:
-                self._ask_ahead()
-                if self._ahead and self._ahead[0].path == path:
-                    self._ahead.popleft()
-                    return session.receive_nar(self._conn, info, sink, "DumpStorePath")
-                self._drain()
-            stashed = self._stash.pop(path, None)
-            if stashed is not None:  # read out of turn, and checked then
-                sink(stashed)
-                return len(stashed)
-            if any(queued.path == path for queued in self._queue):
-                self._queue = deque(queued for queued in self._queue if queued.path != path)
-            session.send(self._conn.dump_store_path(path), "a request for a NAR")
-            return session.receive_nar(self._conn, info, sink, "DumpStorePath")
+        with self._session.exchange():
+            return self._reads.read(info, sink)
 
     def prefetch(self, paths: Iterable[StorePath]) -> None:
-        """Say which NARs will be read next, in order (as `copy` does): from then on each read asks the
-        far end for the next ones too, up to `PREFETCH` ahead, so that it dumps them while this side
-        adds the ones before (the protocol answers requests in order). A NAR of more than
-        `PREFETCH_NAR` bytes is asked for only once all before it have been read, and nothing after it
-        until it has been: a read out of that order (or any other request) first reads what was asked
-        for, keeping the small NARs for their turn and dropping a large one (asked for again later)."""
-        self._queue.extend(info for p in paths if (info := self._infos.get(p)) is not None)
-
-    def _ask_ahead(self) -> None:
-        ahead, queue = self._ahead, self._queue
-        requests = []
-        while queue and len(ahead) < PREFETCH:
-            info = queue[0]
-            large = info.nar_size > PREFETCH_NAR
-            if (large and ahead) or (ahead and ahead[-1].nar_size > PREFETCH_NAR):
-                break
-            requests.append(self._conn.dump_store_path(info.path))
-            ahead.append(queue.popleft())
-        if requests:
-            self._session.send(b"".join(requests), "requests for NARs")
-
-    def _drain(self) -> None:
-        """Read the NARs asked for ahead, so that the next reply is the next request's: small ones kept
-        for their turn, a large one dropped."""
-        while self._ahead:
-            info = self._ahead.popleft()
-            if info.nar_size > PREFETCH_NAR:
-                self._session.receive_nar(self._conn, info, lambda _data: None, "DumpStorePath")
-                continue
-            parts: list[bytes] = []
-            self._session.receive_nar(self._conn, info, parts.append, "DumpStorePath")
-            self._stash[info.path] = b"".join(parts)
+        """Say which NARs will be read next, in order (as `copy` does): see `AheadReads`."""
+        self._reads.plan(info for p in paths if (info := self._infos.get(p)) is not None)
 
     def add_to_store(self, info: PathInfo, read: Read, *, check_sigs: bool = True) -> bool:
         """Send the path with AddToStoreNar (the far end does not check signatures in this protocol).
@@ -293,7 +247,7 @@ class ServeStore(Store):
         session = self._session
         conn = self._conn
         with session.exchange():
-            self._drain()
+            self._reads.drain()
             session.send(conn.add_to_store_nar(info), "a path's metadata")
             while chunk := read(CHUNK):
                 session.send(conn.nar_data(chunk), f"the NAR of '{info.path}'")
@@ -373,7 +327,7 @@ class ServeStore(Store):
                 flush()
 
         with session.exchange():
-            self._drain()
+            self._reads.drain()
             for info, produce in entries:
                 if info.path in self._valid:
                     continue

@@ -496,3 +496,49 @@ def test_daemon_nars_asked_for_ahead_and_a_failure_among_them(
         assert remote.nar_from_path(made[2][0].path, got.append) == len(made[2][1])
         assert b"".join(got) == made[0][1] + made[2][1]
         assert remote.is_valid_path(made[0][0].path) is True  # in step after all that
+
+
+def test_daemon_nar_read_out_of_turn_around_a_large_one(
+    fake: Callable[..., FakeDaemon], tmp_path: Path
+) -> None:
+    # Planned: small, large, small. Reading the second small one before the large one drops the large NAR
+    # (asked for ahead, never kept: it may be any size) and asks for it again when it is read.
+    made = []
+    for n, size in enumerate((10, 200_000, 10)):
+        data = tmp_path / f"payload{n}"
+        data.write_bytes(random.Random(n).randbytes(size))
+        parts: list[bytes] = []
+        dump_path(data, parts.append)
+        nar = b"".join(parts)
+        digest = hashlib.sha256(nar).digest()
+        made.append((PathInfo(make_source_path(f"payload{n}", digest), digest, len(nar)), nar))
+    nars = {info.path: nar for info, nar in made}
+    infos = {info.path: info for info, _ in made}
+    asked: list[StorePath] = []
+
+    def answer(server: proto.WorkerServer, request: proto.Request, send: Callable[[bytes], None]) -> bool:
+        (path,) = (
+            request.args if request.op in (proto.Op.QUERY_PATH_INFO, proto.Op.NAR_FROM_PATH) else (None,)
+        )
+        if request.op == proto.Op.QUERY_PATH_INFO:
+            assert isinstance(path, StorePath)
+            send(server.last() + server.path_info(infos.get(path)))
+        elif request.op == proto.Op.NAR_FROM_PATH:
+            assert isinstance(path, StorePath)
+            asked.append(path)
+            send(server.last() + nars[path])
+        else:
+            send(server.last())
+        return True
+
+    daemon = fake(answer)
+    small0, large, small2 = (info.path for info, _ in made)
+    with open_store(f"unix://{daemon.path}?timeout=10") as remote:
+        assert isinstance(remote, DaemonStore)
+        remote.query_closure(list(infos))
+        remote.prefetch([small0, large, small2])
+        for path in (small0, small2, large):
+            got: list[bytes] = []
+            assert remote.nar_from_path(path, got.append) == len(nars[path])
+            assert b"".join(got) == nars[path]
+    assert asked == [small0, large, small2, large]

@@ -210,16 +210,21 @@ def test_ctrl_c_ends_a_wait_and_the_far_end(big: NixStore, env: dict[str, str], 
 # -- the daemon's far end ------------------------------------------------------------------------------
 
 
-def small_nar(tmp_path: Path) -> tuple[PathInfo, bytes]:
-    """A path of our own making (a file with 64 KiB of data) and its NAR, for fake daemons."""
-    source = tmp_path / "payload"
-    source.write_bytes(random.Random(5).randbytes(1 << 16))
+def payload_nar(tmp_path: Path, name: str, contents: bytes) -> tuple[PathInfo, bytes]:
+    """A path of our own making (a file `name` holding `contents`) and its NAR, for fake daemons."""
+    source = tmp_path / name
+    source.write_bytes(contents)
     parts: list[bytes] = []
     dump_path(source, parts.append)
     nar = b"".join(parts)
     digest = hashlib.sha256(nar).digest()
-    path = make_source_path("payload", digest)
+    path = make_source_path(name, digest)
     return PathInfo(path, digest, len(nar), registration_time=1, sigs=(), ca=None), nar
+
+
+def small_nar(tmp_path: Path) -> tuple[PathInfo, bytes]:
+    """A file with 64 KiB of data as a path, and its NAR."""
+    return payload_nar(tmp_path, "payload", random.Random(5).randbytes(1 << 16))
 
 
 @pytest.fixture
@@ -453,15 +458,7 @@ def test_daemon_nars_asked_for_ahead_and_a_failure_among_them(
     # The daemon answers no NarFromPath before it has been asked for all three (a client asking for one
     # NAR at a time would wait for ever), and fails the second: that failure is raised for the second
     # path only, and the connection stays in step for the others and for what follows.
-    made = []
-    for n in range(3):
-        data = tmp_path / f"payload{n}"
-        data.write_bytes(b"contents %d" % n)
-        parts: list[bytes] = []
-        dump_path(data, parts.append)
-        nar = b"".join(parts)
-        digest = hashlib.sha256(nar).digest()
-        made.append((PathInfo(make_source_path(f"payload{n}", digest), digest, len(nar)), nar))
+    made = [payload_nar(tmp_path, f"payload{n}", b"contents %d" % n) for n in range(3)]
     nars = {info.path: nar for info, nar in made}
     infos = {info.path: info for info, _ in made}
     held: list[bytes] = []
@@ -503,15 +500,10 @@ def test_daemon_nar_read_out_of_turn_around_a_large_one(
 ) -> None:
     # Planned: small, large, small. Reading the second small one before the large one drops the large NAR
     # (asked for ahead, never kept: it may be any size) and asks for it again when it is read.
-    made = []
-    for n, size in enumerate((10, 200_000, 10)):
-        data = tmp_path / f"payload{n}"
-        data.write_bytes(random.Random(n).randbytes(size))
-        parts: list[bytes] = []
-        dump_path(data, parts.append)
-        nar = b"".join(parts)
-        digest = hashlib.sha256(nar).digest()
-        made.append((PathInfo(make_source_path(f"payload{n}", digest), digest, len(nar)), nar))
+    made = [
+        payload_nar(tmp_path, f"payload{n}", random.Random(n).randbytes(size))
+        for n, size in enumerate((10, 200_000, 10))
+    ]
     nars = {info.path: nar for info, nar in made}
     infos = {info.path: info for info, _ in made}
     asked: list[StorePath] = []

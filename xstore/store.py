@@ -178,6 +178,15 @@ _INFO_BY_PATH: Final = (
     "r.path from ValidPaths v left join Refs on Refs.referrer = v.id "
     "left join ValidPaths r on r.id = Refs.reference where v.path = ?"
 )
+# The same for every path in the closure of the paths given (in place of `{marks}`), a path's rows
+# together.
+_CLOSURE: Final = (
+    "with recursive closure(id) as (select id from ValidPaths where path in ({marks}) "
+    "union select Refs.reference from Refs join closure on Refs.referrer = closure.id) "
+    "select v.path, v.id, v.hash, v.registrationTime, v.deriver, v.narSize, v.ultimate, v.sigs, v.ca, "
+    "r.path from closure join ValidPaths v on v.id = closure.id "
+    "left join Refs on Refs.referrer = v.id left join ValidPaths r on r.id = Refs.reference order by v.id"
+)
 # The same for the path with a hash part: the first path from "DIR/HASH-" up to "DIR/HASH." (the
 # character after "-").
 _INFO_BY_HASH_PART: Final = (
@@ -561,12 +570,26 @@ class LocalStore(Store):
             ) from e
         return self._info_from_rows(path, rows)
 
-    def _info_from_rows(self, path: StorePath, rows: list[Any]) -> PathInfo:
-        """`path`'s info from the rows of `_INFO_BY_PATH` or `_INFO_BY_HASH_PART`: its registration,
-        repeated once per reference (the last column; NULL without references)."""
+    def _info_from_rows(
+        self, path: StorePath, rows: list[Any], parsed: dict[str, StorePath] | None = None
+    ) -> PathInfo:
+        """`path`'s info from the rows of `_INFO_BY_PATH`, `_INFO_BY_HASH_PART` or `_CLOSURE`: its
+        registration, repeated once per reference (the last column; NULL without references).
+        `parsed` keeps the references parsed so far, for a caller reading many infos that share them."""
         _path, _rid, hash_text, reg_time, deriver, nar_size, ultimate, sigs, ca, _ref = rows[0]
         try:
-            refs = sorted(parse_store_path(row[9]) for row in rows if row[9] is not None)
+            if parsed is None:
+                refs = sorted(parse_store_path(row[9]) for row in rows if row[9] is not None)
+            else:
+                refs = []
+                for row in rows:
+                    text = row[9]
+                    if text is not None:
+                        ref = parsed.get(text)
+                        if ref is None:
+                            ref = parsed[text] = parse_store_path(text)
+                        refs.append(ref)
+                refs.sort()
             return PathInfo(
                 path=path,
                 nar_hash=parse_hash(str(hash_text), HashAlgorithm.SHA256).digest,
@@ -583,6 +606,37 @@ class LocalStore(Store):
                 f"the database of the store at '{self.root}' has a corrupt row for '{path}': {e}",
                 path=path.path,
             ) from e
+
+    @_db_errors
+    def query_closure(self, paths: Iterable[StorePath]) -> dict[StorePath, PathInfo]:
+        # One statement for the whole closure (SQLite walks the references), where the default
+        # asks for each path in turn.
+        infos: dict[StorePath, PathInfo] = {}
+        parsed: dict[str, StorePath] = {}
+        for batch in batched(paths):
+            by_text = {p.path: p for p in batch}
+            marks = ",".join("?" * len(by_text))
+            rows = self.db.execute(_CLOSURE.format(marks=marks), list(by_text)).fetchall()
+            start = 0
+            for end in range(1, len(rows) + 1):
+                if end < len(rows) and rows[end][1] == rows[start][1]:
+                    continue  # the same path, another reference
+                text = rows[start][0]
+                path = by_text.get(text) or parsed.get(text)
+                if path is None:
+                    try:
+                        path = parsed[text] = parse_store_path(text)
+                    except InvalidStorePathError as e:
+                        raise StoreError(
+                            f"the database of the store at '{self.root}' has a corrupt path {text!r}: {e}"
+                        ) from e
+                if path not in infos:
+                    infos[path] = self._info_from_rows(path, rows[start:end], parsed)
+                start = end
+            for p in batch:
+                if p not in infos:
+                    raise InvalidPathError(f"path '{p}' is not valid in {self.describe()}", path=p.path)
+        return infos
 
     @_db_errors
     def query_valid_paths(self, paths: Iterable[StorePath]) -> set[StorePath]:

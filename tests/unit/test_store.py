@@ -12,6 +12,7 @@ import hashlib
 import itertools
 import json
 import os
+import random
 import sqlite3
 import stat
 from pathlib import Path
@@ -27,7 +28,7 @@ from xstore.errors import HashMismatchError, InvalidPathError, StoreError, Xstor
 from xstore.fsops import canonicalise, remove_tree
 from xstore.import_export import export_order, export_paths, import_stream, list_stream
 from xstore.store import TEMP_PREFIX, LocalStore, temp_token
-from xstore.storeapi import PathInfo, path_info_json
+from xstore.storeapi import PathInfo, Store, path_info_json
 from xstore.storepath import StorePath
 from xstore.verify import verify
 from xstore.wire import encode_strings
@@ -212,6 +213,31 @@ def test_register_and_query(store: LocalStore) -> None:
     assert set(store.query_closure([b])) == {a, b}
     with pytest.raises(InvalidPathError, match="is not valid"):
         store.require(sp("c", "c"))
+
+
+def test_closure_in_one_statement_is_the_closure_path_by_path(store: LocalStore) -> None:
+    # A random graph of 1,200 paths (more than one batch of the statement's placeholders), with
+    # shared references, self-references and paths nobody refers to, against the default that asks
+    # for each path in turn. Every statement is counted: the closure is one per batch.
+    rng = random.Random(7)
+    paths: list[StorePath] = []
+    for i in range(1200):
+        path = sp(f"{i:x}".replace("e", "y"), f"p{i}")  # nix32 has no "e"
+        refs = set(rng.sample(paths, min(len(paths), rng.choice((0, 0, 1, 2, 5)))))
+        if rng.random() < 0.1:
+            refs.add(path)
+        info = dummy(path, *refs)
+        store.register(PathInfo(path, info.nar_hash, info.nar_size, info.references, sigs=("k:s",) * (i % 2)))
+        paths.append(path)
+    statements: list[str] = []
+    store.db.set_trace_callback(statements.append)
+    for wanted in (paths[-1:], paths[::3], paths[-700:], [paths[0], paths[0]]):
+        statements.clear()
+        got = store.query_closure(wanted)
+        assert len(statements) == (len(set(wanted)) + 499) // 500
+        assert got == Store.query_closure(store, wanted)
+    with pytest.raises(InvalidPathError, match=r"path '/nix/store/y0+-missing' is not valid"):
+        store.query_closure([paths[5], sp("y", "missing")])
 
 
 def test_register_with_invalid_reference_registers_nothing(store: LocalStore) -> None:

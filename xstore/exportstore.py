@@ -52,7 +52,9 @@ class ExportFileStore(Store):
     def query_path_from_hash_part(self, hash_part: str) -> StorePath | None:
         return next((p for p in self._index if p.hash_part == hash_part), None)
 
-    def nar_from_path(self, path: StorePath, sink: Sink, *, known: PathInfo | None = None) -> int:
+    def nar_from_path(
+        self, path: StorePath, sink: Sink, *, known: PathInfo | None = None, check: bool = True
+    ) -> int:
         info, offset = self._index.get(path) or (None, 0)
         if info is None:
             self.require(path)

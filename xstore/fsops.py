@@ -262,9 +262,25 @@ def _read_write(src_fd: int, dst_fd: int, count: int) -> int:
     return len(data)
 
 
-class FdSink:
-    """A sink writing every byte to the descriptor `fd` (short writes retried). Given to the NAR dumper,
-    it also lets the contents of large files go from file to output in the kernel (`copy_range`)."""
+class CopySink:
+    """A sink (called with each block of bytes) that can also take bytes straight from a file
+    descriptor: given one, the NAR dumper hands it the contents of large files as descriptors, so they
+    can move in the kernel and never through Python."""
+
+    __slots__ = ()
+
+    def __call__(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def copy_from(self, src_fd: int, count: int) -> int:
+        """Move `count` bytes from `src_fd`'s position on (which advances); return the bytes moved,
+        fewer only when the source ended first."""
+        raise NotImplementedError
+
+
+class FdSink(CopySink):
+    """A sink writing every byte to the descriptor `fd` (short writes retried), a blocking one; file
+    contents go from file to output in the kernel (`copy_range`)."""
 
     __slots__ = ("fd",)
 
@@ -275,6 +291,9 @@ class FdSink:
         view = memoryview(data)
         while view:
             view = view[os.write(self.fd, view) :]
+
+    def copy_from(self, src_fd: int, count: int) -> int:
+        return copy_range(src_fd, self.fd, count)
 
 
 # Linux renameat2(2): swap two names in one step. Nix has no equivalent; repair uses it to put a fetched

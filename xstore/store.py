@@ -678,11 +678,19 @@ class LocalStore(Store):
     def _all_rows(self) -> list[str]:
         return [str(p) for (p,) in self.db.execute("select path from ValidPaths")]
 
-    def nar_from_path(self, path: StorePath, sink: Sink, *, known: PathInfo | None = None) -> int:
+    def nar_from_path(
+        self, path: StorePath, sink: Sink, *, known: PathInfo | None = None, check: bool = True
+    ) -> int:
         """The path's NAR, dumped with the store's case-hack setting (original names), hashed on the way:
-        `HashMismatchError` when it no longer matches the registration (`known`, else read now)."""
+        `HashMismatchError` when it no longer matches the registration (`known`, else read now).
+        With `check=False` only the path's validity is checked (as `nix-store --serve` sends a NAR),
+        and the sink may be a `CopySink`: large files then go to it as descriptors."""
         from xstore.nar.dump import dump_path
 
+        if not check:
+            if (known is None or known.path != path) and not self.query_valid_paths((path,)):
+                raise InvalidPathError(f"path '{path}' is not valid in {self.describe()}", path=path.path)
+            return dump_path(self.real_path(path), sink, case_hack=self.settings.case_hack)
         info = known if known is not None and known.path == path else self.require(path)
         hasher = HashSink(HashAlgorithm.SHA256)
 

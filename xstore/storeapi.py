@@ -178,12 +178,17 @@ class Store(abc.ABC):
     # -- NARs ------------------------------------------------------------------------------------
 
     @abc.abstractmethod
-    def nar_from_path(self, path: StorePath, sink: Sink, *, known: PathInfo | None = None) -> int:
+    def nar_from_path(
+        self, path: StorePath, sink: Sink, *, known: PathInfo | None = None, check: bool = True
+    ) -> int:
         """Write the path's NAR (original names) to `sink`; return its size. Raises
         `InvalidPathError`, or `HashMismatchError` when the contents no longer match the path's
         registered hash (the sink has then received the mismatching NAR). `known` is the path's info
         as the caller has just read it from this store: a store that checks the NAR against it then
-        does not ask for it again (a registration changed in between shows as a mismatch)."""
+        does not ask for it again (a registration changed in between shows as a mismatch).
+        `check=False` lets a store that holds the contents itself (the local store) send them without
+        hashing them again, for a receiver that checks every NAR it takes (Nix does, as `nix-store
+        --serve` relies on); NARs that a store fetches from elsewhere are checked whatever it says."""
 
     @abc.abstractmethod
     def add_to_store(self, info: PathInfo, read: Read, *, check_sigs: bool = True) -> bool:

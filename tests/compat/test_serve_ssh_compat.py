@@ -220,6 +220,75 @@ def test_same_answers_as_nix_store_serve(
     assert ours.stdout[16:] == theirs.stdout[16:]
 
 
+def test_nars_go_out_as_nix_store_serve_sends_them_large_or_changed(
+    nix: Nix, src: NixStore, bin_dir: Path, tmp_path: Path
+) -> None:
+    # Large files leave in the kernel (sendfile to the pipe), small ones through Python. A path whose
+    # file changed since it was registered goes out as it is now, not hashed again, as Nix's server
+    # sends it: the receiver's hash check is what refuses it (see the test below).
+    store = copy_of(src, tmp_path / "root")
+    (tmp_path / "big").mkdir()
+    (tmp_path / "big" / "blob").write_bytes(os.urandom((3 << 20) + 5))
+    (tmp_path / "big" / "tool").write_bytes(b"#!" + os.urandom(3 << 19))
+    (tmp_path / "big" / "tool").chmod(0o755)
+    (big,) = nix.nix_store(*store.store_args(), "--add", tmp_path / "big").decode().split()
+    store.paths["big"] = big
+    changed = store.real_path(src.paths["file"])
+    changed.chmod(0o644)
+    changed.write_bytes(b"changed since it was registered\n")
+    client = proto.ServeClient(version=0x207)
+    requests = client.hello()
+    client.version = 0x207
+    for label in ("big", "file", "tree", "big"):
+        requests += client.query_path_infos(paths_of(store, label))
+        requests += client.dump_store_path(paths_of(store, label)[0])
+    ours = session(xstore_serve(bin_dir, store.root), requests)
+    theirs = session(nix_serve(nix, store.root), requests, env=dict(nix.env))
+    assert theirs.returncode == ours.returncode == 0, ours.stderr
+    assert ours.stderr == b""
+    assert len(ours.stdout) > 2 * (3 << 20)
+    assert ours.stdout[16:] == theirs.stdout[16:]
+
+
+def test_a_path_changed_on_the_far_end_is_refused_by_the_receiver(
+    src: NixStore, bin_dir: Path, tmp_path: Path
+) -> None:
+    served = tmp_path / "served"
+    xstore_ok("copy", "--from", src.root, "--to", served, "-r", src.paths["out"], src.paths["file"])
+    changed = served / src.paths["file"].lstrip("/")
+    changed.chmod(0o644)
+    changed.write_bytes(b"changed since it was registered\n")
+    dst = tmp_path / "dst"
+    url = f"ssh://localhost?remote-store={served}&remote-program={remote_program(bin_dir)}"
+    got = run_xstore("copy", "--no-check-sigs", "--from", url, "--to", dst, src.paths["file"])
+    assert got.returncode == 1
+    assert got.stderr.startswith(
+        f"error: the NAR of '{src.paths['file']}' from 'localhost' does not match its path info".encode()
+    ), got.stderr
+    assert got.stderr.count(b"\n") == 1, got.stderr
+    listed = run_xstore("path-info", "--store", dst, src.paths["file"])
+    assert listed.returncode == 1
+
+
+def test_infos_looked_up_in_a_session_do_not_hide_paths_added_later(
+    nix: Nix, src: NixStore, bin_dir: Path, tmp_path: Path
+) -> None:
+    # The server keeps the infos it has looked up for the session, as Nix's does; a path asked for
+    # before it was added is found once it has been.
+    file = paths_of(src, "file")
+    client = proto.ServeClient(version=0x207)
+    client.hello()
+    client.version = 0x207
+    asked = client.query_path_infos(file) + client.query_valid_paths(file)
+    requests = hello(0x207) + asked + add_request(src, "file", nix) + asked
+    requests += client.dump_store_path(file[0])
+    ours = session(xstore_serve(bin_dir, tmp_path / "ours", "--write"), requests)
+    theirs = session(nix_serve(nix, tmp_path / "theirs", "--write"), requests, env=dict(nix.env))
+    assert theirs.returncode == ours.returncode == 0, ours.stderr
+    assert ours.stdout[16:] == theirs.stdout[16:]
+    assert ours.stdout.endswith(src.dump(nix, src.paths["file"]))
+
+
 def add_request(store: NixStore, label: str, nix: Nix) -> bytes:
     (info,) = store.path_info(nix, label)
     nar = store.dump(nix, label)

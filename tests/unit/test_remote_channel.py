@@ -11,6 +11,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from types import FrameType
 
 import pytest
@@ -154,3 +155,82 @@ def test_ssh_command_lines_follow_nix(monkeypatch: pytest.MonkeyPatch) -> None:
     assert one_line("hash mismatch importing path '\x1b[35;1m/x\x1b[0m';\n  specified: a\n  got: b") == (
         "hash mismatch importing path '/x'; specified: a got: b"
     )
+
+
+def _file_with(tmp_path: Path, data: bytes) -> int:
+    path = tmp_path / "contents"
+    path.write_bytes(data)
+    return os.open(path, os.O_RDONLY)
+
+
+def test_send_file_moves_a_range_through_a_full_pipe(pipes: tuple[Channel, int, int], tmp_path: Path) -> None:
+    # Several times a pipe's buffer, read slowly at the far end: the kernel copy waits for room.
+    channel, _, far_r = pipes
+    data = os.urandom(3 << 20)
+    fd = _file_with(tmp_path, data)
+    got: list[bytes] = []
+
+    def drain() -> None:
+        while chunk := os.read(far_r, 1 << 16):
+            got.append(chunk)
+            time.sleep(0.001)
+
+    try:
+        os.lseek(fd, 10, os.SEEK_SET)
+        reader = threading.Thread(target=drain)
+        reader.start()
+        assert channel.send_file(fd, len(data) - 20, "a NAR") == len(data) - 20
+        assert os.lseek(fd, 0, os.SEEK_CUR) == len(data) - 10
+        channel.send(b"end", "a NAR")
+        os.close(channel.write_fd)
+        reader.join()
+    finally:
+        os.close(fd)
+    assert b"".join(got) == data[10:-10] + b"end"
+
+
+def test_send_file_stops_where_the_file_ends(pipes: tuple[Channel, int, int], tmp_path: Path) -> None:
+    channel, _, far_r = pipes
+    fd = _file_with(tmp_path, b"0123456789")
+    try:
+        os.lseek(fd, 4, os.SEEK_SET)
+        assert channel.send_file(fd, 100, "a NAR") == 6
+        assert os.lseek(fd, 0, os.SEEK_CUR) == 10
+    finally:
+        os.close(fd)
+    assert os.read(far_r, 100) == b"456789"
+
+
+def test_send_file_goes_through_a_buffer_where_the_kernel_cannot(tmp_path: Path) -> None:
+    # sendfile(2) refuses an output opened for appending (EINVAL), as macOS refuses anything but a
+    # socket: the bytes are read and written instead, the same bytes.
+    data = os.urandom((1 << 20) + 3)
+    fd = _file_with(tmp_path, data)
+    out = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        channel = Channel(fd, out, peer="'far'", timeout=5)
+        os.lseek(fd, 1, os.SEEK_SET)
+        assert channel.send_file(fd, len(data), "a NAR") == len(data) - 1
+        assert os.lseek(fd, 0, os.SEEK_CUR) == len(data)
+    finally:
+        os.close(fd)
+        os.close(out)
+    assert (tmp_path / "out").read_bytes() == data[1:]
+
+
+def test_send_file_to_a_peer_gone_or_not_reading(pipes: tuple[Channel, int, int], tmp_path: Path) -> None:
+    channel, _, far_r = pipes
+    fd = _file_with(tmp_path, os.urandom(4 << 20))
+    try:
+        with pytest.raises(
+            RemoteTimeoutError,
+            match=r"'far' did not answer for 0\.5 seconds \(xstore was waiting for a NAR\)",
+        ):
+            channel.send_file(fd, 4 << 20, "a NAR")
+        os.close(far_r)
+        with pytest.raises(
+            RemoteConnectionError, match="'far' closed the connection while xstore was sending a NAR"
+        ):
+            channel.send_file(fd, 4 << 20, "a NAR")
+    finally:
+        os.close(fd)

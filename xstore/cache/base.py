@@ -361,7 +361,9 @@ class BinaryCacheStore(Store):
 
     # -- NARs out ----------------------------------------------------------------------------------------
 
-    def nar_from_path(self, path: StorePath, sink: Sink, *, known: PathInfo | None = None) -> int:
+    def nar_from_path(
+        self, path: StorePath, sink: Sink, *, known: PathInfo | None = None, check: bool = True
+    ) -> int:
         """See `Store.nar_from_path`. Raises `InvalidPathError`, `HashMismatchError` (file or NAR hash or
         size not as the narinfo says), `CompressionError`, `BinaryCacheError`, `UnsupportedError` (a
         compression method xstore does not read)."""

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 
 from xstore.casehack import unhack_entries
 from xstore.errors import DumpError
-from xstore.fsops import FdSink, copy_range
+from xstore.fsops import CopySink
 from xstore.nar import tokens
 from xstore.wire import NAR_MAX_DEPTH, U64, ZEROS, encode_strings
 
@@ -127,7 +127,7 @@ class _Dumper:
         excluder: Excluder,
         chunk_size: int,
         *,
-        kernel_fd: int | None = None,
+        copy_from: Callable[[int, int], int] | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> None:
         self.root = root
@@ -135,7 +135,7 @@ class _Dumper:
         self.case_hack = case_hack
         self.excluder = excluder if excluder else None  # None: nothing to exclude, not even a test
         self.chunk_size = chunk_size
-        self.kernel_fd = kernel_fd
+        self.copy_from = copy_from
         self.progress = progress
         self.reported = 0
         self.size = 0
@@ -186,7 +186,7 @@ class _Dumper:
             if len(data) == size:
                 self.emit(b"".join((head, header, U64.pack(size), data, ZEROS[: -size & 7], tail)))
                 return
-        elif self.kernel_fd is not None and size >= KERNEL_COPY_MIN:
+        elif self.copy_from is not None and size >= KERNEL_COPY_MIN:
             self._copy_in_kernel(fd, path, head + header, size)
             self.emit(tail)
             return
@@ -211,12 +211,12 @@ class _Dumper:
         self.emit(ZEROS[: -size & 7] + tail)
 
     def _copy_in_kernel(self, fd: int, path: tuple[bytes, ...], header: bytes, size: int) -> None:
-        """A large file's contents straight from its descriptor to the output's (`fsops.copy_range`),
-        never through Python; the same checks as reading it: shrinking and growing are errors."""
-        assert self.kernel_fd is not None
+        """A large file's contents handed to the sink as its descriptor (`CopySink.copy_from`), never
+        through Python; the same checks as reading it: shrinking and growing are errors."""
+        assert self.copy_from is not None
         self.emit(header + U64.pack(size))
         self.out.flush()
-        copied = copy_range(fd, self.kernel_fd, size)
+        copied = self.copy_from(fd, size)
         self.size += copied
         if copied < size:
             raise DumpError(
@@ -318,8 +318,9 @@ def dump_path(
     """Serialise the tree at `root` (a directory, regular file or symlink; not followed) as a NAR into
     `sink`; return the archive's size in bytes.
 
-    `sink` receives the archive in blocks of up to about 1 MiB; an `FdSink` receives the contents of
-    large files in the kernel instead (`copy_file_range`, `sendfile`), never through Python.
+    `sink` receives the archive in blocks of up to about 1 MiB; a `CopySink` (`fsops.FdSink`, a
+    channel's) receives the contents of large files as their descriptors instead, to move them in the
+    kernel (`copy_file_range`, `sendfile`), never through Python.
     `case_hack` strips `~nix~case~hack~N` suffixes (refusing names that then collide); with it off, a
     name carrying the suffix is refused.
     `exclude` holds globs (see `Excluder`). `progress`, if given, is called with the number of bytes
@@ -328,10 +329,10 @@ def dump_path(
     I/O failures; the sink has then received a prefix of the archive. Every descriptor opened is closed
     whatever happens.
     """
-    kernel_fd = sink.fd if isinstance(sink, FdSink) else None
+    copy_from = sink.copy_from if isinstance(sink, CopySink) else None
     out = BufferedSink(sink)
     dumper = _Dumper(
-        os.fsencode(root), out, case_hack, Excluder(exclude), CHUNK, kernel_fd=kernel_fd, progress=progress
+        os.fsencode(root), out, case_hack, Excluder(exclude), CHUNK, copy_from=copy_from, progress=progress
     )
     dumper.run()
     out.flush()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import math
 import os
 import select
@@ -29,6 +30,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from xstore.errors import RemoteConnectionError, RemoteTimeoutError
+from xstore.fsops import CopySink
 from xstore.notices import notice
 
 # Neither typing nor subprocess, re or tempfile at import: `xstore serve ssh` runs on this module and
@@ -38,6 +40,9 @@ if TYPE_CHECKING:
     from typing import Final
 
 CHUNK: Final = 1 << 20
+_SEND_STEP: Final = 1 << 30  # bytes per sendfile call: large, but bounded
+# sendfile's errors for descriptors it cannot serve (then the bytes go through a buffer instead).
+_NO_SENDFILE: Final = (errno.EINVAL, errno.ENOSYS, errno.ENOTSOCK, errno.EOPNOTSUPP, errno.ESPIPE)
 DEFAULT_TIMEOUT: Final = 300.0
 # A wait longer than this is announced once (what is awaited, and from whom).
 NOTICE_AFTER: Final = 5.0
@@ -163,6 +168,48 @@ class Channel:
             view = view[n:]
             started = time.monotonic()
 
+    def send_file(self, src_fd: int, count: int, what: str) -> int:
+        """Send `count` bytes of the file at `src_fd` from its position on (which advances past them),
+        moved in the kernel (`sendfile`) where the system can, else read and sent in blocks. Returns the
+        bytes sent: fewer than `count` only when the file ended first. Raises as `send` does, and
+        `OSError` for a failure to read the file."""
+        offset = os.lseek(src_fd, 0, os.SEEK_CUR)
+        done = 0
+        in_kernel = hasattr(os, "sendfile")
+        started = time.monotonic()
+        noticed = False
+        try:
+            while done < count:
+                step = min(count - done, _SEND_STEP)
+                if in_kernel:
+                    try:
+                        n = os.sendfile(self.write_fd, src_fd, offset + done, step)
+                    except BlockingIOError:
+                        noticed = self._wait(
+                            self.write_fd, select.POLLOUT, what, self.timeout, started, noticed
+                        )
+                        continue
+                    except (BrokenPipeError, ConnectionResetError):
+                        raise RemoteConnectionError(
+                            f"{self.peer} closed the connection while xstore was sending {what}"
+                        ) from None
+                    except OSError as e:
+                        if done or e.errno not in _NO_SENDFILE:
+                            raise
+                        in_kernel = False  # not to this kind of descriptor (macOS: sockets only)
+                        continue
+                else:
+                    data = os.pread(src_fd, min(step, CHUNK), offset + done)
+                    n = len(data)
+                    self.send(data, what)
+                if not n:
+                    break  # the file ended
+                done += n
+                started = time.monotonic()
+        finally:
+            os.lseek(src_fd, offset + done, os.SEEK_SET)
+        return done
+
     def send_watching(self, data: bytes, what: str, on_data: Callable[[bytes], bool]) -> bool:
         """Write all of `data` while passing whatever the peer sends meanwhile to `on_data` (`b""` at its
         end). Stops early, returning False, when `on_data` returns False (the peer reported a failure);
@@ -201,6 +248,23 @@ class Channel:
             view = view[n:]
             started = time.monotonic()
         return True
+
+
+class ChannelSink(CopySink):
+    """A NAR sink onto a channel: blocks are sent as they come, the contents of large files with
+    `Channel.send_file` (in the kernel where the system can)."""
+
+    __slots__ = ("channel", "what")
+
+    def __init__(self, channel: Channel, what: str) -> None:
+        self.channel = channel
+        self.what = what
+
+    def __call__(self, data: bytes) -> None:
+        self.channel.send(data, self.what)
+
+    def copy_from(self, src_fd: int, count: int) -> int:
+        return self.channel.send_file(src_fd, count, self.what)
 
 
 class _StderrTail:

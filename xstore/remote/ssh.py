@@ -228,7 +228,9 @@ class ServeStore(Store):
 
     # -- NARs --------------------------------------------------------------------------------------
 
-    def nar_from_path(self, path: StorePath, sink: Sink, *, known: PathInfo | None = None) -> int:
+    def nar_from_path(
+        self, path: StorePath, sink: Sink, *, known: PathInfo | None = None, check: bool = True
+    ) -> int:
         info = known if known is not None and known.path == path else self.require(path)
         with self._session.exchange():
             return self._reads.read(info, sink)

@@ -10,6 +10,7 @@ The driver is one loop around `protocols.serve.ServeServer`: each request is ans
 - QueryValidPaths with its lock flag (and `--write`) makes every path named a temporary GC root of
   this process, so the paths stay until the connection ends (the 2014 race fix of nix-copy-closure).
 - DumpStorePath and ExportPaths send NARs with the original names, also from a case-hacked store.
+  DumpStorePath's NAR is not hashed again on the way (as Nix's is not: the client checks it).
 - AddToStoreNar and ImportPaths add through the store's one add transaction, with the store's case hack,
   and only with `--write` (without it: "importing paths is not allowed" and exit, as Nix does).
 - BuildPaths and BuildDerivation are answered with a failed build saying that xstore builds nothing.
@@ -28,9 +29,9 @@ from collections.abc import Callable, Iterable
 from xstore.errors import NotAllowedError, UnsupportedError
 from xstore.protocols import serve as proto
 from xstore.protocols.common import NarData, NarEnd
-from xstore.remote.channel import Channel
+from xstore.remote.channel import Channel, ChannelSink
 from xstore.remote.pump import next_event
-from xstore.storeapi import Read, Store
+from xstore.storeapi import PathInfo, Read, Store
 from xstore.storepath import StorePath
 
 TYPE_CHECKING = False  # not `from typing import`: the far end of a copy starts without loading typing
@@ -40,6 +41,46 @@ if TYPE_CHECKING:
 BUILD_REFUSAL: Final = (
     "xstore serves store paths but builds nothing; build on a machine with Nix and copy the outputs here"
 )
+# Path infos kept for the connection, as Nix's server keeps them (its `path-info-cache-size`).
+INFO_CACHE_SIZE: Final = 65536
+
+
+class _Infos:
+    """The infos of valid paths this connection has looked up, so that a client asking for a closure,
+    then each path's info, then each NAR (Nix's `nix copy --from ssh://`) costs one lookup per path, as
+    it does with Nix's server, whose info cache answers the same way. Only valid paths are kept: a path
+    that becomes valid later is looked up when asked for."""
+
+    __slots__ = ("_infos", "_store")
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._infos: dict[StorePath, PathInfo] = {}
+
+    def keep(self, info: PathInfo) -> PathInfo:
+        infos = self._infos
+        if len(infos) >= INFO_CACHE_SIZE and info.path not in infos:
+            del infos[next(iter(infos))]  # the oldest
+        infos[info.path] = info
+        return info
+
+    def get(self, path: StorePath) -> PathInfo | None:
+        """The path's info, or None if it is not valid."""
+        info = self._infos.get(path)
+        if info is None:
+            info = self._store.query_path_info(path)
+            if info is not None:
+                self.keep(info)
+        return info
+
+    def require(self, path: StorePath) -> PathInfo:
+        """The path's info; `InvalidPathError` if it is not valid."""
+        info = self.get(path)
+        return info if info is not None else self._store.require(path)
+
+    def known(self, path: StorePath) -> PathInfo | None:
+        """The path's info if it has been looked up, else None (nothing is asked of the store)."""
+        return self._infos.get(path)
 
 
 def serve_ssh(
@@ -54,6 +95,7 @@ def serve_ssh(
     `ProtocolError`, `NotAllowedError` (a write without `write`), `RemoteConnectionError` (the client
     went away in the middle of an exchange), `RemoteTimeoutError`."""
     conn = proto.ServeServer(version=version, peer="the client")
+    infos = _Infos(store)
     while True:
         idle = conn.between_requests
         what = "the next request" if idle else "the rest of a request"
@@ -70,13 +112,16 @@ def serve_ssh(
                     store.add_temp_root(path)
             channel.send(conn.valid_paths(store.query_valid_paths(event.paths)), "valid paths")
         elif isinstance(event, proto.QueryPathInfos):
-            infos = [info for p in sorted(event.paths) if (info := store.query_path_info(p)) is not None]
-            channel.send(conn.path_infos(infos), "path infos")
+            found = [info for p in sorted(event.paths) if (info := infos.get(p)) is not None]
+            channel.send(conn.path_infos(found), "path infos")
         elif isinstance(event, proto.QueryClosure):
-            closure = _closure(store, event.paths, include_outputs=event.include_outputs)
+            closure = _closure(store, infos, event.paths, include_outputs=event.include_outputs)
             channel.send(conn.valid_paths(closure), "a closure")
         elif isinstance(event, proto.DumpStorePath):
-            store.nar_from_path(event.path, lambda block: channel.send(block, "a NAR"))
+            # Not hashed again on the way out: the client checks the NAR it adds (Nix does, and so
+            # does xstore), as `nix-store --serve` relies on; large files leave in the kernel.
+            sink = ChannelSink(channel, "a NAR")
+            store.nar_from_path(event.path, sink, known=infos.known(event.path), check=False)
         elif isinstance(event, proto.ExportPaths):
             from xstore.import_export import export_paths
 
@@ -84,9 +129,7 @@ def serve_ssh(
         elif isinstance(event, proto.AddToStoreNar):
             if not write:
                 raise NotAllowedError("importing paths is not allowed")
-            store.add_to_store(
-                event.info, _payload(conn, channel, NarData, NarEnd), check_sigs=False
-            )
+            store.add_to_store(event.info, _payload(conn, channel, NarData, NarEnd), check_sigs=False)
             channel.send(conn.added(), "a confirmation")
         elif isinstance(event, proto.ImportPaths):
             if not write:
@@ -134,12 +177,17 @@ def _payload(
     return read
 
 
-def _closure(store: Store, paths: Iterable[StorePath], *, include_outputs: bool) -> set[StorePath]:
+def _closure(
+    store: Store, infos: _Infos, paths: Iterable[StorePath], *, include_outputs: bool
+) -> set[StorePath]:
     """`paths` and everything they refer to; with `include_outputs`, also the valid outputs of the
-    derivations met on the way, and their closures (Nix: `computeFSClosure`). Raises
-    `InvalidPathError` for a path the store does not have."""
+    derivations met on the way, and their closures (Nix: `computeFSClosure`). The infos read on the
+    way are kept in `infos`. Raises `InvalidPathError` for a path the store does not have."""
     if not include_outputs:
-        return set(store.query_closure(paths))
+        closure = store.query_closure(paths)
+        for info in closure.values():
+            infos.keep(info)
+        return set(closure)
     outputs: Callable[[StorePath], dict[str, StorePath]] = getattr(
         store, "query_derivation_outputs", lambda _p: {}
     )
@@ -150,7 +198,7 @@ def _closure(store: Store, paths: Iterable[StorePath], *, include_outputs: bool)
         if path in seen:
             continue
         seen.add(path)
-        todo.extend(store.require(path).references)
+        todo.extend(infos.require(path).references)
         if path.name.endswith(".drv"):
             todo.extend(store.query_valid_paths(outputs(path).values()))
     return seen

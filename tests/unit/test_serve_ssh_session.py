@@ -1,0 +1,65 @@
+"""`xstore serve ssh` in process, over a socket pair: what a session asks of the store. Nix's client
+(`nix copy --from ssh://`) asks for a closure, then each path's info, then each NAR; the server keeps
+the infos it has looked up for the session, as Nix's server does, so each path is looked up once."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+from tests.localstores import filled, store  # noqa: F401 (fixtures)
+from xstore.protocols import serve as proto
+from xstore.protocols.common import NarData, NarEnd
+from xstore.remote.channel import Channel
+from xstore.remote.pump import next_event
+from xstore.serve.ssh import serve_ssh
+from xstore.store import LocalStore
+from xstore.storepath import StorePath
+
+
+def test_a_copy_looks_each_path_up_once(store: LocalStore, filled: list[StorePath]) -> None:  # noqa: F811
+    ours, theirs = socket.socketpair()
+    statements: list[str] = []
+    server = threading.Thread(
+        target=serve_ssh, args=(store, Channel(theirs.fileno(), theirs.fileno(), peer="the client"))
+    )
+    channel = Channel(ours.fileno(), ours.fileno(), peer="the server", timeout=30)
+    client = proto.ServeClient()
+    try:
+        server.start()
+        channel.send(client.hello(), "the greeting")
+        next_event(client, channel, "the greeting")
+        store.db.set_trace_callback(statements.append)  # from here on (the server opened nothing new)
+        channel.send(client.query_closure(filled), "a request")
+        closure = next_event(client, channel, "a closure")
+        assert isinstance(closure, proto.ValidPaths)
+        assert closure.paths == frozenset(store.query_closure(filled))
+        statements.clear()
+        nars: dict[StorePath, bytes] = {}
+        for path in sorted(closure.paths):
+            channel.send(client.query_path_infos([path]) + client.dump_store_path(path), "requests")
+            infos = next_event(client, channel, "path infos")
+            assert isinstance(infos, proto.PathInfos)
+            ((got, want),) = zip(infos.infos, [store.require(path)], strict=True)
+            assert (got.path, got.nar_hash, got.nar_size, got.references) == (
+                want.path,
+                want.nar_hash,
+                want.nar_size,
+                want.references,
+            )
+            parts = []
+            while not isinstance(event := next_event(client, channel, "a NAR"), NarEnd):
+                assert isinstance(event, NarData)
+                parts.append(event.data)
+            nars[path] = b"".join(parts)
+    finally:
+        ours.shutdown(socket.SHUT_WR)
+        server.join(30)
+        ours.close()
+        theirs.close()
+    # Only the test's own `require` calls reached the database once the closure had been read.
+    assert len(statements) == len(closure.paths), statements
+    for path, nar in nars.items():
+        sent: list[bytes] = []
+        store.nar_from_path(path, sent.append)
+        assert nar == b"".join(sent)

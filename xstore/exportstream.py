@@ -16,7 +16,6 @@ computed on the way. The stream ends with `StreamEnd`; bytes after it stay in `u
 from __future__ import annotations
 
 import enum
-import hashlib
 from collections.abc import Iterable
 
 from xstore.errors import ExportStreamError, InvalidStorePathError
@@ -29,11 +28,19 @@ from xstore.wire import NEED_DATA, Signal, WireBuffer, encode_strings, encode_u6
 
 TYPE_CHECKING = False  # not `from typing import`: the store commands run without loading typing
 if TYPE_CHECKING:
+    import hashlib
     from typing import Final
 
 EXPORT_MAGIC: Final = 0x4558494E
 PATH_MARKER: Final = encode_u64(1)
 STREAM_END: Final = encode_u64(0)
+
+
+def _sha256() -> hashlib._Hash:
+    import hashlib  # here: a server that never reads an export stream starts without OpenSSL
+
+    return hashlib.sha256()
+
 
 # Bounds on the trailer, so a hostile one cannot make the reader hold much: a store path is at most
 # `/nix/store/` + 32 + `-` + a 211-character name (current Nix refuses longer ones when it parses them),
@@ -126,7 +133,7 @@ class ExportParser:
         self._buf = WireBuffer(error=ExportStreamError, where="export stream")
         self._state = _State.MARKER
         self._nar: NarParser | None = None
-        self._hasher = hashlib.sha256()
+        self._hasher = _sha256()
         self._start = 0
         self._nar_start = 0
         self._nar_size = 0
@@ -187,7 +194,7 @@ class ExportParser:
             )
         self._start = at
         self._nar_start = buf.offset
-        self._hasher = hashlib.sha256()
+        self._hasher = _sha256()
         nar = self._nar = NarParser(hasher=self._hasher, whole_files=self._whole_files)
         self._state = _State.NAR
         rest = buf.take_buffered()

@@ -24,7 +24,6 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
-import hashlib
 
 from xstore.errors import InvalidHashError
 
@@ -344,6 +343,8 @@ class HashSink:
     def __init__(self, algorithm: HashAlgorithm) -> None:
         self.algorithm = algorithm
         self.size = 0
+        import hashlib  # here: commands that hash nothing start without OpenSSL
+
         # Nix uses md5 and sha1 for naming, not for security; this keeps FIPS builds working.
         self._hash = hashlib.new(algorithm.value, usedforsecurity=False)
 

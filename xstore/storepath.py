@@ -22,7 +22,6 @@ fixed-output paths. Everything here is pure computation on `str` and `bytes`: no
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 
 from xstore.errors import InvalidArgumentError, InvalidStorePathError
@@ -302,6 +301,8 @@ def make_store_path(kind: str, digest: bytes, name: str, store_dir: str = STORE_
     check_name(name)
     _check_sha256(digest, "the digest of a store path")
     _check_store_dir(store_dir)
+    import hashlib  # here, as in `hashing`: commands that hash nothing start without OpenSSL
+
     fingerprint = f"{kind}:sha256:{digest.hex()}:{store_dir}:{name}"
     folded = compress_hash(hashlib.sha256(fingerprint.encode()).digest(), 20)
     return StorePath._checked(encode_nix32(folded), name)  # a checked name, a hash part of 20 bytes
@@ -361,6 +362,8 @@ def make_fixed_output_path(
         )
     if algo is HashAlgorithm.SHA256 and recursive:
         return make_store_path("source", digest, name, store_dir)
+    import hashlib
+
     inner = f"fixed:out:{'r:' if recursive else ''}{algo.value}:{digest.hex()}:"
     return make_store_path("output:out", hashlib.sha256(inner.encode()).digest(), name, store_dir)
 

@@ -12,6 +12,7 @@ owner lives; `remove_dead_staging` clears what killed processes left.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import errno
 import fcntl
@@ -262,20 +263,20 @@ def _read_write(src_fd: int, dst_fd: int, count: int) -> int:
     return len(data)
 
 
-class CopySink:
+class CopySink(abc.ABC):
     """A sink (called with each block of bytes) that can also take bytes straight from a file
     descriptor: given one, the NAR dumper hands it the contents of large files as descriptors, so they
     can move in the kernel and never through Python."""
 
     __slots__ = ()
 
-    def __call__(self, data: bytes) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def __call__(self, data: bytes) -> None: ...
 
+    @abc.abstractmethod
     def copy_from(self, src_fd: int, count: int) -> int:
         """Move `count` bytes from `src_fd`'s position on (which advances); return the bytes moved,
         fewer only when the source ended first."""
-        raise NotImplementedError
 
 
 class FdSink(CopySink):

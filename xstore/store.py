@@ -577,19 +577,18 @@ class LocalStore(Store):
         registration, repeated once per reference (the last column; NULL without references).
         `parsed` keeps the references parsed so far, for a caller reading many infos that share them."""
         _path, _rid, hash_text, reg_time, deriver, nar_size, ultimate, sigs, ca, _ref = rows[0]
+        if parsed is None:
+            parsed = {}
         try:
-            if parsed is None:
-                refs = sorted(parse_store_path(row[9]) for row in rows if row[9] is not None)
-            else:
-                refs = []
-                for row in rows:
-                    text = row[9]
-                    if text is not None:
-                        ref = parsed.get(text)
-                        if ref is None:
-                            ref = parsed[text] = parse_store_path(text)
-                        refs.append(ref)
-                refs.sort()
+            refs = []
+            for row in rows:
+                text = row[9]
+                if text is not None:
+                    ref = parsed.get(text)
+                    if ref is None:
+                        ref = parsed[text] = parse_store_path(text)
+                    refs.append(ref)
+            refs.sort()
             return PathInfo(
                 path=path,
                 nar_hash=parse_hash(str(hash_text), HashAlgorithm.SHA256).digest,

@@ -57,12 +57,11 @@ class _Infos:
         self._store = store
         self._infos: dict[StorePath, PathInfo] = {}
 
-    def keep(self, info: PathInfo) -> PathInfo:
+    def keep(self, info: PathInfo) -> None:
         infos = self._infos
         if len(infos) >= INFO_CACHE_SIZE and info.path not in infos:
             del infos[next(iter(infos))]  # the oldest
         infos[info.path] = info
-        return info
 
     def get(self, path: StorePath) -> PathInfo | None:
         """The path's info, or None if it is not valid."""

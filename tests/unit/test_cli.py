@@ -111,6 +111,71 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     assert b"NarError" in result.stderr
 
 
+# `main` as the console script runs it, with an object whose finaliser tells when the interpreter's
+# teardown ran, and an exit handler the command registers (which must run either way).
+_AS_PROGRAM = """
+import atexit, sys
+import xstore.cli.entry as entry
+
+class Teardown:
+    def __del__(self) -> None:
+        sys.stderr.write("teardown\\n")
+
+seen = Teardown()
+command = entry.run
+
+def run(argv: list[str]) -> None:
+    atexit.register(lambda: sys.stderr.write("handler\\n"))
+    command(argv)
+
+entry.run = run
+sys.argv = ["xstore", *sys.argv[1:]]
+sys.exit(entry.main())
+"""
+
+
+@pytest.mark.parametrize("dev", [False, True])
+def test_a_finished_command_leaves_without_the_teardown(tmp_path: Path, dev: bool) -> None:
+    # Outside development mode the process ends once the command and the exit handlers are done, without
+    # the interpreter's teardown; buffered output still arrives whole, and the status is the command's.
+    # Under -X dev (as the tests run xstore) the teardown runs, so that leaked resources show.
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for i in range(3000):
+        (tree / f"file-{i:04}").write_bytes(b"x" * (i % 7))
+    nar = tmp_path / "tree.nar"
+    assert xstore("nar", "dump", tree, "-o", nar).returncode == 0
+    flags = ["-X", "dev"] if dev else []
+    listed = subprocess.run(
+        [sys.executable, *flags, "-c", _AS_PROGRAM, "nar", "ls", "-R", nar, "/"],
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.decode().splitlines() == [f"./file-{i:04}" for i in range(3000)]
+    expected = ["handler", "teardown"] if dev else ["handler"]
+    assert listed.stderr.decode().splitlines() == expected
+    failed = subprocess.run(
+        [sys.executable, *flags, "-c", _AS_PROGRAM, "nar", "ls", nar, "/nope"],
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert failed.returncode == 1
+    lines = failed.stderr.decode().splitlines()
+    assert lines[0].startswith("error: ")
+    assert lines[1:] == expected
+    usage = subprocess.run(
+        [sys.executable, *flags, "-c", _AS_PROGRAM, "nar", "frobnicate"],
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert usage.returncode == 2
+    assert usage.stderr.decode().splitlines()[-len(expected) :] == expected
+
+
 def test_usage_errors_exit_2() -> None:
     result = xstore("nar", "dump", "--case-hack", "sometimes", ".")
     assert result.returncode == 2

@@ -40,6 +40,11 @@ if TYPE_CHECKING:
     from typing import Final
 
 CHUNK: Final = 1 << 20
+# Reads go into a buffer of this size, kept for the channel's life, while the peer sends little at a time
+# (requests, answers): a fresh CHUNK-sized bytes object per read costs the allocator an mmap, an mremap
+# and a munmap, even for a read that finds nothing. A read that fills it switches to reads of CHUNK,
+# which then need no copy; one that does not switches back.
+SMALL_READ: Final = 64 << 10
 _SEND_STEP: Final = 1 << 30  # bytes per sendfile call: large, but bounded
 # sendfile's errors for descriptors it cannot serve (then the bytes go through a buffer instead).
 _NO_SENDFILE: Final = (errno.EINVAL, errno.ENOSYS, errno.ENOTSOCK, errno.EOPNOTSUPP, errno.ESPIPE)
@@ -83,6 +88,8 @@ class Channel:
         self.peer = peer
         self.timeout = timeout
         self.eof = False
+        self._small = bytearray(SMALL_READ)
+        self._bulk = False  # the last read filled `_small`: read CHUNK at a time
         os.set_blocking(read_fd, False)
         if write_fd != read_fd:
             os.set_blocking(write_fd, False)
@@ -124,21 +131,22 @@ class Channel:
         started = time.monotonic()
         noticed = False
         while True:
-            try:
-                data = os.read(self.read_fd, CHUNK)
-            except BlockingIOError:
+            data = self.try_recv()
+            if data is None:
                 noticed = self._wait(self.read_fd, select.POLLIN, what, limit, started, noticed)
                 continue
-            except ConnectionResetError:
-                data = b""
-            if not data:
-                self.eof = True
             return data
 
     def try_recv(self) -> bytes | None:
         """What the peer has sent already, without waiting: None when nothing, `b""` at its end."""
         try:
-            data = os.read(self.read_fd, CHUNK)
+            if self._bulk:
+                data = os.read(self.read_fd, CHUNK)
+                self._bulk = len(data) >= SMALL_READ
+            else:
+                n = os.readv(self.read_fd, (self._small,))
+                data = bytes(memoryview(self._small)[:n])
+                self._bulk = n == SMALL_READ
         except BlockingIOError:
             return None
         except ConnectionResetError:

@@ -6,6 +6,7 @@ conventions give for ssh."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
 import threading
@@ -85,6 +86,54 @@ def test_ctrl_c_interrupts_a_wait_without_timeout(pipes: tuple[Channel, int, int
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
+
+
+def test_a_silent_peer_costs_no_processor_time(pipes: tuple[Channel, int, int]) -> None:
+    # A read that finds nothing spins for a moment (SPIN) before it sleeps in poll(), never longer: half
+    # a second of waiting for a peer that says nothing uses almost no processor time.
+    channel, _, _ = pipes
+    used = time.thread_time()
+    with pytest.raises(RemoteTimeoutError):
+        channel.recv("a reply")
+    assert time.thread_time() - used < 0.1
+
+
+def test_small_reads_and_bulk_reads_give_the_bytes_as_sent(pipes: tuple[Channel, int, int]) -> None:
+    # Little at a time goes through the kept buffer (each piece its own bytes object, unchanged by the
+    # reads after it); a read that fills the buffer switches to whole chunks, and back once one is short.
+    channel, far_w, _ = pipes
+    os.write(far_w, b"abc")
+    first = channel.recv("a reply")
+    os.write(far_w, b"defgh")
+    second = channel.recv("a reply")
+    assert (first, second) == (b"abc", b"defgh")
+    bulk = os.urandom(3 * channel_module.SMALL_READ)
+    if hasattr(fcntl, "F_SETPIPE_SZ"):  # Linux: a pipe that holds all of it, so the sizes are exact
+        fcntl.fcntl(far_w, fcntl.F_SETPIPE_SZ, 1 << 20)
+        os.write(far_w, bulk)
+        got = [channel.recv("a NAR"), channel.recv("a NAR")]
+        assert [len(piece) for piece in got] == [channel_module.SMALL_READ, 2 * channel_module.SMALL_READ]
+    else:
+        done = threading.Event()
+
+        def send_bulk() -> None:
+            view = memoryview(bulk)
+            while view:
+                view = view[os.write(far_w, view[:4096]) :]
+            done.set()
+
+        thread = threading.Thread(target=send_bulk)
+        thread.start()
+        got = [channel.recv("a NAR")]
+        while sum(map(len, got)) < len(bulk):
+            got.append(channel.recv("a NAR"))
+        thread.join()
+        assert done.is_set()
+    assert b"".join(got) == bulk
+    assert all(type(piece) is bytes for piece in got)
+    os.write(far_w, b"end")
+    assert channel.recv("a reply") == b"end"
+    assert (first, second) == (b"abc", b"defgh")
 
 
 def test_end_of_stream_and_a_peer_that_went_away(pipes: tuple[Channel, int, int]) -> None:

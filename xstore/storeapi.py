@@ -18,7 +18,6 @@ Nix: store-api.hh (`Store`, `ValidPathInfo`), path-info.cc, store-api.cc (`topoS
 from __future__ import annotations
 
 import abc
-import queue
 import threading
 from collections.abc import Callable, Iterable, Mapping
 
@@ -32,6 +31,7 @@ Sink = Callable[[bytes], object]
 
 TYPE_CHECKING = False  # not `from typing import`: the store commands run without loading typing
 if TYPE_CHECKING:
+    import queue
     from typing import Any, Final, TypeVar
 
     T = TypeVar("T")
@@ -277,6 +277,8 @@ class _Pipe:
     __slots__ = ("closed", "ended", "pending", "q")
 
     def __init__(self) -> None:
+        import queue  # here, not at start-up: only a large NAR goes through a pipe
+
         self.q: queue.Queue[bytes | object] = queue.Queue(maxsize=8)
         self.pending = memoryview(b"")
         self.closed = False  # the reader gave up: the writer must stop
@@ -296,6 +298,8 @@ def pipe_nar(produce: Callable[[Sink], object], consume: Callable[[Read], Any]) 
     raised (it explains the truncation better than the consumer's). Either way both ends have stopped
     when this returns.
     """
+    import queue
+
     pipe = _Pipe()
     failure: list[BaseException] = []
 
@@ -359,6 +363,8 @@ def pipe_nar(produce: Callable[[Sink], object], consume: Callable[[Read], Any]) 
 
 
 def _drain(pipe: _Pipe) -> None:
+    import queue
+
     while True:
         try:
             pipe.q.get_nowait()

@@ -18,7 +18,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from xstore.errors import InvalidHashError, InvalidStorePathError
-from xstore.exportstream import ExportParser, StreamEnd
 from xstore.hashing import HashAlgorithm, parse_hash
 from xstore.nar.events import NEED_DATA, ArchiveEnd
 from xstore.nar.parser import NarParser
@@ -29,6 +28,8 @@ from xstore.wire import WireBuffer, encode_bytes, encode_u64
 TYPE_CHECKING = False  # not `from typing import`: the serve and daemon routes run without loading typing
 if TYPE_CHECKING:
     from typing import Final
+
+    from xstore.exportstream import ExportParser, StreamEnd
 
 # A store path is at most /nix/store + 1 + 32 + 1 + 211 characters; other stores' directories are longer,
 # but never kilobytes.
@@ -202,4 +203,6 @@ class ExportSpan(_Span):
     __slots__ = ()
 
     def __init__(self) -> None:
+        from xstore.exportstream import ExportParser, StreamEnd  # a large module only ImportPaths needs
+
         super().__init__(ExportParser(), StreamEnd)

@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from xstore.errors import RemoteConnectionError, RemoteTimeoutError
+from xstore.errors import InvalidStoreUrlError, RemoteConnectionError, RemoteTimeoutError
 from xstore.fsops import CopySink
 from xstore.notices import notice
 
@@ -38,6 +38,8 @@ from xstore.notices import notice
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Final
+
+    from xstore.storeurl import StoreUrl
 
 CHUNK: Final = 1 << 20
 # Reads go into a buffer of this size, kept for the channel's life, while the peer sends little at a time
@@ -469,8 +471,6 @@ def known_hosts_file(host: str, base64_key: str) -> tuple[str, Callable[[], None
     import binascii
     import tempfile
 
-    from xstore.errors import InvalidStoreUrlError
-
     try:
         key = base64.b64decode(base64_key, validate=True).decode().strip()
     except (binascii.Error, UnicodeDecodeError, ValueError):
@@ -490,3 +490,56 @@ def known_hosts_file(host: str, base64_key: str) -> tuple[str, Callable[[], None
             os.rmdir(directory)
 
     return path, remove
+
+
+# -- the ssh parameters of a store URL ------------------------------------------------------------------
+
+PARAMS: Final = frozenset(
+    {
+        "ssh-key",
+        "base64-ssh-public-host-key",
+        "compress",
+        "remote-program",
+        "remote-store",
+        "max-connections",
+        "timeout",
+    }
+)
+
+
+def check_host(url: StoreUrl) -> str:
+    host = url.authority
+    if not host or host.startswith("-"):
+        raise InvalidStoreUrlError(f"invalid SSH host name '{host}' in store URL '{url.text}'")
+    return host
+
+
+def timeout_param(url: StoreUrl) -> float | None:
+    value = url.param("timeout")
+    if value is None:
+        return DEFAULT_TIMEOUT
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise InvalidStoreUrlError(
+            f"store URL '{url.text}': parameter 'timeout' must be a number of seconds > 0"
+        )
+    return seconds
+
+
+def start_remote(url: StoreUrl, command: str, *, timeout: float | None) -> RemoteProcess:
+    """The process that carries a protocol to `url`'s host: `command` run through ssh (or locally for
+    `localhost`) with the URL's ssh parameters."""
+    host = check_host(url)
+    host_key = url.param("base64-ssh-public-host-key")
+    host_key_file, cleanup = known_hosts_file(host, host_key) if host_key else (None, None)
+    argv = ssh_argv(
+        host,
+        command,
+        ssh_key=url.param("ssh-key") or None,
+        host_key_file=host_key_file,
+        compress=url.flag("compress"),
+    )
+    return RemoteProcess(argv, peer=f"'{host}'", timeout=timeout, cleanup=cleanup)

@@ -39,10 +39,9 @@ from xstore.errors import (
 )
 from xstore.notices import notice
 from xstore.protocols import worker as proto
-from xstore.remote.channel import CHUNK, Channel, one_line, plain, shell_escape
+from xstore.remote.channel import CHUNK, Channel, one_line, plain, shell_escape, start_remote, timeout_param
+from xstore.remote.channel import PARAMS as SERVE_PARAMS
 from xstore.remote.session import AheadReads, Session
-from xstore.remote.ssh import PARAMS as SERVE_PARAMS
-from xstore.remote.ssh import start_remote, timeout_param
 from xstore.storeapi import PathInfo, Read, Sink, Store, batched
 from xstore.storepath import StorePath
 from xstore.storeurl import StoreUrl

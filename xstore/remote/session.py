@@ -11,7 +11,6 @@ ends are out of step and every later call refuses at once, with the first reason
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import socket
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -118,6 +117,8 @@ class Session:
         arrive (`NarData`... `NarEnd`), and are checked against `info`'s hash and size at the end (see
         `check_nar`). Events for which `aside` returns True (log lines the caller shows) are passed
         over. Returns the NAR's size."""
+        import hashlib  # here: a session that only sends NARs starts without OpenSSL
+
         hasher = hashlib.sha256()
         size = 0
         while True:

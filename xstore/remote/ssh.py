@@ -39,11 +39,11 @@ from xstore.errors import (
 from xstore.protocols import serve as proto
 from xstore.remote.channel import (
     CHUNK,
-    DEFAULT_TIMEOUT,
-    RemoteProcess,
-    known_hosts_file,
+    PARAMS,
+    check_host,
     shell_escape,
-    ssh_argv,
+    start_remote,
+    timeout_param,
 )
 from xstore.remote.session import AheadReads, Session
 from xstore.storeapi import PathInfo, Read, Sink, Store
@@ -58,56 +58,6 @@ if TYPE_CHECKING:
     T = TypeVar("T")
 
 AHEAD: Final = 256  # paths sent before their confirmation (8 bytes each: far less than a pipe holds)
-
-PARAMS: Final = frozenset(
-    {
-        "ssh-key",
-        "base64-ssh-public-host-key",
-        "compress",
-        "remote-program",
-        "remote-store",
-        "max-connections",
-        "timeout",
-    }
-)
-
-
-def check_host(url: StoreUrl) -> str:
-    host = url.authority
-    if not host or host.startswith("-"):
-        raise InvalidStoreUrlError(f"invalid SSH host name '{host}' in store URL '{url.text}'")
-    return host
-
-
-def timeout_param(url: StoreUrl) -> float | None:
-    value = url.param("timeout")
-    if value is None:
-        return DEFAULT_TIMEOUT
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = -1.0
-    if not seconds > 0:
-        raise InvalidStoreUrlError(
-            f"store URL '{url.text}': parameter 'timeout' must be a number of seconds > 0"
-        )
-    return seconds
-
-
-def start_remote(url: StoreUrl, command: str, *, timeout: float | None) -> RemoteProcess:
-    """The process that carries a protocol to `url`'s host: `command` run through ssh (or locally for
-    `localhost`) with the URL's ssh parameters."""
-    host = check_host(url)
-    host_key = url.param("base64-ssh-public-host-key")
-    host_key_file, cleanup = known_hosts_file(host, host_key) if host_key else (None, None)
-    argv = ssh_argv(
-        host,
-        command,
-        ssh_key=url.param("ssh-key") or None,
-        host_key_file=host_key_file,
-        compress=url.flag("compress"),
-    )
-    return RemoteProcess(argv, peer=f"'{host}'", timeout=timeout, cleanup=cleanup)
 
 
 class ServeStore(Store):

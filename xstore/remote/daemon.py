@@ -113,28 +113,49 @@ class DaemonStore(Store):
             session = Session(channel, f"the Nix daemon at '{path}'", sock=sock)
             set_options = True
         self._session = session
-        self._conn = proto.WorkerClient(peer=session.peer)
+        self._client = proto.WorkerClient(peer=session.peer)
         self._infos: dict[StorePath, PathInfo] = {}
         self._rooted: set[StorePath] = set()
         self._reads = AheadReads(
             session,
-            self._conn.nar_from_path,
+            self._nar_request,
             lambda info, sink: session.receive_nar(self._conn, info, sink, "NarFromPath", aside=self._handle),
         )
-        self.nix_version: str | None = None
+        self.nix_version: str | None = None  # these two once the handshake is done (`_handshake`)
         self.trusted: bool | None = None
         try:
             with session.exchange():
-                session.greet(self._conn, self._conn.hello())
-                session.send(self._conn.handshake(), "the handshake")
-                handshake = self._until(proto.Handshake, "its handshake", greeting=True)
-            self.nix_version = handshake.nix_version
-            self.trusted = handshake.trusted
-            if set_options:
-                self._op(self._conn.set_options(), "the answer to SetOptions", proto.Done)
+                session.send_greeting(self._client, self._client.hello())
         except BaseException:
             self.close()
             raise
+        self._handshake_pending: bool | None = set_options  # SetOptions or not, until it is done
+
+    @property
+    def _conn(self) -> proto.WorkerClient:
+        """The protocol's client end, with the handshake done: the first use finishes it."""
+        set_options = self._handshake_pending
+        if set_options is not None:
+            self._handshake_pending = None
+            with self._session.exchange():
+                self._handshake(set_options=set_options)
+        return self._client
+
+    def _nar_request(self, path: StorePath) -> bytes:
+        return self._conn.nar_from_path(path)  # through `_conn`: the handshake may be pending still
+
+    def _handshake(self, *, set_options: bool) -> None:
+        """The rest of the handshake, before the first request: the daemon's answer to the greeting sent
+        on connecting, ours, SetOptions. Meanwhile the daemon has started a worker for the connection
+        (about 4 ms, 10 ms for a daemon's first) while the caller went on (`copy` opens the source and
+        reads the closure): no request can be made before the handshake anyway."""
+        self._session.next_event(self._client, "its greeting", greeting=True)
+        self._session.send(self._client.handshake(), "the handshake")
+        handshake = self._until(proto.Handshake, "its handshake", greeting=True)
+        self.nix_version = handshake.nix_version
+        self.trusted = handshake.trusted
+        if set_options:
+            self._op(self._conn.set_options(), "the answer to SetOptions", proto.Done)
 
     def describe(self) -> str:
         return f"the store '{self.name}'"

@@ -94,15 +94,19 @@ class Session:
             raise type(e)(self.word(str(e))) from None
 
     def greet(self, conn: Connection[E], hello: bytes) -> E:
-        """Send `hello` and return the far end's greeting. A far end that is gone before the greeting
-        is written (a missing program, a login banner and exit) is judged by what it sent instead, as
-        if it had read the greeting: the race between its exit and the write decides nothing."""
+        """Send `hello` and return the far end's greeting (`send_greeting`, then the answer)."""
+        self.send_greeting(conn, hello)
+        return self.next_event(conn, "its greeting", greeting=True)
+
+    def send_greeting(self, conn: Connection[E], hello: bytes) -> None:
+        """Send `hello`. A far end that is gone before the greeting is written (a missing program, a
+        login banner and exit) is judged by what it sent instead, as if it had read the greeting: the
+        race between its exit and the write decides nothing."""
         try:
             self.send(hello, "the greeting")
         except RemoteConnectionError as sending:
             self.next_event(conn, "its greeting", greeting=True)
             raise sending from None
-        return self.next_event(conn, "its greeting", greeting=True)
 
     def receive_nar(
         self,

@@ -15,7 +15,6 @@ Nix: store-api.cc (`copyPaths`, `copyStorePath`).
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterable, Iterator
 
 from xstore.records import FrozenRecord, setfield
@@ -225,19 +224,14 @@ def copy_paths(
             on_sent=lambda info: report(CopyResult(info.path, True, info.nar_size)),
         )
         return results
-    # A local destination registers the paths in shared transactions (committed before an error leaves).
-    together = getattr(dst, "registering_together", None)
-    with together() if together is not None else contextlib.nullcontext():
-        for path in plan.order:
-            info = plan.infos[path]
-            # Every store's add roots the path itself, for as long as the session lasts (Nix's addToStore
-            # calls addTempRoot first): no round trip of our own for it.
-            copied = (
-                copy_one(src, dst, info, check_sigs=check_sigs, on_bytes=on_bytes)
-                if path in missing
-                else False
-            )
-            report(CopyResult(path, copied, info.nar_size))
+    for path in plan.order:
+        info = plan.infos[path]
+        # Every store's add roots the path itself, for as long as the session lasts (Nix's addToStore
+        # calls addTempRoot first): no round trip of our own for it.
+        copied = (
+            copy_one(src, dst, info, check_sigs=check_sigs, on_bytes=on_bytes) if path in missing else False
+        )
+        report(CopyResult(path, copied, info.nar_size))
     return results
 
 

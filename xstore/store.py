@@ -222,34 +222,6 @@ def _db_errors(method: Callable[Concatenate[LocalStore, P], R]) -> Callable[Conc
     return wrapper
 
 
-_INSERT_PATH: Final = (
-    "insert into ValidPaths (path, hash, registrationTime, deriver, narSize, ultimate, sigs, ca) "
-    "values (?, ?, ?, ?, ?, ?, ?, ?)"
-)
-# When registrations made together are committed (`LocalStore.registering_together`): after this long,
-# this many paths, or before a NAR this large (its unpacking would hold the database's write lock).
-BATCH_SECONDS: Final = 0.02
-BATCH_PATHS: Final = 256
-BATCH_NAR_SIZE: Final = 1 << 20
-
-
-class _Registrations:
-    """The paths registered in the open shared transaction, with their locks."""
-
-    __slots__ = ("held", "keys", "since")
-
-    def __init__(self) -> None:
-        self.held: list[tuple[PathLock, bytes]] = []  # each path's lock and real location
-        self.keys: set[int | str] = set()  # their own locks (`_own_lock_key`)
-        self.since = 0.0  # when the transaction began
-
-
-def _own_lock_key(path: StorePath) -> int | str:
-    """What xstore's own lock on `path` is: a byte of the store's lock file, the hash part read as a
-    base-36 number (nix32's letters are digits of base 36) within 62 bits; else a file per hash part."""
-    return int(path.hash_part, 36) & _BYTE_LOCK_MASK if HAVE_BYTE_LOCKS else path.hash_part
-
-
 class LocalStore(Store):
     """An open local store. Use as a context manager, or call `close()`.
 
@@ -283,7 +255,6 @@ class LocalStore(Store):
         self._scratch_count = itertools.count()
         self.scratch_keeps_modes = False  # see `scratch_entry`
         self._locks: str | None = None  # the locks directory, once made
-        self._batch: _Registrations | None = None  # see `registering_together`
         if not (self.db_dir / "db.sqlite").exists() and not _create:
             raise StoreError(
                 f"no store at '{self.root}' (no nix/var/nix/db/db.sqlite); "
@@ -746,12 +717,15 @@ class LocalStore(Store):
 
     @_db_errors
     def register(self, info: PathInfo) -> None:
-        """Add `info` to the database in one transaction (inside `registering_together`, in the
-        transaction shared by the paths registered together). Every reference must be valid already
+        """Add `info` to the database in one transaction. Every reference must be valid already
         (or be the path itself); raises `InvalidPathError` otherwise, with nothing registered."""
         if self.read_only:
             raise StoreError(f"the store at '{self.root}' is open read-only")
         db = self.db
+        insert = (
+            "insert into ValidPaths (path, hash, registrationTime, deriver, narSize, ultimate, sigs, ca) "
+            "values (?, ?, ?, ?, ?, ?, ?, ?)"
+        )
         row = (
             info.path.path,
             "sha256:" + info.nar_hash.hex(),
@@ -762,120 +736,26 @@ class LocalStore(Store):
             " ".join(sorted(info.sigs)) or None,
             info.ca,
         )
-        batch = self._batch
-        if batch is not None:
-            if not db.in_transaction:
-                db.execute("begin immediate")
-                batch.since = time.monotonic()
-            if not info.references:
-                db.execute(_INSERT_PATH, row)  # a statement that fails changes nothing
-                return
-            db.execute("savepoint path")
-            try:
-                self._insert_with_references(info, row)
-            except BaseException:
-                db.execute("rollback to path")
-                raise
-            finally:
-                db.execute("release path")
-            return
         if not info.references:
-            db.execute(_INSERT_PATH, row)  # one statement is a transaction of its own
+            db.execute(insert, row)  # one statement is a transaction of its own
             return
         db.execute("begin immediate")
         try:
-            self._insert_with_references(info, row)
-            db.execute("commit")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("rollback")
-            raise
-
-    def _insert_with_references(self, info: PathInfo, row: tuple[object, ...]) -> None:
-        db = self.db
-        rid = db.execute(_INSERT_PATH, row).lastrowid
-        ids: dict[str, int] = {}
-        for batch in batched({ref.path for ref in info.references}):
-            marks = ",".join("?" * len(batch))
-            query = f"select path, id from ValidPaths where path in ({marks})"  # noqa: S608 (placeholders only)
-            ids.update(db.execute(query, batch).fetchall())
-        for ref in info.references:
-            if ref.path not in ids:
-                raise InvalidPathError(
-                    f"cannot register '{info.path}': its reference '{ref}' is not valid", path=ref.path
-                )
-        db.executemany(
-            "insert or replace into Refs (referrer, reference) values (?, ?)",
-            [(rid, ids[ref.path]) for ref in info.references],
-        )
-
-    # -- registering many paths together ------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def registering_together(self) -> Iterator[None]:
-        """Paths added inside (by this thread, through `add_to_store`) are registered in shared
-        transactions, committed every `BATCH_SECONDS` (or `BATCH_PATHS`, or before a large NAR) and
-        at the end, also when the block ends with an error: a SQLite commit costs more than the
-        registration itself (18 us against 3 us per path). Each path keeps its lock until its
-        registration is committed, so nobody sees it in place and not valid, and a garbage collection
-        meanwhile keeps it (a temporary root, and locked). A commit that fails removes the paths it
-        held and raises `StoreError`. Nested, the outer block counts."""
-        if self._batch is not None:
-            yield
-            return
-        self._batch = _Registrations()
-        try:
-            yield
-        finally:
-            try:
-                self.commit_registrations()
-            finally:
-                self._batch = None
-
-    def hold_until_committed(self, path: StorePath, lock: PathLock) -> bool:
-        """Keep `lock` (the lock on `path`, just moved into place and registered) until the shared
-        transaction is committed; False outside `registering_together`."""
-        batch = self._batch
-        if batch is None or not self.db.in_transaction:
-            return False
-        batch.held.append((lock, self.real_path(path)))
-        batch.keys.add(_own_lock_key(path))
-        return True
-
-    def commit_registrations_if_due(self, nar_size: int) -> None:
-        """Commit what is registered together before a path whose NAR has `nar_size` bytes, when it is
-        large or the transaction has been open long enough (see `registering_together`)."""
-        batch = self._batch
-        if batch is not None and batch.held and (
-            nar_size > BATCH_NAR_SIZE
-            or len(batch.held) >= BATCH_PATHS
-            or time.monotonic() - batch.since > BATCH_SECONDS
-        ):
-            self.commit_registrations()
-
-    def commit_registrations(self) -> None:
-        """Commit the registrations made together so far and release their paths' locks."""
-        batch = self._batch
-        if batch is None:
-            return
-        held, batch.held = batch.held, []
-        batch.keys.clear()
-        try:
-            self._commit()
-        except BaseException:
-            for _, real in held:
-                remove_tree(real)
-            raise
-        finally:
-            for lock, _ in held:
-                lock.release()
-
-    @_db_errors
-    def _commit(self) -> None:
-        db = self.db
-        if not db.in_transaction:
-            return
-        try:
+            rid = db.execute(insert, row).lastrowid
+            ids: dict[str, int] = {}
+            for batch in batched({ref.path for ref in info.references}):
+                marks = ",".join("?" * len(batch))
+                query = f"select path, id from ValidPaths where path in ({marks})"  # noqa: S608 (placeholders only)
+                ids.update(db.execute(query, batch).fetchall())
+            for ref in info.references:
+                if ref.path not in ids:
+                    raise InvalidPathError(
+                        f"cannot register '{info.path}': its reference '{ref}' is not valid", path=ref.path
+                    )
+            db.executemany(
+                "insert or replace into Refs (referrer, reference) values (?, ?)",
+                [(rid, ids[ref.path]) for ref in info.references],
+            )
             db.execute("commit")
         except BaseException:
             if db.in_transaction:
@@ -938,15 +818,11 @@ class LocalStore(Store):
                 return False  # the name would be too long for a store path
             return self.is_valid(lock_path)
 
-        key = _own_lock_key(path)
-        batch = self._batch
-        if batch is not None and key in batch.keys:
-            # Held by this thread for a registration not yet committed (hash parts that share a lock
-            # byte, or the same path again): waiting for it would wait for ever.
-            self.commit_registrations()
-        own: str | tuple[ByteLockFile, int] = (
-            (self._byte_locks, key) if isinstance(key, int) else f"{locks}/path-{path.hash_part}"
-        )
+        own: str | tuple[ByteLockFile, int] = f"{locks}/path-{path.hash_part}"
+        if HAVE_BYTE_LOCKS:
+            # The hash part read as a base-36 number (nix32's letters are digits of base 36): one byte
+            # per hash part, anywhere in 62 bits.
+            own = (self._byte_locks, int(path.hash_part, 36) & _BYTE_LOCK_MASK)
         return PathLock(
             own,
             self.real_path(path) + b".lock",

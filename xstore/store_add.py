@@ -133,9 +133,7 @@ class PathAdder:
             store.add_temp_root(info.path)
             if expected is None:
                 self._check_references(info)
-            lock = store.lock(info.path)
-            held = False  # by the store, until the registration is committed (`registering_together`)
-            try:
+            with store.lock(info.path):
                 if store.is_valid(info.path):  # another process may have added it meanwhile
                     self._check_same(store.require(info.path), info)
                     return False
@@ -152,10 +150,6 @@ class PathAdder:
                 except BaseException:
                     remove_tree(real)
                     raise
-                held = store.hold_until_committed(info.path, lock)
-            finally:
-                if not held:
-                    lock.release()
             return True
         finally:
             self.writer.abort()  # closes what is open; removes the tree unless it was moved
@@ -170,7 +164,6 @@ def add_nar(store: LocalStore, info: PathInfo, read: Read, *, check_sigs: bool =
     `Store.add_to_store`. A NAR longer than `info.nar_size` is refused as soon as it is. With
     `check_sigs`, a path that is not valid yet must be trusted (`signing.require_trusted`) before a byte
     of its NAR is read."""
-    store.commit_registrations_if_due(info.nar_size)
     hasher = hashlib.sha256()
     parser = NarParser(hasher=hasher, whole_files=True)
     limit = info.nar_size or None

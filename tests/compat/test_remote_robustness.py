@@ -25,7 +25,7 @@ from tests.fakedaemon import FakeDaemon
 from tests.helpers import Nix
 from tests.nixstores import STORE_OPTIONS, NixStore
 from tests.remotes import XSTORE, fake_ssh, path_with, run_xstore, write_script, xstore_fails, xstore_ok
-from xstore.errors import RemoteError
+from xstore.errors import RemoteConnectionError, RemoteError
 from xstore.nar.dump import dump_path
 from xstore.protocols import serve as serve_proto
 from xstore.protocols import worker as proto
@@ -356,6 +356,29 @@ def test_daemon_refusing_an_upload_keeps_the_connection(
         with pytest.raises(RemoteError, match="the disk is full"):
             remote.add_to_store(info, lambda _n: chunks.pop() if chunks else b"")
         assert remote.query_valid_paths([info.path, parse_store_path(PKG)]) == set()
+
+
+def test_a_daemon_that_refuses_the_options_leaves_the_store_unusable(
+    fake: Callable[..., FakeDaemon], tmp_path: Path
+) -> None:
+    # The handshake ends at the first request (the greeting went out on connecting): a daemon that
+    # refuses SetOptions fails that request with its message, and the store refuses everything after,
+    # as a store that failed to open would.
+    info, _ = small_nar(tmp_path)
+    asked: list[int] = []
+
+    def answer(server: proto.WorkerServer, request: proto.Request, send: Callable[[bytes], None]) -> bool:
+        asked.append(request.op)
+        send(server.error("these options are not for you", []))
+        return True
+
+    daemon = fake(answer)
+    with open_store(f"unix://{daemon.path}") as remote:
+        with pytest.raises(RemoteError, match="these options are not for you"):
+            remote.query_valid_paths([info.path])
+        with pytest.raises(RemoteConnectionError, match="broke earlier"):
+            remote.query_valid_paths([info.path])
+    assert asked == [proto.Op.SET_OPTIONS]
 
 
 # -- clients misbehaving towards xstore serve ssh -----------------------------------------------------

@@ -137,8 +137,14 @@ class DaemonStore(Store):
         set_options = self._handshake_pending
         if set_options is not None:
             self._handshake_pending = None
-            with self._session.exchange():
-                self._handshake(set_options=set_options)
+            try:
+                with self._session.exchange():
+                    self._handshake(set_options=set_options)
+            except RemoteError as e:
+                # The daemon refused the handshake (or SetOptions) in the protocol's own terms: the two
+                # ends are in step, but the session is not usable, as if the store had failed to open.
+                self._session.break_(str(e))
+                raise
         return self._client
 
     def _nar_request(self, path: StorePath) -> bytes:

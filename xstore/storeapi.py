@@ -276,10 +276,8 @@ _DONE: Final = object()
 class _Pipe:
     __slots__ = ("closed", "ended", "pending", "q")
 
-    def __init__(self) -> None:
-        import queue  # here, not at start-up: only a large NAR goes through a pipe
-
-        self.q: queue.Queue[bytes | object] = queue.Queue(maxsize=8)
+    def __init__(self, q: queue.Queue[bytes | object]) -> None:
+        self.q = q
         self.pending = memoryview(b"")
         self.closed = False  # the reader gave up: the writer must stop
         self.ended = False
@@ -298,9 +296,9 @@ def pipe_nar(produce: Callable[[Sink], object], consume: Callable[[Read], Any]) 
     raised (it explains the truncation better than the consumer's). Either way both ends have stopped
     when this returns.
     """
-    import queue
+    import queue  # here, not at start-up: only a large NAR goes through a pipe
 
-    pipe = _Pipe()
+    pipe = _Pipe(queue.Queue(maxsize=8))
     failure: list[BaseException] = []
 
     def sink(data: bytes) -> None:
@@ -363,13 +361,8 @@ def pipe_nar(produce: Callable[[Sink], object], consume: Callable[[Read], Any]) 
 
 
 def _drain(pipe: _Pipe) -> None:
-    import queue
-
-    while True:
-        try:
-            pipe.q.get_nowait()
-        except queue.Empty:
-            return
+    while not pipe.q.empty():  # the only reader: what it finds there stays until taken
+        pipe.q.get_nowait()
 
 
 def closure_of(path: StorePath, infos: Mapping[StorePath, PathInfo]) -> set[StorePath]:

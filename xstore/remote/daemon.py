@@ -161,7 +161,7 @@ class DaemonStore(Store):
         self.nix_version = handshake.nix_version
         self.trusted = handshake.trusted
         if set_options:
-            self._op(self._conn.set_options(), "the answer to SetOptions", proto.Done)
+            self._op(self._client.set_options(), "the answer to SetOptions", proto.Done)
 
     def describe(self) -> str:
         return f"the store '{self.name}'"

@@ -224,14 +224,44 @@ def copy_paths(
             on_sent=lambda info: report(CopyResult(info.path, True, info.nar_size)),
         )
         return results
-    for path in plan.order:
-        info = plan.infos[path]
-        # Every store's add roots the path itself, for as long as the session lasts (Nix's addToStore
-        # calls addTempRoot first): no round trip of our own for it.
-        copied = (
-            copy_one(src, dst, info, check_sigs=check_sigs, on_bytes=on_bytes) if path in missing else False
-        )
-        report(CopyResult(path, copied, info.nar_size))
+    together = getattr(dst, "registering_together", None)
+    ready = getattr(src, "nar_ready", None)
+    if together is None or ready is None:
+        for path in plan.order:
+            info = plan.infos[path]
+            # Every store's add roots the path itself, for as long as the session lasts (Nix's
+            # addToStore calls addTempRoot first): no round trip of our own for it.
+            copied = (
+                copy_one(src, dst, info, check_sigs=check_sigs, on_bytes=on_bytes)
+                if path in missing
+                else False
+            )
+            report(CopyResult(path, copied, info.nar_size))
+        return results
+    # Into a local store from a source whose reads do not wait on a network (a local store, a cache's
+    # files): registrations are deferred and committed together, a few dozen paths a time, and each
+    # path is reported once its registration is committed.
+    done: list[CopyResult] = []
+
+    def report_done() -> None:
+        for result in done:
+            report(result)
+        done.clear()
+
+    commit_if_due = getattr(dst, "commit_registrations_if_due")  # noqa: B009 (a LocalStore's)
+    commit = getattr(dst, "commit_registrations")  # noqa: B009
+    with together(report_done):
+        for path in plan.order:
+            info = plan.infos[path]
+            copied = False
+            if path in missing:
+                if ready(path):
+                    commit_if_due(info.nar_size)
+                else:  # nothing waits while holding the deferred paths' locks
+                    commit()
+                copied = copy_one(src, dst, info, check_sigs=check_sigs, on_bytes=on_bytes)
+            done.append(CopyResult(path, copied, info.nar_size))
+    report_done()  # paths that were valid already, after the last commit
     return results
 
 

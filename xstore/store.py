@@ -88,6 +88,17 @@ create table if not exists DerivationOutputs (
 create index if not exists IndexDerivationOutputs on DerivationOutputs(path);
 """
 
+_INSERT_PATH: Final = (
+    "insert into ValidPaths (path, hash, registrationTime, deriver, narSize, ultimate, sigs, ca) "
+    "values (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+# Registrations deferred while a copy runs (`LocalStore.registering_together`) are committed once this
+# many paths wait (each holds a lock's descriptors), once the first has waited this long, and before a
+# NAR this large (its unpacking takes a while).
+DEFER_PATHS: Final = 32
+DEFER_SECONDS: Final = 0.02
+DEFER_NAR_SIZE: Final = 1 << 20
+
 TEMP_NAME: Final = "xstore-tmp"  # temporary directories: `<random hash part>-xstore-tmp`
 TEMP_PREFIX: Final = ".xstore-tmp-"  # their name before (`.xstore-tmp-<token>`), still cleaned up
 
@@ -222,6 +233,34 @@ def _db_errors(method: Callable[Concatenate[LocalStore, P], R]) -> Callable[Conc
     return wrapper
 
 
+def _path_row(info: PathInfo) -> tuple[object, ...]:
+    """The ValidPaths row of `info`, in `_INSERT_PATH`'s order."""
+    return (
+        info.path.path,
+        "sha256:" + info.nar_hash.hex(),
+        info.registration_time or int(time.time()),
+        info.deriver.path if info.deriver else None,
+        info.nar_size or None,
+        1 if info.ultimate else None,
+        " ".join(sorted(info.sigs)) or None,
+        info.ca,
+    )
+
+
+class _Deferred:
+    """Registrations waiting for their commit (`LocalStore.registering_together`): each path's
+    metadata and the lock held on it, in the order added."""
+
+    __slots__ = ("entries", "on_commit", "paths", "since", "thread")
+
+    def __init__(self, on_commit: Callable[[], None] | None) -> None:
+        self.thread = threading.get_ident()  # only this thread's adds wait
+        self.entries: list[tuple[PathInfo, PathLock]] = []
+        self.paths: set[StorePath] = set()
+        self.since = 0.0  # when the first of the entries was added
+        self.on_commit = on_commit
+
+
 class LocalStore(Store):
     """An open local store. Use as a context manager, or call `close()`.
 
@@ -255,6 +294,7 @@ class LocalStore(Store):
         self._scratch_count = itertools.count()
         self.scratch_keeps_modes = False  # see `scratch_entry`
         self._locks: str | None = None  # the locks directory, once made
+        self._deferred: _Deferred | None = None  # see `registering_together`
         if not (self.db_dir / "db.sqlite").exists() and not _create:
             raise StoreError(
                 f"no store at '{self.root}' (no nix/var/nix/db/db.sqlite); "
@@ -521,6 +561,11 @@ class LocalStore(Store):
         return self._db
 
     def close(self) -> None:
+        if self._deferred is not None:  # closed inside `registering_together`: what is done counts
+            try:
+                self.commit_registrations()
+            finally:
+                self._deferred = None
         scratch, self._scratch = self._scratch, None
         if scratch is not None:
             scratch.close()  # removes the scratch directory (before the temporary roots it relies on)
@@ -659,6 +704,11 @@ class LocalStore(Store):
             return None
         return parse_store_path(row[0])
 
+    def nar_ready(self, path: StorePath) -> bool:
+        """Whether the path's NAR can be read without waiting on the network: always, from a local
+        store (`copy` defers registrations into another local store only from such sources)."""
+        return True
+
     @_db_errors
     def is_valid(self, path: StorePath) -> bool:
         return self.db.execute("select 1 from ValidPaths where path = ?", (path.path,)).fetchone() is not None
@@ -721,46 +771,160 @@ class LocalStore(Store):
         (or be the path itself); raises `InvalidPathError` otherwise, with nothing registered."""
         if self.read_only:
             raise StoreError(f"the store at '{self.root}' is open read-only")
-        db = self.db
-        insert = (
-            "insert into ValidPaths (path, hash, registrationTime, deriver, narSize, ultimate, sigs, ca) "
-            "values (?, ?, ?, ?, ?, ?, ?, ?)"
-        )
-        row = (
-            info.path.path,
-            "sha256:" + info.nar_hash.hex(),
-            info.registration_time or int(time.time()),
-            info.deriver.path if info.deriver else None,
-            info.nar_size or None,
-            1 if info.ultimate else None,
-            " ".join(sorted(info.sigs)) or None,
-            info.ca,
-        )
         if not info.references:
-            db.execute(insert, row)  # one statement is a transaction of its own
+            self.db.execute(_INSERT_PATH, _path_row(info))  # one statement is a transaction of its own
             return
+        self._insert_all([info])
+
+    def _insert_all(self, infos: list[PathInfo]) -> None:
+        """Register `infos` (dependencies before dependents) in one transaction: all or none."""
+        db = self.db
         db.execute("begin immediate")
         try:
-            rid = db.execute(insert, row).lastrowid
-            ids: dict[str, int] = {}
-            for batch in batched({ref.path for ref in info.references}):
+            ids: dict[str, int | None] = {}
+            for info in infos:
+                ids[info.path.path] = db.execute(_INSERT_PATH, _path_row(info)).lastrowid
+            wanted = {ref.path for info in infos for ref in info.references} - ids.keys()
+            for batch in batched(wanted):
                 marks = ",".join("?" * len(batch))
                 query = f"select path, id from ValidPaths where path in ({marks})"  # noqa: S608 (placeholders only)
                 ids.update(db.execute(query, batch).fetchall())
-            for ref in info.references:
-                if ref.path not in ids:
-                    raise InvalidPathError(
-                        f"cannot register '{info.path}': its reference '{ref}' is not valid", path=ref.path
-                    )
-            db.executemany(
-                "insert or replace into Refs (referrer, reference) values (?, ?)",
-                [(rid, ids[ref.path]) for ref in info.references],
-            )
+            refs: list[tuple[int | None, int | None]] = []
+            for info in infos:
+                rid = ids[info.path.path]
+                for ref in info.references:
+                    if ref.path not in ids:
+                        raise InvalidPathError(
+                            f"cannot register '{info.path}': its reference '{ref}' is not valid",
+                            path=ref.path,
+                        )
+                    refs.append((rid, ids[ref.path]))
+            if refs:
+                db.executemany("insert or replace into Refs (referrer, reference) values (?, ?)", refs)
             db.execute("commit")
         except BaseException:
             if db.in_transaction:
                 db.execute("rollback")
             raise
+
+    # -- registrations deferred while a copy runs -------------------------------------------------------
+
+    @contextlib.contextmanager
+    def registering_together(self, on_commit: Callable[[], None] | None = None) -> Iterator[None]:
+        """Inside, a path that `add_to_store` has moved into place (this thread's adds) is registered
+        later, together with the ones after it, in one short transaction (`commit_registrations`): a
+        SQLite commit per path costs more than the registration itself. Until then the path keeps its
+        lock and its temporary root, so nobody else adds, removes or collects it meanwhile, and the
+        references checks of later paths count it as valid. Nothing waits while holding such locks: a
+        path lock that is not free at once commits first. `on_commit()` is called after each commit.
+
+        The caller commits before anything that may take long (`commit_registrations_if_due`, and before
+        a read that may wait); the end of the block commits, also when it ends with an error, so the
+        paths added before a failing one are registered. Nested, the outer block counts."""
+        if self._deferred is not None:
+            yield
+            return
+        self._deferred = _Deferred(on_commit)
+        try:
+            yield
+        finally:
+            try:
+                self.commit_registrations()
+            finally:
+                self._deferred = None
+
+    def _deferring(self) -> _Deferred | None:
+        """The deferred registrations, when this thread's adds join them."""
+        deferred = self._deferred
+        return deferred if deferred is not None and deferred.thread == threading.get_ident() else None
+
+    def lock_for_add(self, path: StorePath) -> PathLock:
+        """`lock(path)`, held for `register_or_defer`. With registrations deferred, a lock that is not
+        free at once (another process's, or a byte this process holds for a deferred path) commits
+        them first, so that this process never waits for a lock while holding others."""
+        deferred = self._deferring()
+        if deferred is not None and deferred.entries:
+            lock = self.lock(path, blocking=False)
+            if lock.acquired:
+                return lock
+            self.commit_registrations()
+        return self.lock(path)
+
+    def register_or_defer(self, info: PathInfo, lock: PathLock) -> bool:
+        """Register `info` (its tree in place, `lock` held): now, returning False (the caller releases
+        the lock), or inside `registering_together` at the next commit, returning True (the lock is the
+        store's to release then)."""
+        deferred = self._deferring()
+        if deferred is None:
+            self.register(info)
+            return False
+        if self.read_only:
+            raise StoreError(f"the store at '{self.root}' is open read-only")
+        if not deferred.entries:
+            deferred.since = time.monotonic()
+        deferred.entries.append((info, lock))
+        deferred.paths.add(info.path)
+        return True
+
+    def registered_or_deferred(self, paths: Iterable[StorePath]) -> set[StorePath]:
+        """`query_valid_paths(paths)`, counting the paths whose registration is deferred."""
+        paths = list(paths)
+        deferred = self._deferring()
+        found = self.query_valid_paths(paths)
+        if deferred is not None:
+            found.update(p for p in paths if p in deferred.paths)
+        return found
+
+    def commit_registrations_if_due(self, nar_size: int) -> None:
+        """Commit the deferred registrations before a path whose NAR has `nar_size` bytes, when there
+        are `DEFER_PATHS` of them, the first has waited `DEFER_SECONDS`, or the NAR is large."""
+        deferred = self._deferred
+        if (
+            deferred is not None
+            and deferred.entries
+            and (
+                len(deferred.entries) >= DEFER_PATHS
+                or nar_size > DEFER_NAR_SIZE
+                or time.monotonic() - deferred.since > DEFER_SECONDS
+            )
+        ):
+            self.commit_registrations()
+
+    def commit_registrations(self) -> None:
+        """Register the deferred paths in one transaction and release their locks. When that fails,
+        the paths the database does not hold are removed (an interrupt can come just after the commit),
+        and the error is raised."""
+        deferred = self._deferred
+        if deferred is None or not deferred.entries:
+            return
+        entries = deferred.entries
+        try:
+            self._register_all([info for info, _ in entries])
+        except BaseException:
+            self._remove_unregistered([info.path for info, _ in entries])
+            raise
+        finally:
+            deferred.entries = []
+            deferred.paths.clear()
+            for _, lock in entries:
+                lock.release()
+        if deferred.on_commit is not None:
+            deferred.on_commit()
+
+    @_db_errors
+    def _register_all(self, infos: list[PathInfo]) -> None:
+        self._insert_all(infos)
+
+    def _remove_unregistered(self, paths: list[StorePath]) -> None:
+        """Remove the trees of `paths` that are not valid; when the database cannot tell, leave them
+        (an unregistered tree is removed by the next add or collection; a registered one must stay)."""
+        try:
+            valid = self.query_valid_paths(paths)
+        except StoreError:
+            return
+        for path in paths:
+            if path not in valid:
+                remove_tree(self.real_path(path))
 
     @_db_errors
     def add_signatures(self, path: StorePath, sigs: Iterable[str]) -> bool:

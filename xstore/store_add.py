@@ -91,7 +91,8 @@ class PathAdder:
         for ref in info.references:
             if ref != info.path:
                 self.store.add_temp_root(ref)
-        missing = sorted(set(info.references) - {info.path} - self.store.query_valid_paths(info.references))
+        valid = self.store.registered_or_deferred(info.references)
+        missing = sorted(set(info.references) - {info.path} - valid)
         if missing:
             raise InvalidPathError(
                 f"cannot add '{info.path}': its reference '{missing[0]}' is not valid in "
@@ -133,7 +134,9 @@ class PathAdder:
             store.add_temp_root(info.path)
             if expected is None:
                 self._check_references(info)
-            with store.lock(info.path):
+            lock = store.lock_for_add(info.path)
+            deferred = False  # the store holds the lock until the registration is committed
+            try:
                 if store.is_valid(info.path):  # another process may have added it meanwhile
                     self._check_same(store.require(info.path), info)
                     return False
@@ -146,10 +149,13 @@ class PathAdder:
                 try:
                     if self.writer.root_is_directory:  # the writer made everything else canonical
                         canonicalise(real, recursive=False)
-                    store.register(info)
+                    deferred = store.register_or_defer(info, lock)
                 except BaseException:
                     remove_tree(real)
                     raise
+            finally:
+                if not deferred:
+                    lock.release()
             return True
         finally:
             self.writer.abort()  # closes what is open; removes the tree unless it was moved

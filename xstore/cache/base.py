@@ -456,6 +456,14 @@ class BinaryCacheStore(Store):
                 self._prefetch_queue.append((path, narinfo.url, narinfo.file_size))
         self._prefetch_more()
 
+    def nar_ready(self, path: StorePath) -> bool:
+        """Whether the path's NAR can be read without waiting on the network: the backend is local
+        (one connection: a `file://` cache), or its file has been read ahead already."""
+        if self.backend.parallel <= 1:
+            return True
+        future = self._prefetched.get(path)
+        return future is not None and future.done()
+
     def _take_prefetched(self, path: StorePath) -> concurrent.futures.Future[bytes | None] | None:
         """The read ahead of the path's NAR file, if there is one (its result None when it failed),
         taken out of the window, which the next file then fills."""

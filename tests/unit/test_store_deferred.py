@@ -1,0 +1,297 @@
+"""Registrations deferred while a copy runs (`LocalStore.registering_together`, which `copy` uses into a
+local store from a local store or a cache's files): kept in memory with each path's lock, committed
+together in one short transaction, never while waiting for anything, and every path that was added
+before an error committed before the error leaves."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.localstores import add_path, leftovers, sp
+from xstore import store as store_module
+from xstore.casehack import CaseHackMode
+from xstore.copy import CopyResult, copy_one, copy_paths
+from xstore.errors import HashMismatchError, StoreError
+from xstore.hashing import encode_nix32
+from xstore.pathlocks import HAVE_BYTE_LOCKS
+from xstore.store import LocalStore
+from xstore.storepath import StorePath
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Iterator[LocalStore]:
+    with LocalStore.create(tmp_path / "source", case_hack=CaseHackMode.OFF) as s:
+        yield s
+
+
+@pytest.fixture
+def dest(tmp_path: Path) -> Iterator[LocalStore]:
+    with LocalStore.create(tmp_path / "dest", case_hack=CaseHackMode.OFF) as s:
+        yield s
+
+
+def chain(store: LocalStore, count: int, *, shared_lock: bool = False) -> list[StorePath]:
+    """`count` small paths, each referring to the one before: copied in this order. Their hash parts
+    are as random as real ones, or with `shared_lock` (at most 10) differ only in their first
+    character, which gives them all the same byte of xstore's lock file (the hash part read in base
+    36, within 62 bits: 36**31 is a multiple of 2**62)."""
+    paths: list[StorePath] = []
+    for i in range(count):
+        name = f"p{i}"
+        if shared_lock:
+            path = sp("0123456789"[i], name)
+        else:
+            path = StorePath(encode_nix32(hashlib.sha256(name.encode()).digest()[:20]), name)
+        add_path(store, path, {b"f": b"contents %d\n" % i}, *paths[-1:])
+        paths.append(path)
+    return paths
+
+
+def valid_elsewhere(store: LocalStore, paths: list[StorePath]) -> list[StorePath]:
+    """Which of `paths` another connection to the store's database sees as valid (committed)."""
+    db = sqlite3.connect(store.db_dir / "db.sqlite")
+    try:
+        query = "select 1 from ValidPaths where path = ?"
+        return [p for p in paths if db.execute(query, (p.path,)).fetchone()]
+    finally:
+        db.close()
+
+
+def commits(store: LocalStore) -> list[str]:
+    seen: list[str] = []
+    store.db.set_trace_callback(lambda sql: seen.append(sql) if sql.strip().lower() == "commit" else None)
+    return seen
+
+
+def unlocked(store: LocalStore, paths: list[StorePath]) -> bool:
+    with LocalStore(store.root) as other:  # another store object: another process, as far as locks go
+        for path in paths:
+            lock = other.try_lock(path)
+            if lock is None:
+                return False
+            lock.release()
+    return True
+
+
+def checks_out(store: LocalStore, path: StorePath) -> bool:
+    """Whether the path's tree dumps to the NAR its registration names (hash and size)."""
+    return store.nar_from_path(path, lambda _data: None) == store.require(path).nar_size
+
+
+class SlowSource(LocalStore):
+    """A local store whose NARs count as not at hand (as a remote cache's not fetched yet)."""
+
+    def nar_ready(self, path: StorePath) -> bool:
+        return False
+
+
+def test_a_copy_commits_its_registrations_together(source: LocalStore, dest: LocalStore) -> None:
+    paths = chain(source, 70)
+    seen = commits(dest)
+    reported: list[CopyResult] = []
+
+    def on_path(result: CopyResult) -> None:
+        # A path is reported once its registration is committed, and every path before it too.
+        assert valid_elsewhere(dest, [result.path]) == [result.path]
+        reported.append(result)
+
+    results = copy_paths(source, dest, [paths[-1]], on_path=on_path)
+    assert [r.path for r in results] == [r.path for r in reported] == paths
+    assert [r.copied for r in results] == [True] * 70
+    assert valid_elsewhere(dest, paths) == paths
+    # Each path refers to the one before, counted valid while its registration waited: 70 paths in
+    # batches of DEFER_PATHS (or fewer, when a batch waited DEFER_SECONDS), not 70 commits.
+    assert 70 // store_module.DEFER_PATHS <= len(seen) < 20
+    assert leftovers(dest) == []
+    assert not dest.db.in_transaction
+    assert unlocked(dest, paths)
+    assert checks_out(dest, paths[-1])
+
+
+def test_a_path_stays_locked_until_its_registration_is_committed(
+    source: LocalStore, dest: LocalStore
+) -> None:
+    (path,) = chain(source, 1)
+    info = source.require(path)
+    with dest.registering_together():
+        assert copy_paths(source, dest, [path])[0].copied
+        assert valid_elsewhere(dest, [path]) == []
+        assert not dest.is_valid(path)
+        assert dest.registered_or_deferred([path]) == {path}
+        assert os.path.exists(dest.real_path(path))
+        assert not unlocked(dest, [path])
+    assert valid_elsewhere(dest, [path]) == [path]
+    assert unlocked(dest, [path])
+    with LocalStore(dest.root) as other:
+        assert other.require(path) == info.replace(registration_time=other.require(path).registration_time)
+
+
+def test_another_threads_add_is_registered_at_once(source: LocalStore, dest: LocalStore) -> None:
+    # Only the adds of the thread that defers wait for its commits; another thread's are its own.
+    first, second = sp("0c", "first"), sp("0d", "second")
+    add_path(source, first, {b"f": b"1"})
+    add_path(source, second, {b"f": b"2"})
+    with dest.registering_together():
+        copy_one(source, dest, source.require(first), check_sigs=False)
+        worker = threading.Thread(
+            target=lambda: copy_one(source, dest, source.require(second), check_sigs=False)
+        )
+        worker.start()
+        worker.join(60)
+        assert valid_elsewhere(dest, [first, second]) == [second]
+    assert valid_elsewhere(dest, [first, second]) == [first, second]
+
+
+def test_paths_that_share_a_lock_byte_commit_before_the_next_one_is_locked(
+    source: LocalStore, dest: LocalStore
+) -> None:
+    # The lock of a path whose registration waits is still held; a later path whose lock is the same
+    # byte would wait for it for ever. The registrations are committed first instead.
+    paths = chain(source, 5, shared_lock=True)
+    if HAVE_BYTE_LOCKS:
+        assert len({int(p.hash_part, 36) & store_module._BYTE_LOCK_MASK for p in paths}) == 1
+    done: list[object] = []
+    worker = threading.Thread(target=lambda: done.append(copy_paths(source, dest, [paths[-1]])), daemon=True)
+    worker.start()
+    worker.join(60)
+    assert done, "the copy waited for a lock it held itself"
+    assert valid_elsewhere(dest, paths) == paths
+    assert leftovers(dest) == []
+
+
+def test_a_lock_held_elsewhere_commits_the_waiting_registrations_before_waiting(
+    source: LocalStore, dest: LocalStore
+) -> None:
+    # Another process holds the lock of the next path and may itself wait for one of the paths whose
+    # registration waits here: those are committed and unlocked before this copy waits, so neither
+    # waits for ever.
+    paths = chain(source, 3)
+    with LocalStore(dest.root) as other:
+        held = other.try_lock(paths[2])
+        assert held is not None
+        done: list[object] = []
+        worker = threading.Thread(
+            target=lambda: done.append(copy_paths(source, dest, [paths[-1]])), daemon=True
+        )
+        worker.start()
+        deadline = time.monotonic() + 30
+        while valid_elsewhere(dest, paths[:2]) != paths[:2] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert valid_elsewhere(dest, paths[:2]) == paths[:2]
+        first = other.try_lock(paths[0])  # what the other process would wait for is free
+        assert first is not None
+        first.release()
+        assert not done  # the copy waits for the path the other holds
+        held.release()
+        worker.join(60)
+    assert done
+    assert valid_elsewhere(dest, paths) == paths
+    assert unlocked(dest, paths)
+
+
+def test_paths_before_a_failure_are_committed_and_the_failing_one_leaves_nothing(
+    source: LocalStore, dest: LocalStore
+) -> None:
+    paths = chain(source, 6)
+    broken = source.real_path(paths[3]) + b"/f"
+    os.chmod(broken, 0o644)
+    with open(broken, "ab") as f:
+        f.write(b"changed\n")
+    os.chmod(broken, 0o444)
+    reported: list[StorePath] = []
+    with pytest.raises(HashMismatchError, match="was modified"):
+        copy_paths(source, dest, [paths[-1]], on_path=lambda r: reported.append(r.path))
+    assert valid_elsewhere(dest, paths) == paths[:3]
+    assert reported == paths[:3]
+    assert [p for p in paths if os.path.lexists(dest.real_path(p))] == paths[:3]
+    assert leftovers(dest) == []
+    assert unlocked(dest, paths)
+    assert not dest.db.in_transaction
+
+
+def test_a_large_nar_first_commits_what_waits(
+    source: LocalStore, dest: LocalStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    small, large = sp("01", "small"), sp("02", "large")
+    add_path(source, small, {b"f": b"x"})
+    add_path(source, large, {b"f": os.urandom(4000)})
+    monkeypatch.setattr(store_module, "DEFER_NAR_SIZE", 1000)
+    with dest.registering_together():
+        copy_paths(source, dest, [small])
+        assert valid_elsewhere(dest, [small]) == []
+        copy_paths(source, dest, [large])
+        assert valid_elsewhere(dest, [small, large]) == [small]
+    assert valid_elsewhere(dest, [small, large]) == [small, large]
+
+
+def test_a_source_that_may_wait_gets_each_registration_committed_first(
+    source: LocalStore, dest: LocalStore, tmp_path: Path
+) -> None:
+    # A NAR not at hand (a remote cache's, not fetched yet) may take any time to come: the paths
+    # before it are committed and unlocked before it is read.
+    paths = chain(source, 4)
+    seen = commits(dest)
+    with SlowSource(source.root) as slow:
+        results = copy_paths(slow, dest, [paths[-1]])
+    assert [r.copied for r in results] == [True] * 4
+    assert len(seen) == 4
+    assert valid_elsewhere(dest, paths) == paths
+
+
+def test_a_commit_that_fails_removes_the_paths_it_held(
+    source: LocalStore, dest: LocalStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths = chain(source, 3)
+    real = LocalStore._register_all
+
+    def full_disk(self: LocalStore, infos: list[object]) -> None:
+        raise StoreError("the store database cannot be used: database or disk is full")
+
+    monkeypatch.setattr(LocalStore, "_register_all", full_disk)
+    with pytest.raises(StoreError, match="disk is full"):
+        copy_paths(source, dest, [paths[-1]])
+    monkeypatch.setattr(LocalStore, "_register_all", real)
+    assert valid_elsewhere(dest, paths) == []
+    assert [p for p in paths if os.path.lexists(dest.real_path(p))] == []
+    assert leftovers(dest) == []
+    assert unlocked(dest, paths)
+    # Nothing is held: the same paths copy now.
+    assert [r.copied for r in copy_paths(source, dest, [paths[-1]])] == [True] * 3
+    assert valid_elsewhere(dest, paths) == paths
+
+
+def test_an_interrupt_just_after_the_commit_keeps_the_committed_paths(
+    source: LocalStore, dest: LocalStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths = chain(source, 3)
+    real = LocalStore._register_all
+
+    def interrupted(self: LocalStore, infos: list[object]) -> None:
+        real(self, infos)  # type: ignore[arg-type]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(LocalStore, "_register_all", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        copy_paths(source, dest, [paths[-1]])
+    monkeypatch.setattr(LocalStore, "_register_all", real)
+    assert valid_elsewhere(dest, paths) == paths
+    for path in paths:  # registered and in place, as registered
+        assert checks_out(dest, path)
+    assert unlocked(dest, paths)
+
+
+def test_outside_a_copy_each_registration_is_its_own_transaction(dest: LocalStore) -> None:
+    seen = commits(dest)
+    base = sp("0a", "base")
+    add_path(dest, base, {b"f": b"1"})
+    add_path(dest, sp("0b", "user"), {b"f": b"2"}, base)
+    assert seen == ["commit"]  # the path with a reference; the one without is a single INSERT
+    assert valid_elsewhere(dest, [base]) == [base]

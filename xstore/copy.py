@@ -15,7 +15,8 @@ Nix: store-api.cc (`copyPaths`, `copyStorePath`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+import collections
+from collections.abc import Callable, Collection, Iterable, Iterator
 
 from xstore.records import FrozenRecord, setfield
 from xstore.storeapi import PathInfo, Read, Sink, Store, pipe_nar, topo_sort
@@ -241,12 +242,12 @@ def copy_paths(
     # Into a local store from a source whose reads do not wait on a network (a local store, a cache's
     # files): registrations are deferred and committed together, a few dozen paths a time, and each
     # path is reported once its registration is committed.
-    done: list[CopyResult] = []
+    done: collections.deque[CopyResult] = collections.deque()
 
-    def report_done() -> None:
-        for result in done:
-            report(result)
-        done.clear()
+    def report_done(registered: Collection[StorePath]) -> None:
+        """Report, in order, the results up to the first path copied but not in `registered`."""
+        while done and (not done[0].copied or done[0].path in registered):
+            report(done.popleft())
 
     commit_if_due = getattr(dst, "commit_registrations_if_due")  # noqa: B009 (a LocalStore's)
     commit = getattr(dst, "commit_registrations")  # noqa: B009
@@ -261,7 +262,9 @@ def copy_paths(
                     commit()
                 copied = copy_one(src, dst, info, check_sigs=check_sigs, on_bytes=on_bytes)
             done.append(CopyResult(path, copied, info.nar_size))
-    report_done()  # paths that were valid already, after the last commit
+            report_done(())  # a path that was valid already, when nothing waits before it
+    while done:  # committed (by an enclosing block, when there is one)
+        report(done.popleft())
     return results
 
 

@@ -253,7 +253,7 @@ class _Deferred:
 
     __slots__ = ("entries", "on_commit", "paths", "since", "thread")
 
-    def __init__(self, on_commit: Callable[[], None] | None) -> None:
+    def __init__(self, on_commit: Callable[[set[StorePath]], None] | None) -> None:
         self.thread = threading.get_ident()  # only this thread's adds wait
         self.entries: list[tuple[PathInfo, PathLock]] = []
         self.paths: set[StorePath] = set()
@@ -561,11 +561,14 @@ class LocalStore(Store):
         return self._db
 
     def close(self) -> None:
-        if self._deferred is not None:  # closed inside `registering_together`: what is done counts
-            try:
+        try:
+            if self._deferred is not None:  # closed inside `registering_together`: what is done counts
                 self.commit_registrations()
-            finally:
-                self._deferred = None
+        finally:
+            self._deferred = None
+            self._close()
+
+    def _close(self) -> None:
         scratch, self._scratch = self._scratch, None
         if scratch is not None:
             scratch.close()  # removes the scratch directory (before the temporary roots it relies on)
@@ -810,22 +813,26 @@ class LocalStore(Store):
     # -- registrations deferred while a copy runs -------------------------------------------------------
 
     @contextlib.contextmanager
-    def registering_together(self, on_commit: Callable[[], None] | None = None) -> Iterator[None]:
+    def registering_together(
+        self, on_commit: Callable[[set[StorePath]], None] | None = None
+    ) -> Iterator[None]:
         """Inside, a path that `add_to_store` has moved into place (this thread's adds) is registered
         later, together with the ones after it, in one short transaction (`commit_registrations`): a
         SQLite commit per path costs more than the registration itself. Until then the path keeps its
         lock and its temporary root, so nobody else adds, removes or collects it meanwhile, and the
-        references checks of later paths count it as valid. Nothing waits while holding such locks: a
-        path lock that is not free at once commits first. `on_commit()` is called after each commit.
+        reference checks of this thread's later paths count it as valid. Nothing waits while holding
+        such locks: a path lock that is not free at once commits first. `on_commit(paths)` is told
+        which paths each commit registered.
 
         The caller commits before anything that may take long (`commit_registrations_if_due`, and before
         a read that may wait); the end of the block commits, also when it ends with an error, so the
-        paths added before a failing one are registered. Nested, the outer block counts."""
+        paths added before a failing one are registered. Nested, or while another thread's block runs,
+        it changes nothing."""
         if self._deferred is not None:
             yield
             return
-        self._deferred = _Deferred(on_commit)
         try:
+            self._deferred = _Deferred(on_commit)
             yield
         finally:
             try:
@@ -834,7 +841,7 @@ class LocalStore(Store):
                 self._deferred = None
 
     def _deferring(self) -> _Deferred | None:
-        """The deferred registrations, when this thread's adds join them."""
+        """The deferred registrations, when they are this thread's."""
         deferred = self._deferred
         return deferred if deferred is not None and deferred.thread == threading.get_ident() else None
 
@@ -853,7 +860,8 @@ class LocalStore(Store):
     def register_or_defer(self, info: PathInfo, lock: PathLock) -> bool:
         """Register `info` (its tree in place, `lock` held): now, returning False (the caller releases
         the lock), or inside `registering_together` at the next commit, returning True (the lock is the
-        store's to release then)."""
+        store's to release then). A deferred path whose tree is gone by the commit (the caller removed
+        it, interrupted before it saw True) is left out of the commit."""
         deferred = self._deferring()
         if deferred is None:
             self.register(info)
@@ -862,12 +870,12 @@ class LocalStore(Store):
             raise StoreError(f"the store at '{self.root}' is open read-only")
         if not deferred.entries:
             deferred.since = time.monotonic()
-        deferred.entries.append((info, lock))
         deferred.paths.add(info.path)
+        deferred.entries.append((info, lock))
         return True
 
     def registered_or_deferred(self, paths: Iterable[StorePath]) -> set[StorePath]:
-        """`query_valid_paths(paths)`, counting the paths whose registration is deferred."""
+        """`query_valid_paths(paths)`, counting the paths whose registration this thread deferred."""
         paths = list(paths)
         deferred = self._deferring()
         found = self.query_valid_paths(paths)
@@ -876,52 +884,74 @@ class LocalStore(Store):
         return found
 
     def commit_registrations_if_due(self, nar_size: int) -> None:
-        """Commit the deferred registrations before a path whose NAR has `nar_size` bytes, when there
-        are `DEFER_PATHS` of them, the first has waited `DEFER_SECONDS`, or the NAR is large."""
-        deferred = self._deferred
+        """Commit this thread's deferred registrations before a path whose NAR has `nar_size` bytes
+        (0: unknown), when there are `DEFER_PATHS` of them, the first has waited `DEFER_SECONDS`, or
+        the NAR is large or of unknown size."""
+        deferred = self._deferring()
         if (
             deferred is not None
             and deferred.entries
             and (
                 len(deferred.entries) >= DEFER_PATHS
-                or nar_size > DEFER_NAR_SIZE
+                or not 0 < nar_size <= DEFER_NAR_SIZE
                 or time.monotonic() - deferred.since > DEFER_SECONDS
             )
         ):
             self.commit_registrations()
 
     def commit_registrations(self) -> None:
-        """Register the deferred paths in one transaction and release their locks. When that fails,
-        the paths the database does not hold are removed (an interrupt can come just after the commit),
-        and the error is raised."""
-        deferred = self._deferred
+        """Register this thread's deferred paths, in one transaction, and release their locks.
+
+        When that transaction fails, they are registered one at a time, in order, up to the first that
+        fails, which raises: the paths before it stay, as without the deferral, and the trees of the
+        rest are removed. After an interrupt, the database is asked which it holds (the interrupt may
+        have come just after a commit)."""
+        deferred = self._deferring()
         if deferred is None or not deferred.entries:
             return
-        entries = deferred.entries
+        entries: list[tuple[PathInfo, PathLock]] = []
+        registered: list[StorePath] = []
         try:
-            self._register_all([info for info, _ in entries])
-        except BaseException:
-            self._remove_unregistered([info.path for info, _ in entries])
+            entries, deferred.entries = deferred.entries, []
+            deferred.paths = set()
+            infos = [info for info, _ in entries if os.path.lexists(self.real_path(info.path))]
+            try:
+                self._register_all(infos)
+                registered = [info.path for info in infos]
+            except (StoreError, InvalidPathError):
+                for info in infos:  # raises at the first that fails
+                    self.register(info)
+                    registered.append(info.path)
+        except Exception:
+            self.remove_unregistered([info.path for info, _ in entries], registered)
+            raise
+        except BaseException:  # an interrupt, maybe just after a commit: only the database can tell
+            self.remove_unregistered([info.path for info, _ in entries])
             raise
         finally:
-            deferred.entries = []
-            deferred.paths.clear()
             for _, lock in entries:
                 lock.release()
-        if deferred.on_commit is not None:
-            deferred.on_commit()
+            if registered and deferred.on_commit is not None:
+                deferred.on_commit(set(registered))
 
     @_db_errors
     def _register_all(self, infos: list[PathInfo]) -> None:
-        self._insert_all(infos)
+        if infos:
+            self._insert_all(infos)
 
-    def _remove_unregistered(self, paths: list[StorePath]) -> None:
-        """Remove the trees of `paths` that are not valid; when the database cannot tell, leave them
-        (an unregistered tree is removed by the next add or collection; a registered one must stay)."""
+    def remove_unregistered(
+        self, paths: list[StorePath], registered: Iterable[StorePath] | None = None
+    ) -> None:
+        """Remove the trees of `paths` (their locks held) that the database does not hold. When it
+        cannot tell: those not in `registered` (the ones this process knows it registered), or, with
+        None (after an interrupt), none (a tree left unregistered is removed by the next add or
+        collection; a registered one must stay)."""
         try:
             valid = self.query_valid_paths(paths)
         except StoreError:
-            return
+            if registered is None:
+                return
+            valid = set(registered)
         for path in paths:
             if path not in valid:
                 remove_tree(self.real_path(path))
@@ -1157,8 +1187,7 @@ class LocalStore(Store):
         `DerivationOutputs` table; empty when the derivation is not valid or was registered without
         them. Nix: `queryStaticPartialDerivationOutputMap`."""
         rows = self.db.execute(
-            "select d.id, d.path from DerivationOutputs d join ValidPaths v on d.drv = v.id "
-            "where v.path = ?",
+            "select d.id, d.path from DerivationOutputs d join ValidPaths v on d.drv = v.id where v.path = ?",
             (drv.path,),
         )
         return {str(name): parse_store_path(p) for name, p in rows}

@@ -29,7 +29,7 @@ import os
 
 from xstore.casehack import CaseHackMode
 from xstore.errors import HashMismatchError, InvalidPathError, TrailingDataError
-from xstore.fsops import canonicalise, remove_tree
+from xstore.fsops import canonicalise
 from xstore.hashing import HashAlgorithm, HashFormat, format_digest
 from xstore.nar.drive import iter_events
 from xstore.nar.events import Event
@@ -134,9 +134,10 @@ class PathAdder:
             store.add_temp_root(info.path)
             if expected is None:
                 self._check_references(info)
-            lock = store.lock_for_add(info.path)
+            lock = None
             deferred = False  # the store holds the lock until the registration is committed
             try:
+                lock = store.lock_for_add(info.path)
                 if store.is_valid(info.path):  # another process may have added it meanwhile
                     self._check_same(store.require(info.path), info)
                     return False
@@ -150,11 +151,14 @@ class PathAdder:
                     if self.writer.root_is_directory:  # the writer made everything else canonical
                         canonicalise(real, recursive=False)
                     deferred = store.register_or_defer(info, lock)
-                except BaseException:
-                    remove_tree(real)
+                except Exception:  # not registered by this process
+                    store.remove_unregistered([info.path], ())
+                    raise
+                except BaseException:  # an interrupt, maybe just after the commit: the database tells
+                    store.remove_unregistered([info.path])
                     raise
             finally:
-                if not deferred:
+                if lock is not None and not deferred:
                     lock.release()
             return True
         finally:

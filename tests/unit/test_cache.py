@@ -8,6 +8,7 @@ the tests start (`tests/cacheservers.py`): xstore's client is urllib3. What Nix 
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import hashlib
 import io
@@ -473,6 +474,24 @@ def test_http_reads_small_nars_ahead(served_cache: Path, closure: Closure, tmp_p
             assert dest.is_valid(closure.app)
         nar_gets = [p for m, p in server.requests if m == "GET" and p.startswith("/nar/")]
         assert len(nar_gets) == 2  # each NAR once: read ahead, then used
+
+
+def test_an_http_nar_is_ready_once_read_ahead(served_cache: Path, closure: Closure, tmp_path: Path) -> None:
+    """`nar_ready` (a copy into a local store commits its waiting registrations before a NAR that is
+    not): a file:// cache's NARs always are; over HTTP only a NAR file read ahead successfully."""
+    with open_store(f"file://{served_cache}") as local:
+        assert isinstance(local, BinaryCacheStore)
+        assert local.nar_ready(closure.lib)
+    app_nar = next(p for p in (served_cache / "nar").iterdir() if p.read_bytes() == closure.app_nar)
+    with serving(StaticServer, served_cache) as (url, _), open_store(url) as src:
+        assert isinstance(src, BinaryCacheStore)
+        assert not src.nar_ready(closure.lib)
+        app_nar.unlink()  # its read ahead fails
+        src.prefetch([closure.lib, closure.app])
+        futures = [src._prefetched[closure.lib], src._prefetched[closure.app]]
+        concurrent.futures.wait(futures, timeout=30)
+        assert src.nar_ready(closure.lib)
+        assert not src.nar_ready(closure.app)
 
 
 def test_a_nar_file_longer_than_its_narinfo_says_is_not_read_whole(

@@ -21,8 +21,9 @@ from xstore.casehack import CaseHackMode
 from xstore.copy import CopyResult, copy_one, copy_paths
 from xstore.errors import HashMismatchError, StoreError
 from xstore.hashing import encode_nix32
-from xstore.pathlocks import HAVE_BYTE_LOCKS
+from xstore.pathlocks import HAVE_BYTE_LOCKS, PathLock
 from xstore.store import LocalStore
+from xstore.storeapi import PathInfo
 from xstore.storepath import StorePath
 
 
@@ -93,7 +94,10 @@ class SlowSource(LocalStore):
         return False
 
 
-def test_a_copy_commits_its_registrations_together(source: LocalStore, dest: LocalStore) -> None:
+def test_a_copy_commits_its_registrations_together(
+    source: LocalStore, dest: LocalStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "DEFER_SECONDS", 60.0)  # the count alone decides
     paths = chain(source, 70)
     seen = commits(dest)
     reported: list[CopyResult] = []
@@ -108,12 +112,37 @@ def test_a_copy_commits_its_registrations_together(source: LocalStore, dest: Loc
     assert [r.copied for r in results] == [True] * 70
     assert valid_elsewhere(dest, paths) == paths
     # Each path refers to the one before, counted valid while its registration waited: 70 paths in
-    # batches of DEFER_PATHS (or fewer, when a batch waited DEFER_SECONDS), not 70 commits.
-    assert 70 // store_module.DEFER_PATHS <= len(seen) < 20
+    # batches of DEFER_PATHS (32, 32, 6), not 70 commits.
+    assert len(seen) == 3
     assert leftovers(dest) == []
     assert not dest.db.in_transaction
     assert unlocked(dest, paths)
     assert checks_out(dest, paths[-1])
+
+
+def test_a_registration_waits_no_longer_than_defer_seconds(
+    source: LocalStore, dest: LocalStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "DEFER_SECONDS", 0.0)
+    paths = chain(source, 5)
+    seen = commits(dest)
+    copy_paths(source, dest, [paths[-1]])
+    assert len(seen) == 5  # before each next path, and the last at the end
+    assert valid_elsewhere(dest, paths) == paths
+
+
+def test_a_nar_of_unknown_size_first_commits_what_waits(
+    source: LocalStore, dest: LocalStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "DEFER_SECONDS", 60.0)
+    paths = chain(source, 3)
+    source.db.execute("update ValidPaths set narSize = null where path = ?", (paths[2].path,))
+    assert source.require(paths[2]).nar_size == 0
+    seen = commits(dest)
+    copy_paths(source, dest, [paths[-1]])
+    assert len(seen) == 2  # paths 0 and 1 before path 2, path 2 at the end
+    assert valid_elsewhere(dest, paths) == paths
+    assert checks_out(dest, paths[2])
 
 
 def test_a_path_stays_locked_until_its_registration_is_committed(
@@ -224,6 +253,7 @@ def test_a_large_nar_first_commits_what_waits(
     add_path(source, small, {b"f": b"x"})
     add_path(source, large, {b"f": os.urandom(4000)})
     monkeypatch.setattr(store_module, "DEFER_NAR_SIZE", 1000)
+    monkeypatch.setattr(store_module, "DEFER_SECONDS", 60.0)  # the size alone decides
     with dest.registering_together():
         copy_paths(source, dest, [small])
         assert valid_elsewhere(dest, [small]) == []
@@ -250,15 +280,15 @@ def test_a_commit_that_fails_removes_the_paths_it_held(
     source: LocalStore, dest: LocalStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     paths = chain(source, 3)
-    real = LocalStore._register_all
 
-    def full_disk(self: LocalStore, infos: list[object]) -> None:
+    def full_disk(self: LocalStore, info: object) -> None:
         raise StoreError("the store database cannot be used: database or disk is full")
 
-    monkeypatch.setattr(LocalStore, "_register_all", full_disk)
-    with pytest.raises(StoreError, match="disk is full"):
-        copy_paths(source, dest, [paths[-1]])
-    monkeypatch.setattr(LocalStore, "_register_all", real)
+    with monkeypatch.context() as patched:
+        patched.setattr(LocalStore, "_register_all", full_disk)
+        patched.setattr(LocalStore, "register", full_disk)
+        with pytest.raises(StoreError, match="disk is full"):
+            copy_paths(source, dest, [paths[-1]])
     assert valid_elsewhere(dest, paths) == []
     assert [p for p in paths if os.path.lexists(dest.real_path(p))] == []
     assert leftovers(dest) == []
@@ -268,9 +298,42 @@ def test_a_commit_that_fails_removes_the_paths_it_held(
     assert valid_elsewhere(dest, paths) == paths
 
 
+def test_a_batch_that_fails_keeps_the_paths_before_the_one_that_fails(
+    source: LocalStore, dest: LocalStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another writer registers path 2 while its registration waits here (one that ignores the path
+    # locks): the batch fails on it; the paths before it are registered one by one, path 2 keeps its
+    # tree (the database holds it), and the paths after it are removed.
+    monkeypatch.setattr(store_module, "DEFER_SECONDS", 60.0)
+    paths = chain(source, 5)
+    real = LocalStore.register_or_defer
+
+    def meanwhile(self: LocalStore, info: PathInfo, lock: PathLock) -> bool:
+        deferred = real(self, info, lock)
+        if info.path == paths[2]:
+            db = sqlite3.connect(self.db_dir / "db.sqlite")
+            with db:
+                db.execute(
+                    "insert into ValidPaths (path, hash, registrationTime, narSize) values (?, ?, 1, ?)",
+                    (info.path.path, "sha256:" + info.nar_hash.hex(), info.nar_size),
+                )
+            db.close()
+        return deferred
+
+    monkeypatch.setattr(LocalStore, "register_or_defer", meanwhile)
+    reported: list[StorePath] = []
+    with pytest.raises(StoreError, match="UNIQUE"):
+        copy_paths(source, dest, [paths[-1]], on_path=lambda r: reported.append(r.path))
+    assert reported == paths[:2]
+    assert valid_elsewhere(dest, paths) == paths[:3]
+    assert [p for p in paths if os.path.lexists(dest.real_path(p))] == paths[:3]
+    assert unlocked(dest, paths)
+
+
 def test_an_interrupt_just_after_the_commit_keeps_the_committed_paths(
     source: LocalStore, dest: LocalStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(store_module, "DEFER_SECONDS", 60.0)  # one commit, at the end
     paths = chain(source, 3)
     real = LocalStore._register_all
 
@@ -286,6 +349,102 @@ def test_an_interrupt_just_after_the_commit_keeps_the_committed_paths(
     for path in paths:  # registered and in place, as registered
         assert checks_out(dest, path)
     assert unlocked(dest, paths)
+
+
+def test_an_interrupt_as_a_path_is_deferred_leaves_it_out(
+    source: LocalStore, dest: LocalStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Interrupted after the store took the path but before the adder knew: the adder removes the tree,
+    # and the commit leaves the path out rather than registering a path without its tree.
+    paths = chain(source, 3)
+    real = LocalStore.register_or_defer
+
+    def interrupted(self: LocalStore, info: PathInfo, lock: PathLock) -> bool:
+        real(self, info, lock)
+        if info.path == paths[1]:
+            raise KeyboardInterrupt
+        return True
+
+    monkeypatch.setattr(LocalStore, "register_or_defer", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        copy_paths(source, dest, [paths[-1]])
+    assert valid_elsewhere(dest, paths) == paths[:1]
+    assert [p for p in paths if os.path.lexists(dest.real_path(p))] == paths[:1]
+    assert checks_out(dest, paths[0])
+    assert unlocked(dest, paths)
+
+
+def test_an_interrupt_just_after_a_path_is_registered_keeps_it(
+    source: LocalStore, dest: LocalStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The same window without deferral (the daemon, import and serve routes): registered is registered.
+    (path,) = chain(source, 1)
+    real = LocalStore.register
+
+    def interrupted(self: LocalStore, info: PathInfo) -> None:
+        real(self, info)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(LocalStore, "register", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        copy_one(source, dest, source.require(path), check_sigs=False)
+    assert valid_elsewhere(dest, [path]) == [path]
+    assert checks_out(dest, path)
+
+
+def test_another_threads_copy_leaves_the_waiting_registrations_alone(
+    source: LocalStore, dest: LocalStore
+) -> None:
+    first, second = sp("0g", "first"), sp("0h", "second")
+    add_path(source, first, {b"f": b"1"})
+    add_path(source, second, {b"f": b"2"})
+    with dest.registering_together():
+        copy_one(source, dest, source.require(first), check_sigs=False)
+        worker = threading.Thread(target=lambda: copy_paths(source, dest, [second]))
+        worker.start()
+        worker.join(60)
+        assert valid_elsewhere(dest, [first, second]) == [second]
+        assert not unlocked(dest, [first])
+    assert valid_elsewhere(dest, [first, second]) == [first, second]
+
+
+def test_a_report_that_fails_stops_the_copy_and_holds_nothing(source: LocalStore, dest: LocalStore) -> None:
+    paths = chain(source, 4)
+
+    def on_path(result: CopyResult) -> None:
+        if result.path == paths[1]:
+            raise BrokenPipeError("the reader went away")
+
+    with pytest.raises(BrokenPipeError):
+        copy_paths(source, dest, [paths[-1]], on_path=on_path)
+    assert valid_elsewhere(dest, paths) == [p for p in paths if os.path.lexists(dest.real_path(p))]
+    assert unlocked(dest, paths)
+    assert [r.copied for r in copy_paths(source, dest, [paths[-1]])].count(True) == 4 - len(
+        valid_elsewhere(dest, paths)
+    )
+    assert valid_elsewhere(dest, paths) == paths
+
+
+def test_closing_the_store_when_its_commit_fails_still_closes_it(
+    source: LocalStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (path,) = chain(source, 1)
+    dest = LocalStore.create(tmp_path / "closing", case_hack=CaseHackMode.OFF)
+    roots = dest.state_dir / "temproots" / str(os.getpid())
+
+    def full_disk(self: LocalStore, info: object) -> None:
+        raise StoreError("the store database cannot be used: database or disk is full")
+
+    with dest.registering_together():
+        copy_one(source, dest, source.require(path), check_sigs=False)
+        assert roots.exists()
+        monkeypatch.setattr(LocalStore, "_register_all", full_disk)
+        monkeypatch.setattr(LocalStore, "register", full_disk)
+        with pytest.raises(StoreError, match="disk is full"):
+            dest.close()
+    assert not roots.exists()  # the temporary roots were released, the rest closed with them
+    assert not os.path.lexists(dest.real_path(path))
+    assert unlocked(dest, [path])
 
 
 def test_outside_a_copy_each_registration_is_its_own_transaction(dest: LocalStore) -> None:

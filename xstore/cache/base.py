@@ -458,11 +458,17 @@ class BinaryCacheStore(Store):
 
     def nar_ready(self, path: StorePath) -> bool:
         """Whether the path's NAR can be read without waiting on the network: the backend is local
-        (one connection: a `file://` cache), or its file has been read ahead already."""
+        (one connection: a `file://` cache), or its file has been read ahead, successfully."""
         if self.backend.parallel <= 1:
             return True
         future = self._prefetched.get(path)
-        return future is not None and future.done()
+        # A read ahead that failed (None, or an error) is read again, over the network.
+        return (
+            future is not None
+            and future.done()
+            and future.exception() is None
+            and future.result() is not None
+        )
 
     def _take_prefetched(self, path: StorePath) -> concurrent.futures.Future[bytes | None] | None:
         """The read ahead of the path's NAR file, if there is one (its result None when it failed),

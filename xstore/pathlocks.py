@@ -368,6 +368,7 @@ class PathLock:
         return self._nix is not None and self._nix.held
 
     def release(self) -> None:
+        self.acquired = False
         try:
             if self._nix is not None:
                 self._nix.release()

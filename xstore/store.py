@@ -562,8 +562,7 @@ class LocalStore(Store):
 
     def close(self) -> None:
         try:
-            if self._deferred is not None:  # closed inside `registering_together`: what is done counts
-                self.commit_registrations()
+            self.commit_registrations()  # closed inside `registering_together`: what is done counts
         finally:
             self._deferred = None
             self._close()
@@ -828,17 +827,24 @@ class LocalStore(Store):
         a read that may wait); the end of the block commits, also when it ends with an error, so the
         paths added before a failing one are registered. Nested, or while another thread's block runs,
         it changes nothing."""
-        if self._deferred is not None:
+        mine: _Deferred | None = _Deferred(on_commit)
+        with self._db_lock:
+            if self._deferred is not None:
+                mine = None
+            else:
+                self._deferred = mine
+        if mine is None:
             yield
             return
         try:
-            self._deferred = _Deferred(on_commit)
             yield
         finally:
             try:
                 self.commit_registrations()
             finally:
-                self._deferred = None
+                with self._db_lock:
+                    if self._deferred is mine:
+                        self._deferred = None
 
     def _deferring(self) -> _Deferred | None:
         """The deferred registrations, when they are this thread's."""
@@ -860,8 +866,8 @@ class LocalStore(Store):
     def register_or_defer(self, info: PathInfo, lock: PathLock) -> bool:
         """Register `info` (its tree in place, `lock` held): now, returning False (the caller releases
         the lock), or inside `registering_together` at the next commit, returning True (the lock is the
-        store's to release then). A deferred path whose tree is gone by the commit (the caller removed
-        it, interrupted before it saw True) is left out of the commit."""
+        store's to release then). A deferred path whose lock the caller released by the commit (it was
+        interrupted before it saw True, and removed the tree) is left out."""
         deferred = self._deferring()
         if deferred is None:
             self.register(info)
@@ -911,10 +917,13 @@ class LocalStore(Store):
             return
         entries: list[tuple[PathInfo, PathLock]] = []
         registered: list[StorePath] = []
+        failed = True
         try:
             entries, deferred.entries = deferred.entries, []
             deferred.paths = set()
-            infos = [info for info, _ in entries if os.path.lexists(self.real_path(info.path))]
+            # A path whose lock is no longer held was given up by its adder (an interrupt came before
+            # the adder knew the path was taken): its tree is not this process's to register.
+            infos = [info for info, lock in entries if lock.acquired]
             try:
                 self._register_all(infos)
                 registered = [info.path for info in infos]
@@ -922,17 +931,22 @@ class LocalStore(Store):
                 for info in infos:  # raises at the first that fails
                     self.register(info)
                     registered.append(info.path)
+            failed = False
         except Exception:
-            self.remove_unregistered([info.path for info, _ in entries], registered)
+            self.remove_unregistered([info.path for info, lock in entries if lock.acquired], registered)
             raise
         except BaseException:  # an interrupt, maybe just after a commit: only the database can tell
-            self.remove_unregistered([info.path for info, _ in entries])
+            self.remove_unregistered([info.path for info, lock in entries if lock.acquired])
             raise
         finally:
             for _, lock in entries:
                 lock.release()
             if registered and deferred.on_commit is not None:
-                deferred.on_commit(set(registered))
+                if failed:  # told, without hiding the error
+                    with contextlib.suppress(Exception):
+                        deferred.on_commit(set(registered))
+                else:
+                    deferred.on_commit(set(registered))
 
     @_db_errors
     def _register_all(self, infos: list[PathInfo]) -> None:

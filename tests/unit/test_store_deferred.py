@@ -180,8 +180,9 @@ def test_another_threads_add_is_registered_at_once(source: LocalStore, dest: Loc
 
 
 def test_paths_that_share_a_lock_byte_commit_before_the_next_one_is_locked(
-    source: LocalStore, dest: LocalStore
+    source: LocalStore, dest: LocalStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(store_module, "DEFER_SECONDS", 60.0)  # not the timer
     # The lock of a path whose registration waits is still held; a later path whose lock is the same
     # byte would wait for it for ever. The registrations are committed first instead.
     paths = chain(source, 5, shared_lock=True)
@@ -197,8 +198,9 @@ def test_paths_that_share_a_lock_byte_commit_before_the_next_one_is_locked(
 
 
 def test_a_lock_held_elsewhere_commits_the_waiting_registrations_before_waiting(
-    source: LocalStore, dest: LocalStore
+    source: LocalStore, dest: LocalStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(store_module, "DEFER_SECONDS", 60.0)  # not the timer
     # Another process holds the lock of the next path and may itself wait for one of the paths whose
     # registration waits here: those are committed and unlocked before this copy waits, so neither
     # waits for ever.
@@ -263,8 +265,9 @@ def test_a_large_nar_first_commits_what_waits(
 
 
 def test_a_source_that_may_wait_gets_each_registration_committed_first(
-    source: LocalStore, dest: LocalStore, tmp_path: Path
+    source: LocalStore, dest: LocalStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(store_module, "DEFER_SECONDS", 60.0)  # not the timer
     # A NAR not at hand (a remote cache's, not fetched yet) may take any time to come: the paths
     # before it are committed and unlocked before it is read.
     paths = chain(source, 4)

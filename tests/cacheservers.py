@@ -2,7 +2,8 @@
 as `python -m http.server`, what Nix and xstore read caches from), the same with PUT (what they upload
 to), with switches to misbehave, and moto's standalone S3 server as a subprocess.
 
-Only the server side is hand-made here; the clients under test are Nix and xstore's urllib3 and boto3.
+Only the server side is hand-made here; the clients under test are Nix and xstore's libcurl, urllib3 and
+boto3.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ class StaticServer(http.server.ThreadingHTTPServer):
     byte count after which the connection is cut mid-body (every time, or only the first time with
     `drop_once`); `fail` maps paths to a number of 500 answers to give first; `forbid` holds paths
     answered with 403; `ranges` offers and serves `Range: bytes=N-`; `auth` ("user", "password")
-    requires HTTP basic authentication for everything."""
+    requires HTTP basic authentication for everything; `gzip` holds paths sent gzip-compressed with
+    `Content-Encoding: gzip`. `headers_log` has each request's headers, in the order of `requests`."""
 
     daemon_threads = True
     writable = False
@@ -44,6 +46,8 @@ class StaticServer(http.server.ThreadingHTTPServer):
         self.drop_once: bool = switches.get("drop_once", False)
         self.ranges: bool = switches.get("ranges", False)
         self.auth: tuple[str, str] | None = switches.get("auth")
+        self.gzip: set[str] = set(switches.get("gzip", ()))
+        self.headers_log: list[dict[str, str]] = []
         self.requests_log: list[tuple[str, str, int]] = []
         self.ranges_served: list[int] = []
         self.lock = threading.Lock()
@@ -68,6 +72,7 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         with self.server.lock:
             self.server.requests.append((self.command, path))
+            self.server.headers_log.append(dict(self.headers.items()))
             self.server.requests_log.append((self.command, path, self.client_address[1]))
             if self.server.auth is not None:
                 expected = "Basic " + base64.b64encode(":".join(self.server.auth).encode()).decode()
@@ -86,11 +91,25 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
     def do_GET(self) -> None:
         if self._intercept():
             return
+        path = self.path.split("?", 1)[0]
+        if path in self.server.gzip:
+            self._send_gzip(Path(self.translate_path(path)))
+            return
         wanted = self.headers.get("Range", "")
         if self.server.ranges and wanted.startswith("bytes=") and wanted.endswith("-"):
             self._send_range(int(wanted[6:-1]))
             return
         super().do_GET()
+
+    def _send_gzip(self, path: Path) -> None:
+        import gzip
+
+        body = gzip.compress(path.read_bytes())
+        self.send_response(200)
+        self.send_header("Content-Encoding", "gzip")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def _send_range(self, start: int) -> None:
         with self.server.lock:

@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -415,10 +416,12 @@ def test_http_upload_order_and_read_back(
                 source, [closure.lib, closure.app]
             )
         # Connections were reused: the read-back's five requests (nix-cache-info, two narinfos, two NARs)
-        # came over at most two connections (the narinfos may go in parallel).
+        # came over at most three connections: the main thread's (the first three, one after another)
+        # and at most two for the NARs, read ahead in parallel by the workers.
         reads = server.requests_log[first:]
         assert len(reads) == 5
-        assert len({port for _, _, port in reads}) <= 2
+        assert len({port for _, _, port in reads[:3]}) == 1
+        assert len({port for _, _, port in reads}) <= 3
 
 
 @pytest.fixture
@@ -450,6 +453,84 @@ def test_http_retries_transient_failures(served_cache: Path, closure: Closure, t
             copy_paths(src, dest, [closure.app], check_sigs=False)
             assert dest.is_valid(closure.app)
         assert [p for m, p in server.requests if p == narinfo].count(narinfo) == 3
+
+
+def test_small_http_gets_go_through_libcurl(served_cache: Path, closure: Closure, tmp_path: Path) -> None:
+    """With pycurl installed, the small files the worker threads read (here the NARs, read ahead) go
+    through libcurl, which sends no `Accept-Encoding` (urllib3's `http.client` sends `identity`); the
+    main thread's requests (nix-cache-info, and the narinfos of a closure walked one path at a time)
+    through urllib3, where Ctrl-C can interrupt them."""
+    pytest.importorskip("pycurl")
+    with serving(StaticServer, served_cache) as (url, server):
+        with LocalStore.create(tmp_path / "dest") as dest, open_store(url) as src:
+            copy_paths(src, dest, [closure.app], check_sigs=False)
+            assert dest.is_valid(closure.app)
+        gets = [(p, h) for (m, p), h in zip(server.requests, server.headers_log, strict=True) if m == "GET"]
+        assert len(gets) == 5  # nix-cache-info, two narinfos, two NARs
+        assert all(h["User-Agent"].startswith("xstore/") for _, h in gets)
+        clients = {p: "urllib3" if h.get("Accept-Encoding") == "identity" else "libcurl" for p, h in gets}
+        assert {p: c for p, c in clients.items() if c == "libcurl"} == {
+            p: "libcurl" for p in clients if p.startswith("/nar/")
+        }
+        assert len([p for p in clients if p.startswith("/nar/")]) == 2
+
+
+def test_an_encoded_narinfo_is_read_through_urllib3(
+    served_cache: Path, closure: Closure, tmp_path: Path
+) -> None:
+    """A narinfo sent with `Content-Encoding: gzip` (as an S3 cache written with Nix's
+    `narinfo-compression` serves it) is decoded, also when a worker thread reads it: libcurl's plain
+    GET hands it to urllib3's path, and a copy reads the closure."""
+    import threading
+
+    narinfo = f"{closure.app.hash_part}.narinfo"
+    with serving(StaticServer, served_cache, gzip={f"/{narinfo}"}) as (url, server):
+        backend = HttpBackend(parse_store_url(url))
+        got: list[bytes | None] = []
+        try:
+            worker = threading.Thread(target=lambda: got.append(backend.get(narinfo)))
+            worker.start()
+            worker.join(60)
+        finally:
+            backend.close()
+        assert got == [(served_cache / narinfo).read_bytes()]
+        assert [p for _, p in server.requests].count(f"/{narinfo}") == (2 if pycurl_installed() else 1)
+        with LocalStore.create(tmp_path / "dest") as dest, open_store(url) as src:
+            copy_paths(src, dest, [closure.app], check_sigs=False)
+            assert dest.is_valid(closure.app)
+
+
+def test_ctrl_c_interrupts_a_stalled_http_get(tmp_path: Path) -> None:
+    """A GET on the main thread that gets no answer gives way to Ctrl-C at once (it goes through
+    urllib3, whose waits Python can interrupt, never through libcurl), not after the 300 s stall
+    timeout."""
+    import signal
+    import socket
+    import threading
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        port = listener.getsockname()[1]
+        backend = HttpBackend(parse_store_url(f"http://127.0.0.1:{port}"))
+        timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+        timer.start()
+        started = time.monotonic()
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                backend.get("nix-cache-info")
+        finally:
+            timer.cancel()
+            backend.close()
+        assert time.monotonic() - started < 10
+
+
+def pycurl_installed() -> bool:
+    try:
+        import pycurl  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def test_http_resumes_a_dropped_download(served_cache: Path, closure: Closure) -> None:

@@ -1,4 +1,5 @@
-"""`http://` and `https://` binary caches, through urllib3 (the `cache` extra).
+"""`http://` and `https://` binary caches, through urllib3, and libcurl for small GETs (the `cache`
+extra).
 
 One `urllib3.PoolManager` per store: connections are kept alive and reused, up to 25 at once (Nix's
 `http-connections`), and the cache logic fans its queries out over them. As Nix's file transfer does:
@@ -20,7 +21,10 @@ timeout), and every wait can be interrupted with Ctrl-C.
 
 urllib3 rather than httpx: a request costs less than half the CPU time, and importing it does not import
 trio and anyio (httpcore does when they are installed, as they are here), which matters for a run of
-small paths (bench/README.md).
+small paths (bench/README.md). The worker threads' GETs of small files (a closure's narinfos and the
+NAR files read ahead: two requests per path) go through libcurl (pycurl) where it is installed, for
+about a third of urllib3's CPU time each: see `_CurlGets`, which hands every request that is not plain
+(an error, a redirect, an encoded body) back to the urllib3 path, so the rules above hold unchanged.
 
 Nix: http-binary-cache-store.cc, filetransfer.cc.
 """
@@ -33,9 +37,10 @@ import os
 import random
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import IO, Final
+from typing import IO, Any, Final
 
 from xstore.cache.base import MAX_SMALL_FILE, BinaryCacheStore, SpoolingBackend
 from xstore.errors import BinaryCacheError, UnsupportedError
@@ -50,7 +55,13 @@ except ImportError:  # this module is imported only for an http(s):// URL
         "http(s):// binary caches need the Python package 'urllib3': pip install 'xstore[cache]'"
     ) from None
 
+try:
+    import pycurl  # the many small GETs of a closure go through libcurl when it is there (`_CurlGets`)
+except ImportError:
+    pycurl = None
+
 HTTP_CONNECTIONS: Final = 25
+OPENING_AT_ONCE: Final = 4  # libcurl's connections being opened at once (`_CurlGets`)
 ATTEMPTS: Final = 5
 RETRY_DELAY: Final = 0.1  # seconds before the first retry; doubled each time
 CONNECT_TIMEOUT: Final = 30.0
@@ -115,6 +126,116 @@ def _finish(response: urllib3.BaseHTTPResponse) -> None:
         response.close()
 
 
+class _Fallback:
+    """`_CurlGets.get`'s answer when the urllib3 path must take the request (see there)."""
+
+
+_FALLBACK: Final = _Fallback()
+
+
+class _CurlGets:
+    """Plain GETs of small files through libcurl (pycurl): a closure's narinfos and small NAR files,
+    1,002 requests for 501 paths, cost about a third of urllib3's CPU time per request this way
+    (bench/README.md). Handles are kept in a pool shared by the threads, each keeping its connection
+    alive, the most recently used taken first.
+
+    Only the plain outcomes are handled here: a whole 200 response without a `Content-Encoding`, within
+    the size limit, or a status that means "not in this cache". Anything else (a failure to connect,
+    TLS, a timeout or a dropped connection, a redirect, another status, an encoded or oversized body)
+    is `_FALLBACK`: the request is made again through urllib3, whose path has the retries, redirects
+    and one-line errors (`HttpBackend._send`). Certificates are checked against the same CA file and
+    directory as `ssl.create_default_context()` (`SSL_CERT_FILE` and `SSL_CERT_DIR` first). At most
+    `OPENING_AT_ONCE` new handles make their first request (open their connection) at a time.
+
+    Used from worker threads only (`HttpBackend.get`): a transfer in libcurl cannot be interrupted, and
+    Ctrl-C reaches the main thread, whose requests go through urllib3, as its waits for the workers
+    do."""
+
+    def __init__(self, headers: dict[str, str]) -> None:
+        self.headers = [f"{k}: {v}" for k, v in headers.items()]
+        paths = ssl.get_default_verify_paths()
+        self.cafile = os.environ.get(paths.openssl_cafile_env) or paths.cafile
+        self.capath = os.environ.get(paths.openssl_capath_env) or paths.capath
+        self._lock = threading.Lock()
+        self._free: list[Any] = []  # idle handles, the most recently used last
+        self._all: list[Any] = []
+        # New connections are opened a few at a time: 25 threads connecting at once overflow the listen
+        # queue of a small server (5 in Python's `http.server`), and a dropped SYN costs a second.
+        self._opening = threading.BoundedSemaphore(OPENING_AT_ONCE)
+
+    def _new_handle(self) -> Any:
+        assert pycurl is not None
+        handle = pycurl.Curl()
+        handle.setopt(pycurl.NOSIGNAL, 1)
+        handle.setopt(pycurl.CONNECTTIMEOUT, int(CONNECT_TIMEOUT))
+        handle.setopt(pycurl.LOW_SPEED_LIMIT, 1)  # a stalled transfer ends after STALL_TIMEOUT
+        handle.setopt(pycurl.LOW_SPEED_TIME, int(STALL_TIMEOUT))
+        handle.setopt(pycurl.FOLLOWLOCATION, 0)
+        handle.setopt(pycurl.HTTPHEADER, self.headers)
+        handle.setopt(pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
+        if self.cafile:
+            handle.setopt(pycurl.CAINFO, self.cafile)
+        if self.capath:
+            handle.setopt(pycurl.CAPATH, self.capath)
+        return handle
+
+    def get(self, url: str, limit: int) -> bytes | _Fallback | None:
+        assert pycurl is not None
+        with self._lock:
+            handle = self._free.pop() if self._free else None
+        new = handle is None
+        if handle is None:
+            handle = self._new_handle()
+            with self._lock:
+                self._all.append(handle)
+        parts: list[bytes] = []
+        size = 0
+        encoded = False
+
+        def write(data: bytes) -> int:
+            nonlocal size
+            size += len(data)
+            if size > limit:
+                return 0  # ends the transfer: the urllib3 path says why
+            parts.append(data)
+            return len(data)
+
+        def header(line: bytes) -> None:
+            nonlocal encoded
+            if line[:17].lower() == b"content-encoding:":
+                encoded = True
+
+        try:
+            handle.setopt(pycurl.URL, url)
+            handle.setopt(pycurl.WRITEFUNCTION, write)
+            handle.setopt(pycurl.HEADERFUNCTION, header)
+            handle.setopt(pycurl.MAXFILESIZE_LARGE, limit)
+            try:
+                if new:
+                    with self._opening:
+                        handle.perform()
+                else:
+                    handle.perform()
+            except pycurl.error:
+                return _FALLBACK
+            status = handle.getinfo(pycurl.RESPONSE_CODE)
+        finally:
+            with self._lock:
+                if handle in self._all:  # not closed meanwhile
+                    self._free.append(handle)
+        if status in MISSING:
+            return None
+        if status != 200 or encoded:
+            return _FALLBACK
+        return b"".join(parts)
+
+    def close(self) -> None:
+        with self._lock:
+            handles, self._all, self._free = self._all, [], []
+        for handle in handles:
+            handle.close()
+
+
 class HttpBackend(SpoolingBackend):
     parallel = HTTP_CONNECTIONS
 
@@ -149,8 +270,11 @@ class HttpBackend(SpoolingBackend):
             ),  # our own retries (`_send`); urllib3 follows redirects
             ssl_context=ssl.create_default_context() if url.scheme == "https" else None,
         )
+        self._curl = _CurlGets(self.headers) if pycurl is not None else None
 
     def close(self) -> None:
+        if self._curl is not None:
+            self._curl.close()
         self.pool.clear()
 
     def _url(self, name: str) -> str:
@@ -219,8 +343,12 @@ class HttpBackend(SpoolingBackend):
 
     def get(self, name: str, limit: int = MAX_SMALL_FILE) -> bytes | None:
         limit = min(limit, MAX_SMALL_FILE)
-        response = self._send("GET", name)
         url = self._url(name)
+        if self._curl is not None and threading.current_thread() is not threading.main_thread():
+            got = self._curl.get(url, limit)
+            if not isinstance(got, _Fallback):
+                return got
+        response = self._send("GET", name)
         if response.status in MISSING:
             _finish(response)
             return None

@@ -17,8 +17,9 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar, cast
 
 import pytest
 
@@ -91,6 +92,9 @@ class Closure:
     def fill(self, store: LocalStore) -> None:
         for info, nar in ((self.lib_info, self.lib_nar), (self.app_info, self.app_nar)):
             store.add_to_store(info, io.BytesIO(nar).read, check_sigs=False)
+
+
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -500,6 +504,49 @@ def test_an_encoded_narinfo_is_read_through_urllib3(
             assert dest.is_valid(closure.app)
 
 
+def in_worker(call: Callable[[], T]) -> T:
+    """`call()` on a thread of its own (where `HttpBackend.get` takes libcurl's path), its result or
+    its exception."""
+    import threading
+
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, call()))
+        except BaseException as e:  # noqa: BLE001 (handed to the caller)
+            outcome.append((False, e))
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    worker.join(120)
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return cast(T, value)
+
+
+def test_libcurl_gets_answer_as_urllib3_does(served_cache: Path, closure: Closure) -> None:
+    """On libcurl's path (a worker thread): a missing file is None after one request; a transient
+    failure is retried through urllib3 after the usual wait, libcurl's attempt counting as the first;
+    a file over the limit is refused with urllib3's error, at once."""
+    pytest.importorskip("pycurl")
+    narinfo = f"{closure.app.hash_part}.narinfo"
+    nar = next(p for p in (served_cache / "nar").iterdir() if p.read_bytes() == closure.lib_nar)
+    with serving(StaticServer, served_cache, fail={f"/{narinfo}": 2}) as (url, server):
+        backend = HttpBackend(parse_store_url(url))
+        try:
+            assert in_worker(lambda: backend.get("0" * 32 + ".narinfo")) is None
+            assert [p for _, p in server.requests] == ["/" + "0" * 32 + ".narinfo"]
+            assert in_worker(lambda: backend.get(narinfo)) == (served_cache / narinfo).read_bytes()
+            assert [p for _, p in server.requests].count(f"/{narinfo}") == 3  # 500, 500, 200
+            with pytest.raises(BinaryCacheError, match="over 100 bytes"):
+                in_worker(lambda: backend.get(f"nar/{nar.name}", limit=100))
+            assert [p for _, p in server.requests].count(f"/nar/{nar.name}") == 2
+        finally:
+            backend.close()
+
+
 def test_ctrl_c_interrupts_a_stalled_http_get(tmp_path: Path) -> None:
     """A GET on the main thread that gets no answer gives way to Ctrl-C at once (it goes through
     urllib3, whose waits Python can interrupt, never through libcurl), not after the 300 s stall
@@ -514,11 +561,15 @@ def test_ctrl_c_interrupts_a_stalled_http_get(tmp_path: Path) -> None:
         port = listener.getsockname()[1]
         backend = HttpBackend(parse_store_url(f"http://127.0.0.1:{port}"))
         timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
-        timer.start()
         started = time.monotonic()
+
+        def interrupted_get() -> bytes | None:
+            timer.start()  # within `pytest.raises`: the interrupt cannot land outside it
+            return backend.get("nix-cache-info")
+
         try:
             with pytest.raises(KeyboardInterrupt):
-                backend.get("nix-cache-info")
+                interrupted_get()
         finally:
             timer.cancel()
             backend.close()

@@ -62,6 +62,9 @@ except ImportError:
 
 HTTP_CONNECTIONS: Final = 25
 OPENING_AT_ONCE: Final = 4  # libcurl's connections being opened at once (`_CurlGets`)
+# libcurl's errors that are not the network's: the body over the limit (the write callback ended it, or
+# its announced length), a URL it refuses. The request goes to urllib3 at once, without a retry's wait.
+_NOT_TRANSPORT: Final = frozenset({3, 23, 63})  # URL_MALFORMAT, WRITE_ERROR, FILESIZE_EXCEEDED
 ATTEMPTS: Final = 5
 RETRY_DELAY: Final = 0.1  # seconds before the first retry; doubled each time
 CONNECT_TIMEOUT: Final = 30.0
@@ -131,6 +134,7 @@ class _Fallback:
 
 
 _FALLBACK: Final = _Fallback()
+_RETRY: Final = _Fallback()  # the same, after a failure urllib3 would retry (see `_CurlGets.get`)
 
 
 class _CurlGets:
@@ -173,6 +177,7 @@ class _CurlGets:
         handle.setopt(pycurl.FOLLOWLOCATION, 0)
         handle.setopt(pycurl.HTTPHEADER, self.headers)
         handle.setopt(pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
+        handle.setopt(pycurl.PROXY, "")  # as urllib3's PoolManager: no proxy from the environment
         if self.cafile:
             handle.setopt(pycurl.CAINFO, self.cafile)
         if self.capath:
@@ -180,14 +185,10 @@ class _CurlGets:
         return handle
 
     def get(self, url: str, limit: int) -> bytes | _Fallback | None:
+        """The file at `url` (at most `limit` bytes), None when the cache does not have it, `_RETRY`
+        after a failure that urllib3 might retry (a transport error or a transient status: retried
+        after the usual wait, as the first attempt's successor), `_FALLBACK` for the rest."""
         assert pycurl is not None
-        with self._lock:
-            handle = self._free.pop() if self._free else None
-        new = handle is None
-        if handle is None:
-            handle = self._new_handle()
-            with self._lock:
-                self._all.append(handle)
         parts: list[bytes] = []
         size = 0
         encoded = False
@@ -205,7 +206,14 @@ class _CurlGets:
             if line[:17].lower() == b"content-encoding:":
                 encoded = True
 
+        with self._lock:
+            handle = self._free.pop() if self._free else None
+        new = handle is None
         try:
+            if handle is None:
+                handle = self._new_handle()
+                with self._lock:
+                    self._all.append(handle)
             handle.setopt(pycurl.URL, url)
             handle.setopt(pycurl.WRITEFUNCTION, write)
             handle.setopt(pycurl.HEADERFUNCTION, header)
@@ -216,24 +224,42 @@ class _CurlGets:
                         handle.perform()
                 else:
                     handle.perform()
-            except pycurl.error:
-                return _FALLBACK
+            except pycurl.error as e:
+                return _FALLBACK if e.args and e.args[0] in _NOT_TRANSPORT else _RETRY
             status = handle.getinfo(pycurl.RESPONSE_CODE)
+        except (pycurl.error, UnicodeError, ValueError):  # a URL or file name libcurl cannot take
+            return _FALLBACK
         finally:
-            with self._lock:
-                if handle in self._all:  # not closed meanwhile
-                    self._free.append(handle)
+            if handle is not None:
+                with self._lock:
+                    if handle in self._all:  # not closed meanwhile
+                        self._free.append(handle)
         if status in MISSING:
             return None
         if status != 200 or encoded:
-            return _FALLBACK
-        return b"".join(parts)
+            return _RETRY if _transient(status) else _FALLBACK
+        body = b"".join(parts)
+        parts.clear()  # the handle keeps `write` until its next request, not the body
+        return body
 
     def close(self) -> None:
         with self._lock:
             handles, self._all, self._free = self._all, [], []
         for handle in handles:
-            handle.close()
+            with contextlib.suppress(pycurl.error):  # one still in a transfer (not when closed by the store)
+                handle.close()
+
+
+def _curl_fits(url: StoreUrl) -> bool:
+    """Whether libcurl can take this cache's small GETs exactly as urllib3 would: pycurl is installed,
+    the URL carries no credentials (urllib3 does not send them; libcurl would), and for HTTPS the CA file
+    that `ssl.create_default_context()` loads is known (else libcurl would trust its own)."""
+    if pycurl is None or "@" in url.authority:
+        return False
+    if url.scheme == "https":
+        paths = ssl.get_default_verify_paths()
+        return bool(os.environ.get(paths.openssl_cafile_env) or paths.cafile)
+    return True
 
 
 class HttpBackend(SpoolingBackend):
@@ -270,7 +296,7 @@ class HttpBackend(SpoolingBackend):
             ),  # our own retries (`_send`); urllib3 follows redirects
             ssl_context=ssl.create_default_context() if url.scheme == "https" else None,
         )
-        self._curl = _CurlGets(self.headers) if pycurl is not None else None
+        self._curl = _CurlGets(self.headers) if _curl_fits(url) else None
 
     def close(self) -> None:
         if self._curl is not None:
@@ -315,12 +341,19 @@ class HttpBackend(SpoolingBackend):
         time.sleep(RETRY_DELAY * (2**attempt) * (0.5 + random.random()))  # noqa: S311 (jitter)
 
     def _send(
-        self, method: str, name: str, *, headers: dict[str, str] | None = None, body: Body | None = None
+        self,
+        method: str,
+        name: str,
+        *,
+        headers: dict[str, str] | None = None,
+        body: Body | None = None,
+        first_attempt: int = 0,
     ) -> urllib3.BaseHTTPResponse:
-        """One request with Nix's retries; the response's body is not read yet."""
+        """One request with Nix's retries (from `first_attempt` on, when attempts were made elsewhere);
+        the response's body is not read yet."""
         url = self._url(name)
         sent = {**self.headers, **headers} if headers else self.headers
-        for attempt in range(ATTEMPTS):
+        for attempt in range(first_attempt, ATTEMPTS):
             try:
                 response = self.pool.urlopen(
                     method, url, body=body() if callable(body) else body, headers=sent, preload_content=False
@@ -344,11 +377,15 @@ class HttpBackend(SpoolingBackend):
     def get(self, name: str, limit: int = MAX_SMALL_FILE) -> bytes | None:
         limit = min(limit, MAX_SMALL_FILE)
         url = self._url(name)
+        first = 0
         if self._curl is not None and threading.current_thread() is not threading.main_thread():
             got = self._curl.get(url, limit)
             if not isinstance(got, _Fallback):
                 return got
-        response = self._send("GET", name)
+            if got is _RETRY:
+                self._wait(0)
+                first = 1  # libcurl's was the first attempt
+        response = self._send("GET", name, first_attempt=first)
         if response.status in MISSING:
             _finish(response)
             return None

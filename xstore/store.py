@@ -251,12 +251,11 @@ class _Deferred:
     """Registrations waiting for their commit (`LocalStore.registering_together`): each path's
     metadata and the lock held on it, in the order added."""
 
-    __slots__ = ("entries", "on_commit", "paths", "since", "thread")
+    __slots__ = ("entries", "on_commit", "since", "thread")
 
     def __init__(self, on_commit: Callable[[set[StorePath]], None] | None) -> None:
         self.thread = threading.get_ident()  # only this thread's adds wait
         self.entries: list[tuple[PathInfo, PathLock]] = []
-        self.paths: set[StorePath] = set()
         self.since = 0.0  # when the first of the entries was added
         self.on_commit = on_commit
 
@@ -876,7 +875,6 @@ class LocalStore(Store):
             raise StoreError(f"the store at '{self.root}' is open read-only")
         if not deferred.entries:
             deferred.since = time.monotonic()
-        deferred.paths.add(info.path)
         deferred.entries.append((info, lock))
         return True
 
@@ -885,8 +883,9 @@ class LocalStore(Store):
         paths = list(paths)
         deferred = self._deferring()
         found = self.query_valid_paths(paths)
-        if deferred is not None:
-            found.update(p for p in paths if p in deferred.paths)
+        if deferred is not None and deferred.entries:
+            waiting = {info.path for info, _ in deferred.entries}
+            found.update(p for p in paths if p in waiting)
         return found
 
     def commit_registrations_if_due(self, nar_size: int) -> None:
@@ -920,7 +919,6 @@ class LocalStore(Store):
         failed = True
         try:
             entries, deferred.entries = deferred.entries, []
-            deferred.paths = set()
             # A path whose lock is no longer held was given up by its adder (an interrupt came before
             # the adder knew the path was taken): its tree is not this process's to register.
             infos = [info for info, lock in entries if lock.acquired]

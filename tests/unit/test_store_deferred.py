@@ -87,6 +87,11 @@ def checks_out(store: LocalStore, path: StorePath) -> bool:
     return store.nar_from_path(path, lambda _data: None) == store.require(path).nar_size
 
 
+def full_disk(self: LocalStore, info: object) -> None:
+    """In place of `LocalStore._register_all` and `register`: a database that cannot be written."""
+    raise StoreError("the store database cannot be used: database or disk is full")
+
+
 class SlowSource(LocalStore):
     """A local store whose NARs count as not at hand (as a remote cache's not fetched yet)."""
 
@@ -284,9 +289,6 @@ def test_a_commit_that_fails_removes_the_paths_it_held(
 ) -> None:
     paths = chain(source, 3)
 
-    def full_disk(self: LocalStore, info: object) -> None:
-        raise StoreError("the store database cannot be used: database or disk is full")
-
     with monkeypatch.context() as patched:
         patched.setattr(LocalStore, "_register_all", full_disk)
         patched.setattr(LocalStore, "register", full_disk)
@@ -434,9 +436,6 @@ def test_closing_the_store_when_its_commit_fails_still_closes_it(
     (path,) = chain(source, 1)
     dest = LocalStore.create(tmp_path / "closing", case_hack=CaseHackMode.OFF)
     roots = dest.state_dir / "temproots" / str(os.getpid())
-
-    def full_disk(self: LocalStore, info: object) -> None:
-        raise StoreError("the store database cannot be used: database or disk is full")
 
     with dest.registering_together():
         copy_one(source, dest, source.require(path), check_sigs=False)

@@ -146,9 +146,9 @@ class _CurlGets:
     Only the plain outcomes are handled here: a whole 200 response without a `Content-Encoding`, within
     the size limit, or a status that means "not in this cache". Anything else (a failure to connect,
     TLS, a timeout or a dropped connection, a redirect, another status, an encoded or oversized body)
-    is `_FALLBACK`: the request is made again through urllib3, whose path has the retries, redirects
-    and one-line errors (`HttpBackend._send`). Certificates are checked against the same CA file and
-    directory as `ssl.create_default_context()` (`SSL_CERT_FILE` and `SSL_CERT_DIR` first). At most
+    is `_FALLBACK` or `_RETRY`: the request is made again through urllib3, whose path has the retries,
+    redirects and one-line errors (`HttpBackend._send`). Certificates are checked against the same CA
+    file and directory as `ssl.create_default_context()` (`_ca_locations`). At most
     `OPENING_AT_ONCE` new handles make their first request (open their connection) at a time.
 
     Used from worker threads only (`HttpBackend.get`): a transfer in libcurl cannot be interrupted, and
@@ -157,9 +157,7 @@ class _CurlGets:
 
     def __init__(self, headers: dict[str, str]) -> None:
         self.headers = [f"{k}: {v}" for k, v in headers.items()]
-        paths = ssl.get_default_verify_paths()
-        self.cafile = os.environ.get(paths.openssl_cafile_env) or paths.cafile
-        self.capath = os.environ.get(paths.openssl_capath_env) or paths.capath
+        self.cafile, self.capath = _ca_locations()
         self._lock = threading.Lock()
         self._free: list[Any] = []  # idle handles, the most recently used last
         self._all: list[Any] = []
@@ -256,10 +254,16 @@ def _curl_fits(url: StoreUrl) -> bool:
     that `ssl.create_default_context()` loads is known (else libcurl would trust its own)."""
     if pycurl is None or "@" in url.authority:
         return False
-    if url.scheme == "https":
-        paths = ssl.get_default_verify_paths()
-        return bool(os.environ.get(paths.openssl_cafile_env) or paths.cafile)
-    return True
+    return url.scheme != "https" or _ca_locations()[0] is not None
+
+
+def _ca_locations() -> tuple[str | None, str | None]:
+    """The CA file and directory `ssl.create_default_context()` loads (`SSL_CERT_FILE` and
+    `SSL_CERT_DIR` first), None where there is none."""
+    paths = ssl.get_default_verify_paths()
+    cafile = os.environ.get(paths.openssl_cafile_env) or paths.cafile
+    capath = os.environ.get(paths.openssl_capath_env) or paths.capath
+    return cafile or None, capath or None
 
 
 class HttpBackend(SpoolingBackend):

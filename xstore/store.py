@@ -758,13 +758,21 @@ class LocalStore(Store):
             )
         return size
 
-    def add_to_store(self, info: PathInfo, read: Read, *, check_sigs: bool = True) -> bool:
+    def add_to_store(
+        self,
+        info: PathInfo,
+        read: Read,
+        *,
+        check_sigs: bool = True,
+        on_registered: Callable[[], None] | None = None,
+    ) -> bool:
         """See `Store.add_to_store`. With `check_sigs`, a path that is neither content-addressed (and
         checking out) nor signed by a trusted key (`trusted_keys`) is refused before its NAR is read
-        (`SignatureError`), as Nix's `require-sigs`."""
+        (`SignatureError`), as Nix's `require-sigs`. `on_registered()` is called once the path is
+        registered, before its lock is released (see `PathAdder.commit`)."""
         from xstore.store_add import add_nar
 
-        return add_nar(self, info, read, check_sigs=check_sigs)
+        return add_nar(self, info, read, check_sigs=check_sigs, on_registered=on_registered)
 
     @_db_errors
     def register(self, info: PathInfo) -> None:
@@ -937,18 +945,24 @@ class LocalStore(Store):
             self.remove_unregistered([info.path for info, lock in entries if lock.acquired])
             raise
         finally:
-            for _, lock in entries:
-                lock.release()
-            if registered and deferred.on_commit is not None:
-                if failed:  # told, without hiding the error
-                    with contextlib.suppress(Exception):
+            # Told before the locks go, so that what it tells (a copy's progress, a protocol's reply)
+            # waits for the commit alone.
+            try:
+                if registered and deferred.on_commit is not None:
+                    if failed:  # told, without hiding the error
+                        with contextlib.suppress(Exception):
+                            deferred.on_commit(set(registered))
+                    else:
                         deferred.on_commit(set(registered))
-                else:
-                    deferred.on_commit(set(registered))
+            finally:
+                for _, lock in entries:
+                    lock.release()
 
     @_db_errors
     def _register_all(self, infos: list[PathInfo]) -> None:
-        if infos:
+        if len(infos) == 1:
+            self.register(infos[0])  # a path without references takes one statement
+        elif infos:
             self._insert_all(infos)
 
     def remove_unregistered(

@@ -39,6 +39,8 @@ from xstore.storeapi import PathInfo, Read
 
 TYPE_CHECKING = False  # not `from typing import`: the store commands run without loading typing
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from xstore.store import LocalStore, StoreSettings
 
 
@@ -108,10 +110,15 @@ class PathAdder:
                 path=info.path.path,
             )
 
-    def commit(self, info: PathInfo) -> bool:
+    def commit(self, info: PathInfo, on_registered: Callable[[], None] | None = None) -> bool:
         """Check `info` (the measured hash and size) against what was announced, then move the path into
         place and register it. Returns False when the path was valid already (its NAR must match), True
-        when added. The adder is finished either way."""
+        when added. The adder is finished either way.
+
+        `on_registered()` is called once the path is registered, before its lock is released: what it
+        tells (a protocol's confirmation) then waits for the registration alone. It is not called for
+        a path that was valid already, nor when the registration is deferred (`registering_together`,
+        whose `on_commit` tells)."""
         try:
             expected = self.expected
             if expected is not None:
@@ -157,6 +164,8 @@ class PathAdder:
                 except BaseException:  # an interrupt, maybe just after the commit: the database tells
                     store.remove_unregistered([info.path])
                     raise
+                if not deferred and on_registered is not None:
+                    on_registered()
             finally:
                 if lock is not None and not deferred:
                     lock.release()
@@ -169,11 +178,18 @@ class PathAdder:
         self.writer.abort()
 
 
-def add_nar(store: LocalStore, info: PathInfo, read: Read, *, check_sigs: bool = False) -> bool:
+def add_nar(
+    store: LocalStore,
+    info: PathInfo,
+    read: Read,
+    *,
+    check_sigs: bool = False,
+    on_registered: Callable[[], None] | None = None,
+) -> bool:
     """Add the path `info` describes from the NAR read with `read(n)` (metadata first). See
     `Store.add_to_store`. A NAR longer than `info.nar_size` is refused as soon as it is. With
     `check_sigs`, a path that is not valid yet must be trusted (`signing.require_trusted`) before a byte
-    of its NAR is read."""
+    of its NAR is read. `on_registered`: see `PathAdder.commit`."""
     hasher = hashlib.sha256()
     parser = NarParser(hasher=hasher, whole_files=True)
     limit = info.nar_size or None
@@ -206,7 +222,7 @@ def add_nar(store: LocalStore, info: PathInfo, read: Read, *, check_sigs: bool =
     except BaseException:
         adder.abort()
         raise
-    return adder.commit(info.replace(nar_hash=hasher.digest(), nar_size=parser.offset))
+    return adder.commit(info.replace(nar_hash=hasher.digest(), nar_size=parser.offset), on_registered)
 
 
 def _check_limit(info: PathInfo, parser: NarParser, limit: int | None) -> None:

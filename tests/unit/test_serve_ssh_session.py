@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import socket
 import threading
+from pathlib import Path
 
-from tests.localstores import filled, store  # noqa: F401 (fixtures)
+from tests.localstores import filled, leftovers, store  # noqa: F401 (fixtures)
+from xstore.casehack import CaseHackMode
 from xstore.protocols import serve as proto
 from xstore.protocols.common import NarData, NarEnd
 from xstore.remote.channel import Channel
@@ -63,3 +65,48 @@ def test_a_copy_looks_each_path_up_once(store: LocalStore, filled: list[StorePat
         sent: list[bytes] = []
         store.nar_from_path(path, sent.append)
         assert nar == b"".join(sent)
+
+
+def test_each_path_added_is_confirmed_once_when_registered(
+    store: LocalStore,  # noqa: F811
+    filled: list[StorePath],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    # Nix's client (`nix copy --to ssh://`) sends a path, then waits for its confirmation: one per
+    # path, sent once the path is registered, also for a path that was valid already.
+    paths = sorted(store.query_closure(filled), key=lambda p: len(store.query_closure([p])))
+    paths.append(paths[0])  # valid by then
+    ours, theirs = socket.socketpair()
+    with LocalStore.create(tmp_path / "dest", case_hack=CaseHackMode.OFF) as dest:
+        server = threading.Thread(
+            target=serve_ssh,
+            args=(dest, Channel(theirs.fileno(), theirs.fileno(), peer="the client")),
+            kwargs={"write": True},
+        )
+        channel = Channel(ours.fileno(), ours.fileno(), peer="the server", timeout=30)
+        client = proto.ServeClient()
+        confirmed: list[StorePath] = []
+        try:
+            server.start()
+            channel.send(client.hello(), "the greeting")
+            next_event(client, channel, "the greeting")
+            for path in paths:
+                nar: list[bytes] = []
+                store.nar_from_path(path, nar.append)
+                request = client.add_to_store_nar(store.require(path))
+                channel.send(request + client.nar_data(b"".join(nar)) + client.nar_end(), "a path")
+                assert isinstance(next_event(client, channel, "a confirmation"), proto.Added)
+                with LocalStore(dest.root) as other:  # registered, as another process sees it
+                    assert other.is_valid(path)
+                confirmed.append(path)
+            ours.shutdown(socket.SHUT_WR)
+            server.join(30)
+            assert not server.is_alive()
+            theirs.shutdown(socket.SHUT_WR)
+            assert channel.recv("the end") == b""  # nothing sent after the last confirmation
+        finally:
+            ours.close()
+            theirs.close()
+        assert confirmed == paths
+        assert sorted(dest.all_paths()) == sorted(set(paths))
+        assert leftovers(dest) == []

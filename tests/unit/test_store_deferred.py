@@ -67,8 +67,24 @@ def valid_elsewhere(store: LocalStore, paths: list[StorePath]) -> list[StorePath
 
 
 def commits(store: LocalStore) -> list[str]:
+    """The transactions committed from here on: each `commit`, and each insert made outside a
+    transaction (one path without references is registered by its one statement)."""
     seen: list[str] = []
-    store.db.set_trace_callback(lambda sql: seen.append(sql) if sql.strip().lower() == "commit" else None)
+    open_ = False
+
+    def trace(sql: str) -> None:
+        nonlocal open_
+        statement = sql.strip().lower()
+        if statement.startswith("begin"):
+            open_ = True
+        elif statement in ("commit", "rollback"):
+            open_ = False
+            if statement == "commit":
+                seen.append(statement)
+        elif statement.startswith("insert into validpaths") and not open_:
+            seen.append(statement)
+
+    store.db.set_trace_callback(trace)
     return seen
 
 
@@ -166,6 +182,53 @@ def test_a_path_stays_locked_until_its_registration_is_committed(
     assert unlocked(dest, [path])
     with LocalStore(dest.root) as other:
         assert other.require(path) == info.replace(registration_time=other.require(path).registration_time)
+
+
+def test_a_commit_is_told_before_the_locks_are_released(source: LocalStore, dest: LocalStore) -> None:
+    # What is told (a copy's progress, `xstore serve ssh`'s confirmation) waits for the commit alone,
+    # not for the locks' release: the paths are registered and still locked when it is told.
+    paths = chain(source, 3)
+    told: list[tuple[list[StorePath], list[StorePath], bool]] = []
+
+    def on_commit(done: set[StorePath]) -> None:
+        told.append((sorted(done), valid_elsewhere(dest, paths), unlocked(dest, paths)))
+
+    with dest.registering_together(on_commit):
+        for path in paths:
+            assert copy_one(source, dest, source.require(path), check_sigs=False)
+    assert told == [(sorted(paths), paths, False)]
+    assert unlocked(dest, paths)
+
+
+def test_an_add_tells_once_registered_before_the_lock_is_released(
+    source: LocalStore, dest: LocalStore
+) -> None:
+    # `add_to_store(on_registered=)`, which `xstore serve ssh` confirms a path with: told once the
+    # path is registered and while it is still locked; not told for a path valid already, nor when the
+    # registration is deferred (the commit tells then).
+    paths = chain(source, 3)
+    told: list[tuple[list[StorePath], bool]] = []
+
+    def add(path: StorePath) -> bool:
+        nar: list[bytes] = []
+        source.nar_from_path(path, nar.append)
+        chunks = iter([b"".join(nar)])
+        return dest.add_to_store(
+            source.require(path),
+            lambda _n: next(chunks, b""),
+            check_sigs=False,
+            on_registered=lambda: told.append((valid_elsewhere(dest, [path]), unlocked(dest, [path]))),
+        )
+
+    assert add(paths[0])
+    assert told == [([paths[0]], False)]
+    assert unlocked(dest, [paths[0]])
+    assert not add(paths[0])  # valid already
+    with dest.registering_together():
+        assert add(paths[1])
+    assert add(paths[2])
+    assert told == [([paths[0]], False), ([paths[2]], False)]
+    assert valid_elsewhere(dest, paths) == paths
 
 
 def test_another_threads_add_is_registered_at_once(source: LocalStore, dest: LocalStore) -> None:
@@ -454,5 +517,7 @@ def test_outside_a_copy_each_registration_is_its_own_transaction(dest: LocalStor
     base = sp("0a", "base")
     add_path(dest, base, {b"f": b"1"})
     add_path(dest, sp("0b", "user"), {b"f": b"2"}, base)
-    assert seen == ["commit"]  # the path with a reference; the one without is a single INSERT
+    # The path without references is registered by its one INSERT, the one with a reference in a
+    # transaction of its own.
+    assert [statement.split(" (")[0] for statement in seen] == ["insert into validpaths", "commit"]
     assert valid_elsewhere(dest, [base]) == [base]

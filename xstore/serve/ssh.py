@@ -13,6 +13,8 @@ The driver is one loop around `protocols.serve.ServeServer`: each request is ans
   DumpStorePath's NAR is not hashed again on the way (as Nix's is not: the client checks it).
 - AddToStoreNar and ImportPaths add through the store's one add transaction, with the store's case hack,
   and only with `--write` (without it: "importing paths is not allowed" and exit, as Nix does).
+  AddToStoreNar's confirmation leaves as soon as the path is registered, before its lock is released:
+  the client waits for it before sending the next path.
 - BuildPaths and BuildDerivation are answered with a failed build saying that xstore builds nothing.
 
 There are no error messages in this protocol: an error is printed on stderr and the server exits 1,
@@ -128,8 +130,7 @@ def serve_ssh(
         elif isinstance(event, proto.AddToStoreNar):
             if not write:
                 raise NotAllowedError("importing paths is not allowed")
-            store.add_to_store(event.info, _payload(conn, channel, NarData, NarEnd), check_sigs=False)
-            channel.send(conn.added(), "a confirmation")
+            _add_and_confirm(store, conn, channel, event.info)
         elif isinstance(event, proto.ImportPaths):
             if not write:
                 raise NotAllowedError("importing paths is not allowed")
@@ -149,6 +150,28 @@ def serve_ssh(
             channel.send(conn.build_derivation_refused(BUILD_REFUSAL), "a build result")
         else:
             raise AssertionError(f"unexpected event {event!r}")
+
+
+def _add_and_confirm(store: Store, conn: proto.ServeServer, channel: Channel, info: PathInfo) -> None:
+    """AddToStoreNar: add the path, then confirm. The confirmation says that the path is registered;
+    a local store sends it as soon as it is, before the path's lock is released and the rest cleaned
+    up, as the client waits for it before sending its next path."""
+    from xstore.store import LocalStore  # loaded already when the store is one
+
+    confirmed = False
+
+    def confirm() -> None:
+        nonlocal confirmed
+        if not confirmed:
+            confirmed = True
+            channel.send(conn.added(), "a confirmation")
+
+    read = _payload(conn, channel, NarData, NarEnd)
+    if isinstance(store, LocalStore):
+        store.add_to_store(info, read, check_sigs=False, on_registered=confirm)
+    else:
+        store.add_to_store(info, read, check_sigs=False)
+    confirm()  # unless done: the path was valid already, or the store is not a local one
 
 
 def _payload(

@@ -769,7 +769,8 @@ class LocalStore(Store):
         """See `Store.add_to_store`. With `check_sigs`, a path that is neither content-addressed (and
         checking out) nor signed by a trusted key (`trusted_keys`) is refused before its NAR is read
         (`SignatureError`), as Nix's `require-sigs`. `on_registered()` is called once the path is
-        registered, before its lock is released (see `PathAdder.commit`)."""
+        registered, before its lock is released (see `PathAdder.commit`); what it raises is raised, and
+        the path stays registered."""
         from xstore.store_add import add_nar
 
         return add_nar(self, info, read, check_sigs=check_sigs, on_registered=on_registered)
@@ -945,23 +946,19 @@ class LocalStore(Store):
             self.remove_unregistered([info.path for info, lock in entries if lock.acquired])
             raise
         finally:
-            # Told before the locks go, so that what it tells (a copy's progress, a protocol's reply)
-            # waits for the commit alone.
-            try:
-                if registered and deferred.on_commit is not None:
-                    if failed:  # told, without hiding the error
-                        with contextlib.suppress(Exception):
-                            deferred.on_commit(set(registered))
-                    else:
+            for _, lock in entries:
+                lock.release()
+            if registered and deferred.on_commit is not None:
+                if failed:  # told, without hiding the error
+                    with contextlib.suppress(Exception):
                         deferred.on_commit(set(registered))
-            finally:
-                for _, lock in entries:
-                    lock.release()
+                else:
+                    deferred.on_commit(set(registered))
 
     @_db_errors
     def _register_all(self, infos: list[PathInfo]) -> None:
         if len(infos) == 1:
-            self.register(infos[0])  # a path without references takes one statement
+            self.register(infos[0])  # one statement when the path has no references
         elif infos:
             self._insert_all(infos)
 

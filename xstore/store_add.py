@@ -7,15 +7,17 @@ cache's narinfo, the serve and daemon protocols and `copy` (metadata before it).
    tell it from one a killed process left (`LocalStore.temp_dir`).
 2. The NAR's events go into a `TreeWriter` there, with the store's case hack; the caller's parser hashes
    the NAR on the way (one read of every byte).
-3. `commit(info)`: the NAR hash and size must equal the metadata announced before the NAR, when there
-   was any; every reference must be valid or be the path itself. Nothing is valid before these checks.
+3. `commit(info, on_registered)`: the NAR hash and size must equal the metadata announced before the
+   NAR, when there was any; every reference must be valid or be the path itself. Nothing is valid
+   before these checks.
 4. The path and its references are held as temporary roots (Nix's protocol, `temproots.py`), so a
    garbage collection running meanwhile keeps them. Under the path's lock: a path that became valid
    meanwhile is left alone (its hash must agree); anything occupying the path's place that is not valid
    is removed (a killed earlier import); the tree is renamed into place and registered in one SQLite
    transaction. It is canonical by then (read-only, mtime 1): the writer made each node so as it was
    completed, all but a root directory, which is made so once moved. A failure after the rename removes
-   the tree again.
+   the tree again. The caller's `on_registered()` is then told, before the lock is released (a
+   protocol's confirmation waits for the registration alone).
 
 An error or an interrupt at any point leaves nothing: no temporary directory, no lock file, no row.
 

@@ -4,6 +4,7 @@ the infos it has looked up for the session, as Nix's server does, so each path i
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 from pathlib import Path
@@ -67,46 +68,64 @@ def test_a_copy_looks_each_path_up_once(store: LocalStore, filled: list[StorePat
         assert nar == b"".join(sent)
 
 
-def test_each_path_added_is_confirmed_once_when_registered(
+def test_each_path_added_is_confirmed_once_registered_while_still_locked(
     store: LocalStore,  # noqa: F811
     filled: list[StorePath],  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    # Nix's client (`nix copy --to ssh://`) sends a path, then waits for its confirmation: one per
-    # path, sent once the path is registered, also for a path that was valid already.
+    # Nix's client (`nix copy --to ssh://`) sends a path, then waits for its confirmation before the
+    # next: one per path, sent as soon as the path is registered (its lock still held, released only
+    # after), and one for a path that was valid already.
     paths = sorted(store.query_closure(filled), key=lambda p: len(store.query_closure([p])))
     paths.append(paths[0])  # valid by then
+    dest = LocalStore.create(tmp_path / "dest", case_hack=CaseHackMode.OFF)
+    sending: list[StorePath] = []  # the path the client has sent last
+    seen: list[tuple[list[StorePath], bool]] = []  # at each confirmation: the valid paths, and
+    # whether the path confirmed was locked (its own lock: others may share a byte of the lock file)
+
+    class Watched(Channel):
+        def send(self, data: bytes, what: str) -> None:
+            if what == "a confirmation":
+                with LocalStore(dest.root) as other:  # another process, as far as locks go
+                    lock = other.try_lock(sending[-1])
+                    if lock is not None:
+                        lock.release()
+                    seen.append(([p for p in sorted(set(paths)) if other.is_valid(p)], lock is None))
+            super().send(data, what)
+
     ours, theirs = socket.socketpair()
-    with LocalStore.create(tmp_path / "dest", case_hack=CaseHackMode.OFF) as dest:
-        server = threading.Thread(
-            target=serve_ssh,
-            args=(dest, Channel(theirs.fileno(), theirs.fileno(), peer="the client")),
-            kwargs={"write": True},
-        )
-        channel = Channel(ours.fileno(), ours.fileno(), peer="the server", timeout=30)
-        client = proto.ServeClient()
-        confirmed: list[StorePath] = []
-        try:
-            server.start()
-            channel.send(client.hello(), "the greeting")
-            next_event(client, channel, "the greeting")
-            for path in paths:
-                nar: list[bytes] = []
-                store.nar_from_path(path, nar.append)
-                request = client.add_to_store_nar(store.require(path))
-                channel.send(request + client.nar_data(b"".join(nar)) + client.nar_end(), "a path")
-                assert isinstance(next_event(client, channel, "a confirmation"), proto.Added)
-                with LocalStore(dest.root) as other:  # registered, as another process sees it
-                    assert other.is_valid(path)
-                confirmed.append(path)
+    server = threading.Thread(
+        target=serve_ssh,
+        args=(dest, Watched(theirs.fileno(), theirs.fileno(), peer="the client")),
+        kwargs={"write": True},
+    )
+    channel = Channel(ours.fileno(), ours.fileno(), peer="the server", timeout=30)
+    client = proto.ServeClient()
+    try:
+        server.start()
+        channel.send(client.hello(), "the greeting")
+        next_event(client, channel, "the greeting")
+        for path in paths:
+            nar: list[bytes] = []
+            store.nar_from_path(path, nar.append)
+            request = client.add_to_store_nar(store.require(path))
+            sending.append(path)
+            channel.send(request + client.nar_data(b"".join(nar)) + client.nar_end(), "a path")
+            assert isinstance(next_event(client, channel, "a confirmation"), proto.Added)
+        ours.shutdown(socket.SHUT_WR)
+        server.join(30)
+        theirs.shutdown(socket.SHUT_WR)
+        assert channel.recv("the end") == b""  # nothing sent after the last confirmation
+    finally:
+        with contextlib.suppress(OSError):
             ours.shutdown(socket.SHUT_WR)
-            server.join(30)
-            assert not server.is_alive()
-            theirs.shutdown(socket.SHUT_WR)
-            assert channel.recv("the end") == b""  # nothing sent after the last confirmation
-        finally:
-            ours.close()
-            theirs.close()
-        assert confirmed == paths
-        assert sorted(dest.all_paths()) == sorted(set(paths))
-        assert leftovers(dest) == []
+        server.join(30)
+        ours.close()
+        theirs.close()
+        dest.close()
+    assert not server.is_alive()
+    expected = [(sorted(paths[: i + 1]), True) for i in range(len(paths) - 1)]
+    assert seen == [*expected, (sorted(set(paths)), False)]
+    with LocalStore(dest.root) as after:
+        assert after.all_paths() == sorted(set(paths))
+        assert leftovers(after) == []

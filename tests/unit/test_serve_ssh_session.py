@@ -1,12 +1,14 @@
-"""`xstore serve ssh` in process, over a socket pair: what a session asks of the store. Nix's client
-(`nix copy --from ssh://`) asks for a closure, then each path's info, then each NAR; the server keeps
-the infos it has looked up for the session, as Nix's server does, so each path is looked up once."""
+"""`xstore serve ssh` in process, over a socket pair: what a session asks of the store, and when it
+answers. Nix's client (`nix copy --from ssh://`) asks for a closure, then each path's info, then each
+NAR; the server keeps the infos it has looked up for the session, as Nix's server does, so each path is
+looked up once. Pushing (`nix copy --to ssh://`), it sends a path and waits for its confirmation."""
 
 from __future__ import annotations
 
 import contextlib
 import socket
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from tests.localstores import filled, leftovers, store  # noqa: F401 (fixtures)
@@ -17,14 +19,21 @@ from xstore.remote.channel import Channel
 from xstore.remote.pump import next_event
 from xstore.serve.ssh import serve_ssh
 from xstore.store import LocalStore
+from xstore.storeapi import Store
 from xstore.storepath import StorePath
 
 
-def test_a_copy_looks_each_path_up_once(store: LocalStore, filled: list[StorePath]) -> None:  # noqa: F811
+@contextlib.contextmanager
+def session(
+    served: Store, *, write: bool = False, server_channel: type[Channel] = Channel
+) -> Iterator[tuple[Channel, proto.ServeClient]]:
+    """`serve_ssh(served)` in a thread over a socket pair, greeted: the client's channel and protocol.
+    Leaving the block ends the client's stream, and then the server, which must have sent nothing more."""
     ours, theirs = socket.socketpair()
-    statements: list[str] = []
     server = threading.Thread(
-        target=serve_ssh, args=(store, Channel(theirs.fileno(), theirs.fileno(), peer="the client"))
+        target=serve_ssh,
+        args=(served, server_channel(theirs.fileno(), theirs.fileno(), peer="the client")),
+        kwargs={"write": write},
     )
     channel = Channel(ours.fileno(), ours.fileno(), peer="the server", timeout=30)
     client = proto.ServeClient()
@@ -32,6 +41,23 @@ def test_a_copy_looks_each_path_up_once(store: LocalStore, filled: list[StorePat
         server.start()
         channel.send(client.hello(), "the greeting")
         next_event(client, channel, "the greeting")
+        yield channel, client
+        ours.shutdown(socket.SHUT_WR)
+        server.join(30)
+        assert not server.is_alive()
+        theirs.shutdown(socket.SHUT_WR)
+        assert channel.recv("the end") == b""
+    finally:
+        with contextlib.suppress(OSError):
+            ours.shutdown(socket.SHUT_WR)
+        server.join(30)
+        ours.close()
+        theirs.close()
+
+
+def test_a_copy_looks_each_path_up_once(store: LocalStore, filled: list[StorePath]) -> None:  # noqa: F811
+    statements: list[str] = []
+    with session(store) as (channel, client):
         store.db.set_trace_callback(statements.append)  # from here on (the server opened nothing new)
         channel.send(client.query_closure(filled), "a request")
         closure = next_event(client, channel, "a closure")
@@ -55,11 +81,6 @@ def test_a_copy_looks_each_path_up_once(store: LocalStore, filled: list[StorePat
                 assert isinstance(event, NarData)
                 parts.append(event.data)
             nars[path] = b"".join(parts)
-    finally:
-        ours.shutdown(socket.SHUT_WR)
-        server.join(30)
-        ours.close()
-        theirs.close()
     # Only the test's own `require` calls reached the database once the closure had been read.
     assert len(statements) == len(closure.paths), statements
     for path, nar in nars.items():
@@ -93,37 +114,17 @@ def test_each_path_added_is_confirmed_once_registered_while_still_locked(
                     seen.append(([p for p in sorted(set(paths)) if other.is_valid(p)], lock is None))
             super().send(data, what)
 
-    ours, theirs = socket.socketpair()
-    server = threading.Thread(
-        target=serve_ssh,
-        args=(dest, Watched(theirs.fileno(), theirs.fileno(), peer="the client")),
-        kwargs={"write": True},
-    )
-    channel = Channel(ours.fileno(), ours.fileno(), peer="the server", timeout=30)
-    client = proto.ServeClient()
     try:
-        server.start()
-        channel.send(client.hello(), "the greeting")
-        next_event(client, channel, "the greeting")
-        for path in paths:
-            nar: list[bytes] = []
-            store.nar_from_path(path, nar.append)
-            request = client.add_to_store_nar(store.require(path))
-            sending.append(path)
-            channel.send(request + client.nar_data(b"".join(nar)) + client.nar_end(), "a path")
-            assert isinstance(next_event(client, channel, "a confirmation"), proto.Added)
-        ours.shutdown(socket.SHUT_WR)
-        server.join(30)
-        theirs.shutdown(socket.SHUT_WR)
-        assert channel.recv("the end") == b""  # nothing sent after the last confirmation
+        with session(dest, write=True, server_channel=Watched) as (channel, client):
+            for path in paths:
+                nar: list[bytes] = []
+                store.nar_from_path(path, nar.append)
+                request = client.add_to_store_nar(store.require(path))
+                sending.append(path)
+                channel.send(request + client.nar_data(b"".join(nar)) + client.nar_end(), "a path")
+                assert isinstance(next_event(client, channel, "a confirmation"), proto.Added)
     finally:
-        with contextlib.suppress(OSError):
-            ours.shutdown(socket.SHUT_WR)
-        server.join(30)
-        ours.close()
-        theirs.close()
         dest.close()
-    assert not server.is_alive()
     expected = [(sorted(paths[: i + 1]), True) for i in range(len(paths) - 1)]
     assert seen == [*expected, (sorted(set(paths)), False)]
     with LocalStore(dest.root) as after:

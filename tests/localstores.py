@@ -1,12 +1,13 @@
 """Local stores for tests, built without Nix: synthetic paths written into the store directory,
 canonicalised, hashed with xstore's own dump and registered directly (`LocalStore.register`), plus the
-views of a store the assertions compare (rows, leftovers) and readers that split input everywhere.
-Everything compared with Nix itself uses `tests/nixstores.py` instead."""
+views of a store the assertions compare (rows, leftovers, what another process sees) and readers that
+split input everywhere. Everything compared with Nix itself uses `tests/nixstores.py` instead."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -105,6 +106,27 @@ def leftovers(store: LocalStore) -> list[str]:
     return [
         n for n in store_entries(store) if n.startswith(".xstore") or n.endswith((".lock", "-xstore-tmp"))
     ]
+
+
+def valid_elsewhere(store: LocalStore, paths: list[StorePath]) -> list[StorePath]:
+    """Which of `paths` another connection to the store's database sees as valid (committed)."""
+    db = sqlite3.connect(store.db_dir / "db.sqlite")
+    try:
+        query = "select 1 from ValidPaths where path = ?"
+        return [p for p in paths if db.execute(query, (p.path,)).fetchone()]
+    finally:
+        db.close()
+
+
+def unlocked(store: LocalStore, paths: list[StorePath]) -> bool:
+    """Whether another process could take the lock of every one of `paths` now."""
+    with LocalStore(store.root) as other:  # another store object: another process, as far as locks go
+        for path in paths:
+            lock = other.try_lock(path)
+            if lock is None:
+                return False
+            lock.release()
+    return True
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.localstores import filled, leftovers, store  # noqa: F401 (fixtures)
+from tests.localstores import filled, leftovers, store, unlocked, valid_elsewhere  # noqa: F401 (fixtures)
 from xstore.casehack import CaseHackMode
 from xstore.protocols import serve as proto
 from xstore.protocols.common import NarData, NarEnd
@@ -107,11 +107,7 @@ def test_each_path_added_is_confirmed_once_registered_while_still_locked(
     class Watched(Channel):
         def send(self, data: bytes, what: str) -> None:
             if what == "a confirmation":
-                with LocalStore(dest.root) as other:  # another process, as far as locks go
-                    lock = other.try_lock(sending[-1])
-                    if lock is not None:
-                        lock.release()
-                    seen.append(([p for p in sorted(set(paths)) if other.is_valid(p)], lock is None))
+                seen.append((valid_elsewhere(dest, sorted(set(paths))), not unlocked(dest, [sending[-1]])))
             super().send(data, what)
 
     try:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.localstores import add_path, leftovers, sp
+from tests.localstores import add_path, leftovers, sp, unlocked, valid_elsewhere
 from xstore import store as store_module
 from xstore.casehack import CaseHackMode
 from xstore.copy import CopyResult, copy_one, copy_paths
@@ -56,16 +56,6 @@ def chain(store: LocalStore, count: int, *, shared_lock: bool = False) -> list[S
     return paths
 
 
-def valid_elsewhere(store: LocalStore, paths: list[StorePath]) -> list[StorePath]:
-    """Which of `paths` another connection to the store's database sees as valid (committed)."""
-    db = sqlite3.connect(store.db_dir / "db.sqlite")
-    try:
-        query = "select 1 from ValidPaths where path = ?"
-        return [p for p in paths if db.execute(query, (p.path,)).fetchone()]
-    finally:
-        db.close()
-
-
 def commits(store: LocalStore) -> list[str]:
     """The transactions committed from here on: each `commit`, and each insert made outside a
     transaction (one path without references is registered by its one statement). The trace shows
@@ -88,16 +78,6 @@ def commits(store: LocalStore) -> list[str]:
 
     store.db.set_trace_callback(trace)
     return seen
-
-
-def unlocked(store: LocalStore, paths: list[StorePath]) -> bool:
-    with LocalStore(store.root) as other:  # another store object: another process, as far as locks go
-        for path in paths:
-            lock = other.try_lock(path)
-            if lock is None:
-                return False
-            lock.release()
-    return True
 
 
 def checks_out(store: LocalStore, path: StorePath) -> bool:
